@@ -1,0 +1,570 @@
+//! The admin API: an axum router on the admin listener.
+//!
+//! Endpoints (JSON; every `/api` route needs `Authorization: Bearer TOKEN` when a token is
+//! configured, compared in constant time):
+//!
+//! | method | path | what |
+//! |---|---|---|
+//! | GET | `/healthz` | `{"status":"ok"}`; 503 `draining` during shutdown (no auth) |
+//! | GET | `/metrics` | Prometheus text format (no auth) |
+//! | GET | `/api/v1/services` | every service with live per-arm stats |
+//! | GET | `/api/v1/services/{name}` | one service |
+//! | PUT | `/api/v1/services/{name}/canary` | `{"upstreams": [...], "weight": N}` sets a new canary |
+//! | POST | `/api/v1/services/{name}/weight` | `{"weight": N}` |
+//! | POST | `/api/v1/services/{name}/promote` | the canary becomes stable |
+//! | POST | `/api/v1/services/{name}/rollback` | `{"reason": "..."}` cuts the canary to 0 and holds it |
+//! | POST | `/api/v1/reload` | re-reads the config file; an invalid file is refused (422) |
+//!
+//! Errors are `{"error": {"code": "...", "message": "..."}}` with 400 (bad body), 401,
+//! 404 (unknown service or route), 405, 409 (state conflict), 413 (body over 64 KiB),
+//! 415, 422 (invalid config on reload) or 503. A refused request changes nothing.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::Router;
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use subtle::ConstantTimeEq;
+use tokio::sync::watch;
+
+use crate::config::{parse_upstreams, Weight};
+use crate::events::EventBus;
+use crate::metrics::Metrics;
+use crate::rollout::{Applied, ControlError, ControlHandle, Op};
+use crate::routing::{Arm, RoutingTable, Service};
+use crate::stats::StatsSummary;
+
+/// Largest request body accepted.
+pub const MAX_BODY: usize = 64 * 1024;
+/// Header the CLI sends to say who is asking; recorded as the event's actor.
+pub const ACTOR_HEADER: &str = "x-sluice-actor";
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AdminState {
+    /// Commands to the controller; also the table to read.
+    pub control: ControlHandle,
+    /// The registry `/metrics` renders.
+    pub metrics: Arc<Metrics>,
+    /// The bearer token (swapped on reload); `None` disables auth (loopback only).
+    pub token: Arc<ArcSwapOption<String>>,
+    /// Set when the gate drains; `/healthz` then answers 503.
+    pub draining: Arc<AtomicBool>,
+    /// The event bus (for the live stream).
+    pub bus: EventBus,
+}
+
+/// An API error: status, a stable code and a message for people.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    paths: Vec<String>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            paths: Vec::new(),
+        }
+    }
+
+    /// 400 with a message.
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({ "error": { "code": self.code, "message": self.message } });
+        if !self.paths.is_empty() {
+            body["error"]["paths"] = json!(self.paths);
+        }
+        let mut resp = (self.status, axum::Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+        }
+        resp
+    }
+}
+
+impl From<ControlError> for ApiError {
+    fn from(e: ControlError) -> ApiError {
+        match e {
+            ControlError::NotFound(_) => {
+                Self::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
+            }
+            ControlError::Conflict(_) => Self::new(StatusCode::CONFLICT, "conflict", e.to_string()),
+            ControlError::Invalid(_) => Self::bad_request(e.to_string()),
+            ControlError::Config(ref c) => ApiError {
+                paths: c.paths(),
+                ..Self::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_config",
+                    e.to_string(),
+                )
+            },
+            ControlError::Unavailable => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                e.to_string(),
+            ),
+        }
+    }
+}
+
+/// A JSON body: empty means `{}`; unknown fields, wrong types and oversize bodies are
+/// refused with a message naming the field.
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let json_type = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| {
+                v.split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .eq_ignore_ascii_case("application/json")
+            });
+        let bytes = Bytes::from_request(req, state).await.map_err(|r| {
+            if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    format!("request body is larger than {MAX_BODY} bytes"),
+                )
+            } else {
+                ApiError::bad_request(format!("cannot read the request body: {}", r.body_text()))
+            }
+        })?;
+        let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+            b"{}"
+        } else {
+            if json_type == Some(false) {
+                return Err(ApiError::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "unsupported_media_type",
+                    "the request body must be JSON (Content-Type: application/json)",
+                ));
+            }
+            &bytes
+        };
+        let de = &mut serde_json::Deserializer::from_slice(bytes);
+        serde_path_to_error::deserialize(de)
+            .map(JsonBody)
+            .map_err(|e| {
+                let path = e.path().to_string();
+                if path == "." {
+                    ApiError::bad_request(format!("invalid JSON body: {}", e.inner()))
+                } else {
+                    ApiError::bad_request(format!("invalid JSON body at '{path}': {}", e.inner()))
+                }
+            })
+    }
+}
+
+/// A service name from the path.
+pub struct ServiceName(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for ServiceName {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        let axum::extract::Path(name) =
+            axum::extract::Path::<String>::from_request_parts(parts, state)
+                .await
+                .map_err(|e| ApiError::bad_request(e.body_text()))?;
+        Ok(ServiceName(name))
+    }
+}
+
+/// One arm as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct ArmView {
+    /// Upstreams as given.
+    pub upstreams: Vec<String>,
+    /// The live window.
+    pub stats: StatsSummary,
+    /// Failures in a row up to the latest request.
+    pub consecutive_failures: u32,
+}
+
+/// Both arms.
+#[derive(Debug, Serialize)]
+pub struct ArmsView {
+    /// The production arm.
+    pub stable: ArmView,
+    /// The trial arm, or null.
+    pub canary: Option<ArmView>,
+}
+
+/// A service as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct ServiceView {
+    /// Name.
+    pub name: String,
+    /// Host patterns (empty: catch-all).
+    pub hosts: Vec<String>,
+    /// Path prefix.
+    pub path_prefix: String,
+    /// `stable`, `canary` or `rolled_back`.
+    pub state: &'static str,
+    /// Canary weight in percent.
+    pub canary_weight: f64,
+    /// Canary generation (bumped by each new canary).
+    pub generation: u64,
+    /// The routing table version this view was read from.
+    pub table_version: u64,
+    /// Per-arm upstreams and stats.
+    pub arms: ArmsView,
+}
+
+fn arm_view(arm: &Arm) -> ArmView {
+    ArmView {
+        upstreams: arm.upstreams.iter().map(|u| u.spec.clone()).collect(),
+        stats: arm.stats.snapshot().summary(),
+        consecutive_failures: arm.stats.consecutive_failures(),
+    }
+}
+
+/// The API view of a service in a table.
+pub fn service_view(table: &RoutingTable, s: &Service) -> ServiceView {
+    ServiceView {
+        name: s.name().to_string(),
+        hosts: s.config.hosts.iter().map(|h| h.to_string()).collect(),
+        path_prefix: s.config.path_prefix.clone(),
+        state: s.state.as_str(),
+        canary_weight: s.weight.percent(),
+        generation: s.generation,
+        table_version: table.version,
+        arms: ArmsView {
+            stable: arm_view(&s.stable),
+            canary: s.canary.as_ref().map(arm_view),
+        },
+    }
+}
+
+/// Builds the router.
+pub fn router(state: AdminState) -> Router {
+    let api = Router::new()
+        .route("/services", get(list_services))
+        .route("/services/{name}", get(show_service))
+        .route("/services/{name}/canary", put(set_canary))
+        .route("/services/{name}/weight", post(set_weight))
+        .route("/services/{name}/promote", post(promote))
+        .route("/services/{name}/rollback", post(rollback))
+        .route("/reload", post(reload))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .nest("/api/v1", api)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+/// Serves the router on `listener` until `stop` turns true.
+pub async fn serve(
+    listener: std::net::TcpListener,
+    state: AdminState,
+    mut stop: watch::Receiver<bool>,
+) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "admin listener cannot be registered");
+            return;
+        }
+    };
+    let shutdown = async move {
+        while !*stop.borrow() {
+            if stop.changed().await.is_err() {
+                break;
+            }
+        }
+    };
+    if let Err(e) = axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
+        tracing::error!(error = %e, "admin server stopped");
+    }
+}
+
+async fn require_token(State(state): State<AdminState>, req: Request, next: Next) -> Response {
+    if let Some(expected) = state.token.load().as_deref() {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        let ok = given.is_some_and(|g| bool::from(g.as_bytes().ct_eq(expected.as_bytes())));
+        if !ok {
+            return ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "missing or wrong bearer token (Authorization: Bearer TOKEN)",
+            )
+            .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// Who is asking: `api`, or `api:<name>` from the CLI's actor header.
+fn actor(headers: &HeaderMap) -> String {
+    match headers.get(ACTOR_HEADER).and_then(|v| v.to_str().ok()) {
+        Some(v) => {
+            let clean: String = v
+                .chars()
+                .filter(|c| c.is_ascii_graphic())
+                .take(64)
+                .collect();
+            if clean.is_empty() {
+                "api".into()
+            } else {
+                format!("api:{clean}")
+            }
+        }
+        None => "api".into(),
+    }
+}
+
+async fn healthz(State(state): State<AdminState>) -> Response {
+    let version = state.control.table().version;
+    if state.draining.load(Ordering::Relaxed) {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({ "status": "draining", "table_version": version })),
+        )
+            .into_response()
+    } else {
+        axum::Json(json!({ "status": "ok", "table_version": version })).into_response()
+    }
+}
+
+async fn metrics(State(state): State<AdminState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not take that method",
+    )
+}
+
+async fn list_services(State(state): State<AdminState>) -> Response {
+    let table = state.control.table();
+    let services: Vec<_> = table
+        .services
+        .iter()
+        .map(|s| service_view(&table, s))
+        .collect();
+    axum::Json(json!({ "table_version": table.version, "services": services })).into_response()
+}
+
+async fn show_service(
+    State(state): State<AdminState>,
+    ServiceName(name): ServiceName,
+) -> Result<Response, ApiError> {
+    let table = state.control.table();
+    let service = table
+        .service(&name)
+        .ok_or_else(|| ControlError::NotFound(name.clone()))?;
+    Ok(axum::Json(service_view(&table, service)).into_response())
+}
+
+/// The answer to a change: the new table version, the event, the service as it is now.
+fn applied(state: &AdminState, name: &str, applied: Applied) -> Response {
+    let table = state.control.table();
+    let service = table.service(name).map(|s| service_view(&table, s));
+    axum::Json(json!({
+        "table_version": applied.table_version,
+        "event": applied.event,
+        "service": service,
+    }))
+    .into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CanaryBody {
+    upstreams: Vec<String>,
+    #[serde(default)]
+    weight: Option<f64>,
+}
+
+fn weight(value: f64) -> Result<Weight, ApiError> {
+    Weight::from_percent(value).map_err(|m| ApiError::bad_request(format!("weight: {m}")))
+}
+
+async fn set_canary(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    ServiceName(name): ServiceName,
+    JsonBody(body): JsonBody<CanaryBody>,
+) -> Result<Response, ApiError> {
+    let weight = body.weight.map(weight).transpose()?;
+    if body.upstreams.is_empty() {
+        return Err(ApiError::bad_request(
+            "upstreams: at least one upstream is required",
+        ));
+    }
+    if body.upstreams.len() > 256 {
+        return Err(ApiError::bad_request("upstreams: at most 256 upstreams"));
+    }
+    // Names resolve here, once, off the async workers.
+    let list = body.upstreams;
+    let upstreams = tokio::task::spawn_blocking(move || parse_upstreams(&list))
+        .await
+        .map_err(|_| ApiError::bad_request("upstreams: could not be resolved"))?
+        .map_err(|errors| {
+            let (j, m) = &errors[0];
+            ApiError::bad_request(format!("upstreams[{j}]: {m}"))
+        })?;
+    let done = state
+        .control
+        .send(
+            Op::SetCanary {
+                service: name.clone(),
+                upstreams,
+                weight,
+            },
+            actor(&headers),
+        )
+        .await?;
+    Ok(applied(&state, &name, done))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WeightBody {
+    weight: f64,
+}
+
+async fn set_weight(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    ServiceName(name): ServiceName,
+    JsonBody(body): JsonBody<WeightBody>,
+) -> Result<Response, ApiError> {
+    let weight = weight(body.weight)?;
+    let done = state
+        .control
+        .send(
+            Op::SetWeight {
+                service: name.clone(),
+                weight,
+            },
+            actor(&headers),
+        )
+        .await?;
+    Ok(applied(&state, &name, done))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EmptyBody {}
+
+async fn promote(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    ServiceName(name): ServiceName,
+    JsonBody(EmptyBody {}): JsonBody<EmptyBody>,
+) -> Result<Response, ApiError> {
+    let done = state
+        .control
+        .send(
+            Op::Promote {
+                service: name.clone(),
+            },
+            actor(&headers),
+        )
+        .await?;
+    Ok(applied(&state, &name, done))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RollbackBody {
+    #[serde(default)]
+    reason: String,
+}
+
+async fn rollback(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    ServiceName(name): ServiceName,
+    JsonBody(body): JsonBody<RollbackBody>,
+) -> Result<Response, ApiError> {
+    if body.reason.len() > 1024 {
+        return Err(ApiError::bad_request("reason: at most 1024 characters"));
+    }
+    let done = state
+        .control
+        .send(
+            Op::Rollback {
+                service: name.clone(),
+                reason: body.reason,
+            },
+            actor(&headers),
+        )
+        .await?;
+    Ok(applied(&state, &name, done))
+}
+
+async fn reload(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    JsonBody(EmptyBody {}): JsonBody<EmptyBody>,
+) -> Result<Response, ApiError> {
+    let done = state.control.send(Op::Reload, actor(&headers)).await?;
+    Ok(axum::Json(json!({
+        "table_version": done.table_version,
+        "report": done.reload,
+        "event": done.event,
+    }))
+    .into_response())
+}

@@ -1,0 +1,218 @@
+//! The admin API client behind `sluice status|canary|weight|promote|rollback|reload`.
+//!
+//! Plain HTTP/1.1 to the admin listener (loopback by default), bearer token from a flag or
+//! `SLUICE_TOKEN`, the caller's name sent as `x-sluice-actor` so events say who did it.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+use crate::admin::ACTOR_HEADER;
+
+/// How long one admin call may take.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The admin URL when neither `--admin-url` nor `SLUICE_ADMIN_URL` says otherwise.
+pub const DEFAULT_ADMIN_URL: &str = "http://127.0.0.1:9901";
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The admin URL cannot be used.
+    #[error("admin URL '{url}' is not valid: {why}")]
+    BadUrl {
+        /// The URL.
+        url: String,
+        /// Why.
+        why: String,
+    },
+    /// No answer.
+    #[error("cannot reach the admin API at {url}: {why}")]
+    Unreachable {
+        /// The URL.
+        url: String,
+        /// Why.
+        why: String,
+    },
+    /// The API refused the request.
+    #[error("{message} (HTTP {status} {code})")]
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// Error code from the body.
+        code: String,
+        /// Message from the body.
+        message: String,
+    },
+    /// The answer was not what the API sends.
+    #[error("unexpected answer from the admin API: {0}")]
+    Protocol(String),
+}
+
+/// A client for one gate's admin API.
+pub struct AdminClient {
+    base: String,
+    token: Option<String>,
+    actor: String,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl AdminClient {
+    /// A client for `url` (e.g. `http://127.0.0.1:9901`).
+    pub fn new(
+        url: &str,
+        token: Option<String>,
+        actor: String,
+    ) -> Result<AdminClient, ClientError> {
+        let bad = |why: &str| ClientError::BadUrl {
+            url: url.to_string(),
+            why: why.to_string(),
+        };
+        let uri: Uri = url.parse().map_err(|_| bad("not a URL"))?;
+        if uri.scheme_str() != Some("http") {
+            return Err(bad(
+                "only http:// is supported (the admin API listens on loopback)",
+            ));
+        }
+        if uri.authority().is_none() {
+            return Err(bad("no host:port"));
+        }
+        Ok(AdminClient {
+            base: url.trim_end_matches('/').to_string(),
+            token: token.filter(|t| !t.is_empty()),
+            actor,
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        })
+    }
+
+    /// Calls `method path` with an optional JSON body; returns the JSON answer.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, ClientError> {
+        let url = format!("{}{}", self.base, path);
+        let mut req = Request::builder()
+            .method(method)
+            .uri(&url)
+            .header(ACTOR_HEADER, &self.actor);
+        if let Some(t) = &self.token {
+            req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let body = match body {
+            Some(v) => {
+                req = req.header(http::header::CONTENT_TYPE, "application/json");
+                Bytes::from(v.to_string())
+            }
+            None => Bytes::new(),
+        };
+        let req = req.body(Full::new(body)).map_err(|e| ClientError::BadUrl {
+            url: url.clone(),
+            why: e.to_string(),
+        })?;
+        let unreachable = |why: String| ClientError::Unreachable {
+            url: self.base.clone(),
+            why,
+        };
+        let resp = tokio::time::timeout(DEFAULT_TIMEOUT, self.client.request(req))
+            .await
+            .map_err(|_| unreachable(format!("no answer within {DEFAULT_TIMEOUT:?}")))?
+            .map_err(|e| unreachable(format!("{e:#}")))?;
+        let status = resp.status();
+        let bytes = tokio::time::timeout(DEFAULT_TIMEOUT, resp.into_body().collect())
+            .await
+            .map_err(|_| unreachable("the answer stalled".into()))?
+            .map_err(|e| unreachable(e.to_string()))?
+            .to_bytes();
+        let value: Value = serde_json::from_slice(&bytes).map_err(|_| {
+            ClientError::Protocol(format!(
+                "HTTP {status}: {}",
+                String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
+            ))
+        })?;
+        if status.is_success() {
+            Ok(value)
+        } else {
+            let err = &value["error"];
+            Err(ClientError::Api {
+                status: status.as_u16(),
+                code: err["code"].as_str().unwrap_or("error").to_string(),
+                message: err["message"]
+                    .as_str()
+                    .unwrap_or("the admin API refused the request")
+                    .to_string(),
+            })
+        }
+    }
+}
+
+fn ms(v: &Value) -> String {
+    v.as_f64()
+        .map(|x| format!("{x:.1}ms"))
+        .unwrap_or_else(|| "-".into())
+}
+
+fn render_arm(out: &mut String, role: &str, arm: &Value) {
+    let ups: Vec<&str> = arm["upstreams"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let s = &arm["stats"];
+    let _ = writeln!(
+        out,
+        "  {role:<7} {:<28} {:>8} req  {:>7.1}/s  err {:>5.1}%  p50 {:>8}  p95 {:>8}  p99 {:>8}",
+        ups.join(","),
+        s["requests"].as_u64().unwrap_or(0),
+        s["rate_per_second"].as_f64().unwrap_or(0.0),
+        s["error_rate"].as_f64().unwrap_or(0.0) * 100.0,
+        ms(&s["p50_ms"]),
+        ms(&s["p95_ms"]),
+        ms(&s["p99_ms"]),
+    );
+}
+
+/// Renders one service view (as `GET /api/v1/services/{name}` returns it) for a terminal.
+pub fn render_service(s: &Value) -> String {
+    let mut out = String::new();
+    let hosts: Vec<&str> = s["hosts"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "{}  state={}  canary_weight={}%  table=v{}  hosts={}{}",
+        s["name"].as_str().unwrap_or("?"),
+        s["state"].as_str().unwrap_or("?"),
+        s["canary_weight"].as_f64().unwrap_or(0.0),
+        s["table_version"].as_u64().unwrap_or(0),
+        if hosts.is_empty() {
+            "*".to_string()
+        } else {
+            hosts.join(",")
+        },
+        s["path_prefix"]
+            .as_str()
+            .filter(|p| *p != "/")
+            .map(|p| format!(" prefix={p}"))
+            .unwrap_or_default(),
+    );
+    render_arm(&mut out, "stable", &s["arms"]["stable"]);
+    if !s["arms"]["canary"].is_null() {
+        render_arm(&mut out, "canary", &s["arms"]["canary"]);
+    }
+    out
+}
+
+/// Renders the service list.
+pub fn render_services(v: &Value) -> String {
+    v["services"]
+        .as_array()
+        .map(|a| a.iter().map(render_service).collect::<Vec<_>>().join(""))
+        .unwrap_or_default()
+}

@@ -1,0 +1,76 @@
+//! The config file model: what a TOML file may say, before validation.
+//!
+//! Every table denies unknown keys, and every optional key is an `Option` so that
+//! validation (in `config::validate`) can tell "absent, use the default" from
+//! "present and wrong". Defaults live in `config` as `DEFAULT_*` constants.
+
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Listeners, worker threads, timeouts.
+    #[serde(default)]
+    pub server: ServerFile,
+    /// Admin API authentication.
+    #[serde(default)]
+    pub admin: AdminFile,
+    /// Arm choice: tester header and sticky cookie.
+    #[serde(default)]
+    pub routing: RoutingFile,
+    /// The services behind the gate.
+    #[serde(default)]
+    pub services: Vec<ServiceFile>,
+}
+
+/// `[server]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerFile {
+    pub listen: Option<String>,
+    pub admin_listen: Option<String>,
+    pub threads: Option<i64>,
+    pub drain_timeout: Option<String>,
+    pub connect_timeout: Option<String>,
+    pub read_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub keepalive_pool_size: Option<i64>,
+}
+
+/// `[admin]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminFile {
+    pub token: Option<String>,
+    pub token_env: Option<String>,
+    pub token_file: Option<String>,
+}
+
+/// `[routing]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingFile {
+    pub override_header: Option<String>,
+    pub allow_override: Option<bool>,
+    pub sticky: Option<bool>,
+    pub sticky_cookie: Option<String>,
+    pub sticky_max_age: Option<String>,
+}
+
+/// One `[[services]]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceFile {
+    pub name: Option<String>,
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    pub path_prefix: Option<String>,
+    #[serde(default)]
+    pub stable: Vec<String>,
+    #[serde(default)]
+    pub canary: Vec<String>,
+    pub canary_weight: Option<f64>,
+    pub connect_timeout: Option<String>,
+    pub read_timeout: Option<String>,
+}

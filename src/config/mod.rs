@@ -1,0 +1,1003 @@
+//! Configuration: the TOML file model turned into a validated [`Config`].
+//!
+//! Two layers, as in river and sozu: [`file::FileConfig`] mirrors the file (serde, unknown
+//! keys refused), and `Config::try_from(Source)` checks every value and fills the defaults
+//! (the `DEFAULT_*` constants below). The rest of the code only ever sees a [`Config`].
+//! Every error names the file and the key path, e.g.
+//! `sluice.toml: services[1].canary_weight: must be between 0 and 100 (got 150)`.
+
+pub mod file;
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use file::{FileConfig, ServiceFile};
+
+/// Proxy listener when `server.listen` is absent.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Admin listener when `server.admin_listen` is absent.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
+/// Proxy worker threads when `server.threads` is absent.
+pub const DEFAULT_THREADS: usize = 2;
+/// How long a SIGTERM waits for in-flight requests before exiting anyway.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Upstream TCP connect timeout.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Upstream read timeout (time between bytes of the answer).
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long an idle upstream keep-alive connection stays in the pool.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Idle upstream connections kept per worker pool.
+pub const DEFAULT_KEEPALIVE_POOL_SIZE: usize = 256;
+/// The request header testers use to pick an arm (`stable` or `canary`).
+pub const DEFAULT_OVERRIDE_HEADER: &str = "x-sluice-arm";
+/// Whether the override header is honoured.
+pub const DEFAULT_ALLOW_OVERRIDE: bool = true;
+/// Whether clients keep their arm through a cookie.
+pub const DEFAULT_STICKY: bool = true;
+/// The sticky cookie's name.
+pub const DEFAULT_STICKY_COOKIE: &str = "sluice_id";
+/// The sticky cookie's lifetime.
+pub const DEFAULT_STICKY_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+/// Path prefix of a service that names none: everything.
+pub const DEFAULT_PATH_PREFIX: &str = "/";
+
+/// Canary weight in thousandths of a percent (0..=100_000), so 0.001 % steps are exact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Weight(u32);
+
+impl Weight {
+    /// The resolution: units per percent.
+    pub const UNITS_PER_PERCENT: u32 = 1_000;
+    /// 100 %.
+    pub const FULL: Weight = Weight(100 * Self::UNITS_PER_PERCENT);
+    /// 0 %.
+    pub const ZERO: Weight = Weight(0);
+
+    /// From a percentage; refuses NaN, infinities and values outside 0..=100.
+    pub fn from_percent(p: f64) -> Result<Weight, String> {
+        if !p.is_finite() || !(0.0..=100.0).contains(&p) {
+            return Err(format!("must be between 0 and 100 (got {p})"));
+        }
+        Ok(Weight((p * Self::UNITS_PER_PERCENT as f64).round() as u32))
+    }
+
+    /// The weight as a percentage.
+    pub fn percent(self) -> f64 {
+        self.0 as f64 / Self::UNITS_PER_PERCENT as f64
+    }
+
+    /// Raw units (thousandths of a percent).
+    pub fn units(self) -> u32 {
+        self.0
+    }
+
+    /// Whether no traffic goes to the canary by weight.
+    pub fn is_zero(self) -> bool {
+        self.0 == 0
+    }
+}
+
+impl fmt::Display for Weight {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}%", self.percent())
+    }
+}
+
+/// Parses "250ms", "10s", "5m", "1h" (and "0s"); a bare number is refused so that the unit
+/// is never guessed.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(|| format!("'{text}' has no unit (use ms, s, m or h, e.g. \"10s\")"))?;
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("'{text}' is not a duration (e.g. \"250ms\", \"10s\", \"5m\")"))?;
+    let secs = match unit.trim() {
+        "us" | "µs" => value / 1e6,
+        "ms" => value / 1e3,
+        "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        other => {
+            return Err(format!(
+                "'{text}' has an unknown unit '{other}' (use ms, s, m or h)"
+            ))
+        }
+    };
+    if !secs.is_finite() || secs > 365.0 * 24.0 * 3600.0 {
+        return Err(format!("'{text}' is out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Formats a duration the way the config writes it ("250ms", "30s", "5m").
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms == 0 {
+        "0s".into()
+    } else if ms % 3_600_000 == 0 {
+        format!("{}h", ms / 3_600_000)
+    } else if ms % 60_000 == 0 {
+        format!("{}m", ms / 60_000)
+    } else if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+/// An upstream as written (`host:port`) and as resolved at load time.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UpstreamAddr {
+    /// What the config or the API said.
+    pub spec: String,
+    /// The address it resolved to when the config was loaded (never resolved per request).
+    pub addr: SocketAddr,
+}
+
+impl UpstreamAddr {
+    /// Resolves `host:port`; a name is looked up once, here.
+    pub fn parse(spec: &str) -> Result<UpstreamAddr, String> {
+        let spec = spec.trim();
+        if spec.is_empty() {
+            return Err("is empty (expected host:port)".into());
+        }
+        if spec.contains("://") || spec.contains('/') {
+            return Err(format!(
+                "'{spec}' must be host:port, without a scheme or path"
+            ));
+        }
+        if let Ok(addr) = spec.parse::<SocketAddr>() {
+            return Ok(UpstreamAddr {
+                spec: spec.to_string(),
+                addr,
+            });
+        }
+        let (_, port) = spec
+            .rsplit_once(':')
+            .ok_or_else(|| format!("'{spec}' has no port (expected host:port)"))?;
+        port.parse::<u16>()
+            .map_err(|_| format!("'{spec}' has an invalid port"))?;
+        let addr = spec
+            .to_socket_addrs()
+            .map_err(|e| format!("'{spec}' does not resolve: {e}"))?
+            .next()
+            .ok_or_else(|| format!("'{spec}' resolves to no address"))?;
+        Ok(UpstreamAddr {
+            spec: spec.to_string(),
+            addr,
+        })
+    }
+}
+
+/// A Host pattern: an exact name or a `*.suffix` wildcard, lowercase, without port.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum HostPattern {
+    /// `web.example.com`
+    Exact(String),
+    /// `*.example.com` matches `a.example.com` and `a.b.example.com` (stored as `.example.com`).
+    Wildcard(String),
+}
+
+impl HostPattern {
+    fn parse(text: &str) -> Result<HostPattern, String> {
+        let t = text.trim().to_ascii_lowercase();
+        let (wild, name) = match t.strip_prefix("*.") {
+            Some(rest) => (true, rest.to_string()),
+            None => (false, t.clone()),
+        };
+        let valid = !name.is_empty()
+            && name.len() <= 253
+            && name.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            });
+        if !valid {
+            return Err(format!(
+                "'{text}' is not a host name (expected e.g. \"web.example.com\" or \"*.example.com\", no port)"
+            ));
+        }
+        Ok(if wild {
+            HostPattern::Wildcard(format!(".{name}"))
+        } else {
+            HostPattern::Exact(name)
+        })
+    }
+}
+
+impl fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostPattern::Exact(h) => f.write_str(h),
+            HostPattern::Wildcard(s) => write!(f, "*{s}"),
+        }
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from (for reload and for messages).
+    pub source: Option<PathBuf>,
+    /// Listeners and proxy settings.
+    pub server: ServerConfig,
+    /// Admin API settings.
+    pub admin: AdminConfig,
+    /// Arm-choice settings shared by all services.
+    pub routing: RoutingConfig,
+    /// Services in file order.
+    pub services: Vec<ServiceConfig>,
+}
+
+/// `[server]`, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    /// Proxy listener; default [`DEFAULT_LISTEN`].
+    pub listen: SocketAddr,
+    /// Admin listener; default [`DEFAULT_ADMIN_LISTEN`].
+    pub admin_listen: SocketAddr,
+    /// Proxy worker threads; default [`DEFAULT_THREADS`].
+    pub threads: usize,
+    /// SIGTERM drain limit; default [`DEFAULT_DRAIN_TIMEOUT`].
+    pub drain_timeout: Duration,
+    /// Default upstream connect timeout; default [`DEFAULT_CONNECT_TIMEOUT`].
+    pub connect_timeout: Duration,
+    /// Default upstream read timeout; default [`DEFAULT_READ_TIMEOUT`].
+    pub read_timeout: Duration,
+    /// Pooled upstream connection idle limit; default [`DEFAULT_IDLE_TIMEOUT`].
+    pub idle_timeout: Duration,
+    /// Upstream keep-alive pool size; default [`DEFAULT_KEEPALIVE_POOL_SIZE`].
+    pub keepalive_pool_size: usize,
+}
+
+/// `[admin]`, validated: the token itself, wherever it came from.
+#[derive(Clone, PartialEq)]
+pub struct AdminConfig {
+    /// Bearer token required on `/api` routes; `None` only on a loopback admin listener.
+    pub token: Option<String>,
+}
+
+impl fmt::Debug for AdminConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdminConfig")
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// `[routing]`, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoutingConfig {
+    /// Tester header name, lowercase; `None` when overrides are off. Default
+    /// [`DEFAULT_OVERRIDE_HEADER`], on.
+    pub override_header: Option<String>,
+    /// Whether clients keep their arm; default [`DEFAULT_STICKY`].
+    pub sticky: bool,
+    /// Sticky cookie name; default [`DEFAULT_STICKY_COOKIE`].
+    pub sticky_cookie: String,
+    /// Sticky cookie lifetime; default [`DEFAULT_STICKY_MAX_AGE`].
+    pub sticky_max_age: Duration,
+}
+
+/// One service, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceConfig {
+    /// Unique name: `[a-z0-9_-]`, 1..=64 characters.
+    pub name: String,
+    /// Host patterns; empty means the catch-all service.
+    pub hosts: Vec<HostPattern>,
+    /// Path prefix; default [`DEFAULT_PATH_PREFIX`].
+    pub path_prefix: String,
+    /// Stable upstreams (at least one).
+    pub stable: Vec<UpstreamAddr>,
+    /// Canary upstreams (may be empty).
+    pub canary: Vec<UpstreamAddr>,
+    /// Canary weight; default 0.
+    pub canary_weight: Weight,
+    /// Upstream connect timeout; default `server.connect_timeout`.
+    pub connect_timeout: Duration,
+    /// Upstream read timeout; default `server.read_timeout`.
+    pub read_timeout: Duration,
+}
+
+/// One problem found in a file: where and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Key path, e.g. `services[1].cutback.min_requests`.
+    pub path: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+/// Why a config could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{file}: cannot read: {source}")]
+    Io {
+        /// The file.
+        file: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, or has a key of the wrong type or an unknown key.
+    #[error("{file}: {}{message}{}", if path.is_empty() { String::new() } else { format!("{path}: ") }, line.map(|l| format!(" (line {l})")).unwrap_or_default())]
+    Parse {
+        /// The file.
+        file: String,
+        /// Key path where parsing stopped ("" at the top level).
+        path: String,
+        /// The parser's message.
+        message: String,
+        /// Line number, when known.
+        line: Option<usize>,
+    },
+    /// The file parsed but some values are not acceptable.
+    #[error("{}", render_problems(file, problems))]
+    Invalid {
+        /// The file.
+        file: String,
+        /// Every problem found, in file order.
+        problems: Vec<Problem>,
+    },
+}
+
+impl ConfigError {
+    /// The key paths named by this error (empty for I/O errors).
+    pub fn paths(&self) -> Vec<String> {
+        match self {
+            ConfigError::Io { .. } => vec![],
+            ConfigError::Parse { path, .. } => vec![path.clone()],
+            ConfigError::Invalid { problems, .. } => {
+                problems.iter().map(|p| p.path.clone()).collect()
+            }
+        }
+    }
+}
+
+fn render_problems(file: &str, problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("{file}: {}: {}", p.path, p.message))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl Config {
+    /// Reads, parses and validates a file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            file: file.clone(),
+            source,
+        })?;
+        let mut config = Config::parse(&text, &file)?;
+        config.source = Some(path.to_path_buf());
+        Ok(config)
+    }
+
+    /// Parses and validates TOML text; `file` is only used in messages.
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let model = parse_model(text, file)?;
+        validate(model, file)
+    }
+}
+
+fn parse_model(text: &str, file: &str) -> Result<FileConfig, ConfigError> {
+    let parse_err = |path: String, e: &toml::de::Error| ConfigError::Parse {
+        file: file.to_string(),
+        path,
+        message: e.message().trim().to_string(),
+        line: e.span().map(|s| line_of(text, s.start)),
+    };
+    let de = toml::de::Deserializer::parse(text).map_err(|e| parse_err(String::new(), &e))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        parse_err(path, e.inner())
+    })
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.get(..offset)
+        .map(|s| s.bytes().filter(|b| *b == b'\n').count() + 1)
+        .unwrap_or(1)
+}
+
+/// Collects problems while walking the model.
+struct Checker<'a> {
+    file: &'a str,
+    problems: Vec<Problem>,
+}
+
+impl Checker<'_> {
+    fn fail(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    /// Unwraps a per-key result, recording the problem and returning the fallback.
+    fn take<T>(&mut self, path: &str, result: Result<T, String>, fallback: T) -> T {
+        match result {
+            Ok(v) => v,
+            Err(m) => {
+                self.fail(path, m);
+                fallback
+            }
+        }
+    }
+
+    fn duration(&mut self, path: &str, value: Option<&str>, default: Duration) -> Duration {
+        match value {
+            None => default,
+            Some(text) => {
+                let d = self.take(path, parse_duration(text), default);
+                if d.is_zero() {
+                    self.fail(path, "must be greater than zero");
+                }
+                d
+            }
+        }
+    }
+
+    fn socket_addr(&mut self, path: &str, value: Option<&str>, default: &str) -> SocketAddr {
+        let text = value.unwrap_or(default);
+        let fallback = SocketAddr::from(([127, 0, 0, 1], 0));
+        self.take(
+            path,
+            text.parse::<SocketAddr>()
+                .map_err(|_| format!("'{text}' is not an ip:port address")),
+            fallback,
+        )
+    }
+}
+
+fn validate(model: FileConfig, file: &str) -> Result<Config, ConfigError> {
+    let mut c = Checker {
+        file,
+        problems: Vec::new(),
+    };
+
+    let s = &model.server;
+    let listen = c.socket_addr("server.listen", s.listen.as_deref(), DEFAULT_LISTEN);
+    let admin_listen = c.socket_addr(
+        "server.admin_listen",
+        s.admin_listen.as_deref(),
+        DEFAULT_ADMIN_LISTEN,
+    );
+    let threads = match s.threads {
+        None => DEFAULT_THREADS,
+        Some(n) if (1..=256).contains(&n) => n as usize,
+        Some(n) => {
+            c.fail(
+                "server.threads",
+                format!("must be between 1 and 256 (got {n})"),
+            );
+            DEFAULT_THREADS
+        }
+    };
+    let keepalive_pool_size = match s.keepalive_pool_size {
+        None => DEFAULT_KEEPALIVE_POOL_SIZE,
+        Some(n) if (0..=65_536).contains(&n) => n as usize,
+        Some(n) => {
+            c.fail(
+                "server.keepalive_pool_size",
+                format!("must be between 0 and 65536 (got {n})"),
+            );
+            DEFAULT_KEEPALIVE_POOL_SIZE
+        }
+    };
+    let server = ServerConfig {
+        listen,
+        admin_listen,
+        threads,
+        drain_timeout: c.duration(
+            "server.drain_timeout",
+            s.drain_timeout.as_deref(),
+            DEFAULT_DRAIN_TIMEOUT,
+        ),
+        connect_timeout: c.duration(
+            "server.connect_timeout",
+            s.connect_timeout.as_deref(),
+            DEFAULT_CONNECT_TIMEOUT,
+        ),
+        read_timeout: c.duration(
+            "server.read_timeout",
+            s.read_timeout.as_deref(),
+            DEFAULT_READ_TIMEOUT,
+        ),
+        idle_timeout: c.duration(
+            "server.idle_timeout",
+            s.idle_timeout.as_deref(),
+            DEFAULT_IDLE_TIMEOUT,
+        ),
+        keepalive_pool_size,
+    };
+    if server.listen == server.admin_listen && server.listen.port() != 0 {
+        c.fail(
+            "server.admin_listen",
+            format!("is the same address as server.listen ({})", server.listen),
+        );
+    }
+
+    let admin = validate_admin(&mut c, &model, &server);
+    let routing = validate_routing(&mut c, &model);
+
+    if model.services.is_empty() {
+        c.fail("services", "at least one [[services]] table is required");
+    }
+    let mut services = Vec::with_capacity(model.services.len());
+    let mut names: HashMap<String, usize> = HashMap::new();
+    let mut routes: HashMap<(String, String), usize> = HashMap::new();
+    for (i, svc) in model.services.iter().enumerate() {
+        let base = format!("services[{i}]");
+        let Some(service) = validate_service(&mut c, &base, svc, &server) else {
+            continue;
+        };
+        if let Some(first) = names.insert(service.name.clone(), i) {
+            c.fail(
+                format!("{base}.name"),
+                format!(
+                    "'{}' is already the name of services[{first}]",
+                    service.name
+                ),
+            );
+        }
+        let route_keys: Vec<String> = if service.hosts.is_empty() {
+            vec!["*catch-all*".into()]
+        } else {
+            service.hosts.iter().map(|h| h.to_string()).collect()
+        };
+        for host in route_keys {
+            let key = (host.clone(), service.path_prefix.clone());
+            if let Some(first) = routes.insert(key, i) {
+                let what = if host == "*catch-all*" {
+                    "a second catch-all service (no hosts)".to_string()
+                } else {
+                    format!("host '{host}'")
+                };
+                c.fail(
+                    format!("{base}.hosts"),
+                    format!(
+                        "{what} with path prefix '{}' is already routed to services[{first}]",
+                        service.path_prefix
+                    ),
+                );
+            }
+        }
+        services.push(service);
+    }
+
+    if c.problems.is_empty() {
+        Ok(Config {
+            source: None,
+            server,
+            admin,
+            routing,
+            services,
+        })
+    } else {
+        Err(ConfigError::Invalid {
+            file: c.file.to_string(),
+            problems: c.problems,
+        })
+    }
+}
+
+fn validate_admin(c: &mut Checker<'_>, model: &FileConfig, server: &ServerConfig) -> AdminConfig {
+    let a = &model.admin;
+    let given = [
+        a.token.is_some(),
+        a.token_env.is_some(),
+        a.token_file.is_some(),
+    ]
+    .iter()
+    .filter(|x| **x)
+    .count();
+    if given > 1 {
+        c.fail(
+            "admin",
+            "set only one of admin.token, admin.token_env and admin.token_file",
+        );
+    }
+    let token = if let Some(t) = &a.token {
+        Some(("admin.token", t.trim().to_string()))
+    } else if let Some(var) = &a.token_env {
+        match std::env::var(var) {
+            Ok(v) => Some(("admin.token_env", v.trim().to_string())),
+            Err(_) => {
+                c.fail(
+                    "admin.token_env",
+                    format!("environment variable {var} is not set"),
+                );
+                None
+            }
+        }
+    } else if let Some(path) = &a.token_file {
+        match std::fs::read_to_string(path) {
+            Ok(v) => Some(("admin.token_file", v.trim().to_string())),
+            Err(e) => {
+                c.fail("admin.token_file", format!("cannot read '{path}': {e}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let token = match token {
+        Some((key, t)) if t.is_empty() => {
+            c.fail(key, "the token is empty");
+            None
+        }
+        Some((key, t)) if t.len() < 8 => {
+            c.fail(key, "the token must be at least 8 characters long");
+            None
+        }
+        Some((_, t)) => Some(t),
+        None => None,
+    };
+    if token.is_none() && given == 0 && !server.admin_listen.ip().is_loopback() {
+        c.fail(
+            "admin.token",
+            format!(
+                "is required when server.admin_listen ({}) is not a loopback address",
+                server.admin_listen
+            ),
+        );
+    }
+    AdminConfig { token }
+}
+
+fn validate_routing(c: &mut Checker<'_>, model: &FileConfig) -> RoutingConfig {
+    let r = &model.routing;
+    let header = r
+        .override_header
+        .clone()
+        .unwrap_or_else(|| DEFAULT_OVERRIDE_HEADER.to_string())
+        .to_ascii_lowercase();
+    if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
+        c.fail(
+            "routing.override_header",
+            format!("'{header}' is not a valid header name"),
+        );
+    }
+    let cookie = r
+        .sticky_cookie
+        .clone()
+        .unwrap_or_else(|| DEFAULT_STICKY_COOKIE.to_string());
+    if cookie.is_empty()
+        || !cookie
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+    {
+        c.fail(
+            "routing.sticky_cookie",
+            format!("'{cookie}' is not a valid cookie name (letters, digits, '_', '-', '.')"),
+        );
+    }
+    RoutingConfig {
+        override_header: r
+            .allow_override
+            .unwrap_or(DEFAULT_ALLOW_OVERRIDE)
+            .then_some(header),
+        sticky: r.sticky.unwrap_or(DEFAULT_STICKY),
+        sticky_cookie: cookie,
+        sticky_max_age: c.duration(
+            "routing.sticky_max_age",
+            r.sticky_max_age.as_deref(),
+            DEFAULT_STICKY_MAX_AGE,
+        ),
+    }
+}
+
+/// Checks a service name: the API and the metrics use it as is.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 64 {
+        return Err(format!("'{name}' must be 1 to 64 characters long"));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+    {
+        return Err(format!(
+            "'{name}' may only contain lowercase letters, digits, '-' and '_'"
+        ));
+    }
+    Ok(())
+}
+
+/// Parses a list of upstreams, recording each bad entry with its index.
+pub fn parse_upstreams(list: &[String]) -> Result<Vec<UpstreamAddr>, Vec<(usize, String)>> {
+    let mut out = Vec::with_capacity(list.len());
+    let mut errors = Vec::new();
+    let mut seen = HashSet::new();
+    for (j, spec) in list.iter().enumerate() {
+        match UpstreamAddr::parse(spec) {
+            Ok(u) => {
+                if !seen.insert(u.addr) {
+                    errors.push((j, format!("'{spec}' is listed twice")));
+                }
+                out.push(u)
+            }
+            Err(m) => errors.push((j, m)),
+        }
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors)
+    }
+}
+
+fn validate_service(
+    c: &mut Checker<'_>,
+    base: &str,
+    svc: &ServiceFile,
+    server: &ServerConfig,
+) -> Option<ServiceConfig> {
+    let before = c.problems.len();
+    let name = match &svc.name {
+        None => {
+            c.fail(format!("{base}.name"), "is required");
+            String::new()
+        }
+        Some(n) => {
+            if let Err(m) = validate_name(n) {
+                c.fail(format!("{base}.name"), m);
+            }
+            n.clone()
+        }
+    };
+    let mut hosts = Vec::new();
+    for (j, h) in svc.hosts.iter().enumerate() {
+        if let Some(p) = c
+            .take(
+                &format!("{base}.hosts[{j}]"),
+                HostPattern::parse(h).map(Some),
+                None,
+            )
+            .filter(|p| !hosts.contains(p))
+        {
+            hosts.push(p);
+        }
+    }
+    let path_prefix = svc
+        .path_prefix
+        .clone()
+        .unwrap_or_else(|| DEFAULT_PATH_PREFIX.to_string());
+    if !path_prefix.starts_with('/') || path_prefix.contains(char::is_whitespace) {
+        c.fail(
+            format!("{base}.path_prefix"),
+            format!("'{path_prefix}' must start with '/' and contain no spaces"),
+        );
+    }
+    let mut arm = |key: &str, list: &[String]| match parse_upstreams(list) {
+        Ok(v) => v,
+        Err(errors) => {
+            for (j, m) in errors {
+                c.fail(format!("{base}.{key}[{j}]"), m);
+            }
+            Vec::new()
+        }
+    };
+    let stable = arm("stable", &svc.stable);
+    let canary = arm("canary", &svc.canary);
+    if svc.stable.is_empty() {
+        c.fail(
+            format!("{base}.stable"),
+            "needs at least one upstream (host:port)",
+        );
+    }
+    let canary_weight = match svc.canary_weight {
+        None => Weight::ZERO,
+        Some(p) => c.take(
+            &format!("{base}.canary_weight"),
+            Weight::from_percent(p),
+            Weight::ZERO,
+        ),
+    };
+    if !canary_weight.is_zero() && svc.canary.is_empty() {
+        c.fail(
+            format!("{base}.canary_weight"),
+            format!(
+                "is {}% but the service has no canary upstreams",
+                canary_weight.percent()
+            ),
+        );
+    }
+    let connect_timeout = c.duration(
+        &format!("{base}.connect_timeout"),
+        svc.connect_timeout.as_deref(),
+        server.connect_timeout,
+    );
+    let read_timeout = c.duration(
+        &format!("{base}.read_timeout"),
+        svc.read_timeout.as_deref(),
+        server.read_timeout,
+    );
+    (c.problems.len() == before).then_some(ServiceConfig {
+        name,
+        hosts,
+        path_prefix,
+        stable,
+        canary,
+        canary_weight,
+        connect_timeout,
+        read_timeout,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, "test.toml")
+    }
+
+    const MINIMAL: &str = r#"
+[[services]]
+name = "web"
+stable = ["127.0.0.1:3000"]
+"#;
+
+    #[test]
+    fn minimal_file_gets_defaults() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.server.listen, DEFAULT_LISTEN.parse().unwrap());
+        assert_eq!(c.server.threads, DEFAULT_THREADS);
+        assert_eq!(c.services[0].path_prefix, "/");
+        assert!(c.services[0].canary.is_empty());
+        assert_eq!(
+            c.routing.override_header.as_deref(),
+            Some(DEFAULT_OVERRIDE_HEADER)
+        );
+        assert!(c.admin.token.is_none());
+    }
+
+    #[test]
+    fn weight_parses_fractions_and_refuses_out_of_range() {
+        assert_eq!(Weight::from_percent(0.1).unwrap().units(), 100);
+        assert_eq!(Weight::from_percent(12.345).unwrap().units(), 12_345);
+        assert!(Weight::from_percent(100.01).is_err());
+        assert!(Weight::from_percent(-1.0).is_err());
+        assert!(Weight::from_percent(f64::NAN).is_err());
+    }
+
+    #[test]
+    fn durations_need_units() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("10 parsecs").is_err());
+        assert_eq!(format_duration(Duration::from_secs(300)), "5m");
+        assert_eq!(format_duration(Duration::from_millis(250)), "250ms");
+    }
+
+    #[test]
+    fn unknown_key_names_its_path() {
+        let err = parse(
+            r#"
+[[services]]
+name = "web"
+stable = ["127.0.0.1:3000"]
+colour = "blue"
+"#,
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("test.toml: services[0]"), "{text}");
+        assert!(text.contains("colour"), "{text}");
+        assert!(text.contains("line 5"), "{text}");
+    }
+
+    #[test]
+    fn wrong_type_names_its_path() {
+        let err = parse(
+            "[server]\nthreads = \"two\"\n[[services]]\nname=\"a\"\nstable=[\"127.0.0.1:1\"]\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().starts_with("test.toml: server.threads: "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key() {
+        let err = parse(
+            r#"
+[server]
+threads = 0
+[[services]]
+name = "Web Site"
+stable = []
+canary_weight = 150.0
+[[services]]
+name = "api"
+stable = ["nonsense"]
+canary_weight = 5
+"#,
+        )
+        .unwrap_err();
+        let paths = err.paths();
+        for p in [
+            "server.threads",
+            "services[0].name",
+            "services[0].stable",
+            "services[0].canary_weight",
+            "services[1].stable[0]",
+            "services[1].canary_weight",
+        ] {
+            assert!(paths.iter().any(|x| x == p), "{p} missing in {paths:?}");
+        }
+    }
+
+    #[test]
+    fn duplicate_names_and_routes_are_refused() {
+        let err = parse(
+            r#"
+[[services]]
+name = "a"
+stable = ["127.0.0.1:1"]
+[[services]]
+name = "a"
+stable = ["127.0.0.1:2"]
+"#,
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("services[1].name"), "{text}");
+        assert!(text.contains("second catch-all"), "{text}");
+    }
+
+    #[test]
+    fn public_admin_needs_a_token() {
+        let err = parse(&format!(
+            "[server]\nadmin_listen = \"0.0.0.0:9901\"\n{MINIMAL}"
+        ))
+        .unwrap_err();
+        assert_eq!(err.paths(), vec!["admin.token".to_string()]);
+        let ok = parse(&format!(
+            "[server]\nadmin_listen = \"0.0.0.0:9901\"\n[admin]\ntoken = \"0123456789\"\n{MINIMAL}"
+        ))
+        .unwrap();
+        assert_eq!(ok.admin.token.as_deref(), Some("0123456789"));
+    }
+
+    #[test]
+    fn hosts_are_normalised() {
+        let c = parse(
+            r#"
+[[services]]
+name = "a"
+hosts = ["Web.Example.com", "*.example.org"]
+stable = ["127.0.0.1:1"]
+"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.services[0].hosts,
+            vec![
+                HostPattern::Exact("web.example.com".into()),
+                HostPattern::Wildcard(".example.org".into())
+            ]
+        );
+        assert!(
+            parse("[[services]]\nname=\"a\"\nhosts=[\"a.com:80\"]\nstable=[\"127.0.0.1:1\"]")
+                .is_err()
+        );
+    }
+}

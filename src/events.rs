@@ -1,0 +1,163 @@
+//! Events: every change of state, with the evidence behind it, on one in-process bus.
+//!
+//! The controller is the main publisher. Subscribers (the log, and later the store, the
+//! notifiers and the admin live stream) each get their own `broadcast` receiver. Publishing
+//! never waits: a subscriber that falls behind loses the oldest events and is told how many
+//! (`RecvError::Lagged`), it never slows the controller.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+/// How many events a slow subscriber may fall behind before it loses some.
+pub const DEFAULT_BUS_CAPACITY: usize = 4096;
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// The gate started serving (first table published).
+    Started,
+    /// Canary upstreams were set (a new canary generation).
+    CanarySet,
+    /// The canary weight changed.
+    WeightSet,
+    /// The canary became the new stable.
+    Promoted,
+    /// The canary was cut back to 0 and is held there.
+    RolledBack,
+    /// A config reload was applied.
+    ConfigReloaded,
+    /// A config reload was refused; the old table keeps serving.
+    ReloadFailed,
+    /// The gate is draining and will exit.
+    ShuttingDown,
+}
+
+impl EventKind {
+    /// The JSON / label name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Started => "started",
+            EventKind::CanarySet => "canary_set",
+            EventKind::WeightSet => "weight_set",
+            EventKind::Promoted => "promoted",
+            EventKind::RolledBack => "rolled_back",
+            EventKind::ConfigReloaded => "config_reloaded",
+            EventKind::ReloadFailed => "reload_failed",
+            EventKind::ShuttingDown => "shutting_down",
+        }
+    }
+}
+
+/// A routing table change: the version before and after.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct TableChange {
+    /// Version that was serving.
+    pub from: u64,
+    /// Version now serving.
+    pub to: u64,
+}
+
+/// One change of state.
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    /// Increasing within one gate process.
+    pub seq: u64,
+    /// Wall-clock time, milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// What happened.
+    pub kind: EventKind,
+    /// The service it concerns, if one.
+    pub service: Option<String>,
+    /// Who or what caused it: `api`, `cli:<user>`, `config`, `signal:SIGHUP`, `judge`, ...
+    pub actor: String,
+    /// One readable line.
+    pub message: String,
+    /// The routing table versions, when a table was published.
+    pub table: Option<TableChange>,
+    /// The numbers behind it (weights, counts, rates, quantiles, thresholds).
+    pub evidence: serde_json::Value,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The bus: cheap to clone, never blocks the publisher.
+#[derive(Clone, Debug)]
+pub struct EventBus {
+    tx: broadcast::Sender<Arc<Event>>,
+    seq: Arc<AtomicU64>,
+}
+
+impl Default for EventBus {
+    fn default() -> Self {
+        Self::new(DEFAULT_BUS_CAPACITY)
+    }
+}
+
+/// The fields a publisher fills in; the bus adds `seq` and `at_ms`.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    /// What happened.
+    pub kind: EventKind,
+    /// The service it concerns.
+    pub service: Option<String>,
+    /// Who or what caused it.
+    pub actor: String,
+    /// One readable line.
+    pub message: String,
+    /// Table versions.
+    pub table: Option<TableChange>,
+    /// The numbers behind it.
+    pub evidence: serde_json::Value,
+}
+
+impl EventBus {
+    /// A bus whose subscribers may lag `capacity` events.
+    pub fn new(capacity: usize) -> EventBus {
+        let (tx, _) = broadcast::channel(capacity);
+        EventBus {
+            tx,
+            seq: Arc::new(AtomicU64::new(1)),
+        }
+    }
+
+    /// Stamps, logs and sends an event; returns it.
+    pub fn publish(&self, e: NewEvent) -> Arc<Event> {
+        let event = Arc::new(Event {
+            seq: self.seq.fetch_add(1, Ordering::Relaxed),
+            at_ms: now_ms(),
+            kind: e.kind,
+            service: e.service,
+            actor: e.actor,
+            message: e.message,
+            table: e.table,
+            evidence: e.evidence,
+        });
+        tracing::info!(
+            kind = event.kind.as_str(),
+            service = event.service.as_deref().unwrap_or("-"),
+            actor = %event.actor,
+            table = ?event.table.map(|t| t.to),
+            "{}",
+            event.message
+        );
+        // No receiver is not an error: events are also logged above.
+        let _ = self.tx.send(event.clone());
+        event
+    }
+
+    /// A new subscriber, starting with the next event.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.tx.subscribe()
+    }
+}

@@ -1,0 +1,17 @@
+//! Sluice: a traffic gate that makes deployments safe.
+//!
+//! A reverse proxy (pingora) that splits each service's traffic between a stable and a
+//! canary version by weight, measures every request inline per version, and cuts a bad
+//! canary back by publishing one new immutable routing table. See `DESIGN.md` for the flow
+//! and the invariants; each module's `//!` line names its concept.
+
+pub mod admin;
+pub mod client;
+pub mod config;
+pub mod events;
+pub mod gate;
+pub mod metrics;
+pub mod proxy;
+pub mod rollout;
+pub mod routing;
+pub mod stats;

@@ -1,0 +1,305 @@
+//! The `sluice` command: run the gate, check configs, and drive a running gate.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use http::Method;
+use serde_json::{json, Value};
+use tokio::signal::unix::{signal, SignalKind};
+
+use sluice::client::{render_service, render_services, AdminClient, DEFAULT_ADMIN_URL};
+use sluice::config::Config;
+use sluice::gate;
+use sluice::rollout::{ControlHandle, Op};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(
+    name = "sluice",
+    version,
+    about = "A traffic gate: canary releases with instant automatic cut-back"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct Remote {
+    /// Admin API of the gate.
+    #[arg(long, env = "SLUICE_ADMIN_URL", default_value = DEFAULT_ADMIN_URL, global = true)]
+    admin_url: String,
+    /// Bearer token of the admin API.
+    #[arg(long, env = "SLUICE_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    /// Print the API's JSON answer instead of a summary.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gate.
+    Run {
+        /// Config file.
+        #[arg(long, short, default_value = "config/sluice.toml")]
+        config: PathBuf,
+    },
+    /// Validate config files; exits non-zero naming the file and key of each problem.
+    CheckConfig {
+        /// Files to check.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Show services, their arms and live stats.
+    Status {
+        /// One service only.
+        service: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Set a service's canary upstreams (a new canary version).
+    Canary {
+        /// Service name.
+        service: String,
+        /// Canary upstream host:port (repeat for several).
+        #[arg(long = "upstream", required = true)]
+        upstreams: Vec<String>,
+        /// Starting weight in percent (default 0).
+        #[arg(long)]
+        weight: Option<f64>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Set the canary weight in percent (fractions allowed).
+    Weight {
+        /// Service name.
+        service: String,
+        /// Percent of new clients sent to the canary, 0..=100.
+        percent: f64,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Make the canary the new stable.
+    Promote {
+        /// Service name.
+        service: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Cut the canary back to 0 and hold it there.
+    Rollback {
+        /// Service name.
+        service: String,
+        /// Why (kept in the event).
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Ask the gate to re-read its config file.
+    Reload {
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run { config } => run(config),
+        Command::CheckConfig { files } => return check_config(&files),
+        other => remote(other),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("sluice: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn check_config(files: &[PathBuf]) -> ExitCode {
+    let mut failed = false;
+    for f in files {
+        match Config::load(f) {
+            Ok(c) => println!("{}: ok ({} service(s))", f.display(), c.services.len()),
+            Err(e) => {
+                failed = true;
+                eprintln!("{e}");
+            }
+        }
+    }
+    if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
+    let config = Config::load(&path)?;
+    let gate = gate::start(config).context("cannot start")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    gate.spawn_control(handle_signals(gate.control.clone(), tx));
+    let signal = rx.recv().unwrap_or("channel closed");
+    tracing::info!(signal, "draining");
+    let report = gate.drain();
+    if report.abandoned > 0 {
+        tracing::warn!(
+            abandoned = report.abandoned,
+            "drain timeout: connections cut"
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// SIGHUP reloads the config; SIGTERM or SIGINT start a drain; a second one exits at once.
+async fn handle_signals(control: ControlHandle, stop: std::sync::mpsc::Sender<&'static str>) {
+    let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::hangup()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    let mut stopping = false;
+    loop {
+        let name = tokio::select! {
+            _ = hup.recv() => {
+                match control.send(Op::Reload, "signal:SIGHUP").await {
+                    Ok(done) => tracing::info!(table = done.table_version, "reloaded on SIGHUP"),
+                    Err(e) => tracing::error!("reload on SIGHUP refused, old config keeps serving: {e}"),
+                }
+                continue;
+            }
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        if stopping {
+            tracing::warn!(signal = name, "second signal: exiting without waiting");
+            std::process::exit(130);
+        }
+        stopping = true;
+        let _ = stop.send(name);
+    }
+}
+
+fn remote(command: Command) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(remote_call(command))
+}
+
+async fn remote_call(command: Command) -> anyhow::Result<ExitCode> {
+    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    let actor = format!("cli:{user}");
+    let (remote, method, path, body) = match command {
+        Command::Status { service, remote } => {
+            let path = match service {
+                Some(s) => format!("/api/v1/services/{s}"),
+                None => "/api/v1/services".into(),
+            };
+            (remote, Method::GET, path, None)
+        }
+        Command::Canary {
+            service,
+            upstreams,
+            weight,
+            remote,
+        } => {
+            let mut body = json!({ "upstreams": upstreams });
+            if let Some(w) = weight {
+                body["weight"] = json!(w);
+            }
+            (
+                remote,
+                Method::PUT,
+                format!("/api/v1/services/{service}/canary"),
+                Some(body),
+            )
+        }
+        Command::Weight {
+            service,
+            percent,
+            remote,
+        } => (
+            remote,
+            Method::POST,
+            format!("/api/v1/services/{service}/weight"),
+            Some(json!({ "weight": percent })),
+        ),
+        Command::Promote { service, remote } => (
+            remote,
+            Method::POST,
+            format!("/api/v1/services/{service}/promote"),
+            None,
+        ),
+        Command::Rollback {
+            service,
+            reason,
+            remote,
+        } => (
+            remote,
+            Method::POST,
+            format!("/api/v1/services/{service}/rollback"),
+            Some(json!({ "reason": reason })),
+        ),
+        Command::Reload { remote } => (remote, Method::POST, "/api/v1/reload".into(), None),
+        Command::Run { .. } | Command::CheckConfig { .. } => unreachable!("handled in main"),
+    };
+    let client = AdminClient::new(&remote.admin_url, remote.token.clone(), actor)?;
+    let answer = match client.call(method, &path, body).await {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("sluice: {e}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    if remote.json {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+    } else {
+        print!("{}", summarize(&answer));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn summarize(answer: &Value) -> String {
+    if answer.get("services").is_some() {
+        return render_services(answer);
+    }
+    if answer.get("arms").is_some() {
+        return render_service(answer);
+    }
+    let mut out = String::new();
+    if let Some(msg) = answer["event"]["message"].as_str() {
+        out.push_str(&format!(
+            "{msg} (table v{})\n",
+            answer["table_version"].as_u64().unwrap_or(0)
+        ));
+    }
+    if let Some(report) = answer.get("report").filter(|r| !r.is_null()) {
+        out.push_str(&format!(
+            "{}\n",
+            serde_json::to_string_pretty(report).unwrap_or_default()
+        ));
+    }
+    if answer["service"].is_object() {
+        out.push_str(&render_service(&answer["service"]));
+    }
+    out
+}

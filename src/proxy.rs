@@ -1,0 +1,263 @@
+//! The data plane: pingora's `ProxyHttp` for the gate.
+//!
+//! Per request, in order: `request_filter` loads the routing table once (kept in the
+//! context to the end), finds the service by Host and path, and chooses the arm (tester
+//! header, sticky seed, weight); `upstream_peer` picks the arm's next upstream round robin
+//! (the pool keeps connections alive); `fail_to_connect` moves on to the next upstream of
+//! the same arm; `upstream_request_filter` adds the X-Forwarded-* headers (pingora strips
+//! the hop-by-hop ones); `response_filter` hands a new client its sticky cookie; `logging`
+//! records status class and latency in the arm's window and metrics. Nothing here locks,
+//! waits on the control plane, or touches the network besides the proxied request itself.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, CONNECTION, HOST};
+use pingora::http::ResponseHeader;
+use pingora::protocols::l4::socket::SocketAddr as PeerAddr;
+use pingora::proxy::{ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorSource, Result};
+
+use crate::metrics::Metrics;
+use crate::routing::{Arm, ArmRole, RoutingTable, SharedTable};
+use crate::stats::StatusClass;
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// The gate's `ProxyHttp` implementation.
+pub struct GateProxy {
+    table: SharedTable,
+    metrics: Arc<Metrics>,
+}
+
+impl GateProxy {
+    /// A proxy reading `table`.
+    pub fn new(table: SharedTable, metrics: Arc<Metrics>) -> GateProxy {
+        GateProxy { table, metrics }
+    }
+}
+
+/// What one request carries from phase to phase.
+pub struct RequestCtx {
+    started: Instant,
+    /// The table this request routes by, loaded once.
+    table: Option<Arc<RoutingTable>>,
+    service: usize,
+    role: ArmRole,
+    /// Round-robin start and the current attempt within the arm.
+    start: usize,
+    attempt: usize,
+    new_seed: Option<u64>,
+}
+
+impl RequestCtx {
+    fn arm(&self) -> Option<&Arm> {
+        self.table
+            .as_ref()
+            .map(|t| t.services[self.service].arm(self.role))
+    }
+}
+
+/// The Host a request is for: the URI authority (HTTP/2, absolute form) or the Host header.
+fn request_host(session: &Session) -> &str {
+    let req = session.req_header();
+    if let Some(host) = req.uri.host() {
+        return host;
+    }
+    req.headers
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("")
+}
+
+async fn respond_plain(session: &mut Session, status: u16, body: &'static str) -> Result<()> {
+    let mut resp = ResponseHeader::build(status, Some(3))?;
+    resp.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
+    resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
+    session.write_response_header(Box::new(resp), false).await?;
+    session
+        .write_response_body(Some(Bytes::from_static(body.as_bytes())), true)
+        .await
+}
+
+#[async_trait]
+impl ProxyHttp for GateProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            started: Instant::now(),
+            table: None,
+            service: 0,
+            role: ArmRole::Stable,
+            start: 0,
+            attempt: 0,
+            new_seed: None,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let table = self.table.load_full();
+        let path = session.req_header().uri.path();
+        let Some(index) = table.route(request_host(session), path) else {
+            self.metrics.unrouted();
+            respond_plain(
+                session,
+                404,
+                "sluice: no service matches this host and path\n",
+            )
+            .await?;
+            return Ok(true);
+        };
+        let service = &table.services[index];
+        let headers = &session.req_header().headers;
+        let forced = table
+            .options
+            .override_header
+            .as_ref()
+            .and_then(|h| headers.get(h))
+            .and_then(|v| ArmRole::parse(v.as_bytes()));
+        let seed = if forced.is_none() && service.splits() {
+            table.options.sticky_seed(headers)
+        } else {
+            None
+        };
+        let choice = service.choose_arm(forced, seed, table.options.sticky);
+        ctx.role = choice.role;
+        ctx.new_seed = choice.new_seed;
+        ctx.start = service.arm(choice.role).start();
+        ctx.service = index;
+        ctx.table = Some(table);
+        Ok(false)
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let Some(table) = ctx.table.as_ref() else {
+            return Error::e_explain(pingora::InternalError, "request was not routed");
+        };
+        let service = &table.services[ctx.service];
+        let upstream = service.arm(ctx.role).upstream(ctx.start, ctx.attempt);
+        let mut peer = HttpPeer::new(upstream.addr, false, String::new());
+        peer.options.connection_timeout = Some(service.config.connect_timeout);
+        peer.options.read_timeout = Some(service.config.read_timeout);
+        peer.options.idle_timeout = Some(table.options.idle_timeout);
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let Some(arm) = ctx.arm() {
+            arm.metrics.connect_failed();
+            let upstreams = arm.upstreams.len();
+            ctx.attempt += 1;
+            // Try each upstream of the arm once; a connect error never reached the app,
+            // so this is safe for any method.
+            if ctx.attempt < upstreams {
+                e.set_retry(true);
+            }
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut pingora::http::RequestHeader,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(ip) = session
+            .client_addr()
+            .and_then(PeerAddr::as_inet)
+            .map(|a| a.ip())
+        {
+            let value = match upstream_request
+                .headers
+                .get(&X_FORWARDED_FOR)
+                .and_then(|v| v.to_str().ok())
+            {
+                Some(prior) => format!("{prior}, {ip}"),
+                None => ip.to_string(),
+            };
+            upstream_request.insert_header(X_FORWARDED_FOR.clone(), value)?;
+        }
+        upstream_request
+            .insert_header(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"))?;
+        if let Some(host) = session.req_header().headers.get(HOST).cloned() {
+            upstream_request.insert_header(X_FORWARDED_HOST.clone(), host)?;
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if upstream_response.status == 101 {
+            return Ok(());
+        }
+        // Hop-by-hop fields of the upstream connection must not reach the client; pingora
+        // writes the client's own Connection header.
+        let nominated: Vec<HeaderName> = upstream_response
+            .headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .filter(|n| n != CONNECTION)
+            .collect();
+        for name in nominated {
+            upstream_response.remove_header(&name);
+        }
+        upstream_response.remove_header(&KEEP_ALIVE);
+        upstream_response.remove_header(&PROXY_CONNECTION);
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let (Some(seed), Some(table)) = (ctx.new_seed, ctx.table.as_ref()) {
+            upstream_response
+                .append_header(http::header::SET_COOKIE, table.options.set_cookie(seed))?;
+        }
+        Ok(())
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, error: &Error) -> bool {
+        // A client that went away is not the gate's problem; upstream errors are logged.
+        matches!(error.esource(), ErrorSource::Downstream)
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        let Some(arm) = ctx.arm() else {
+            return;
+        };
+        let status = session.response_written().map(|r| r.status.as_u16());
+        let class = StatusClass::of(status);
+        let elapsed = ctx.started.elapsed();
+        arm.stats.record(class, elapsed);
+        arm.metrics.record(class, elapsed.as_secs_f64());
+    }
+}

@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod client;
 pub mod config;
+pub mod demo;
 pub mod events;
 pub mod gate;
 pub mod metrics;

@@ -1,0 +1,107 @@
+//! Test scaffolding: real upstreams on 127.0.0.1:0 and a real gate in this process.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use serde_json::Value;
+use sluice::config::Config;
+use sluice::demo::DemoUpstream;
+use sluice::gate::{self, GateHandle};
+
+/// A demo upstream named `name` on a free port.
+pub fn spawn_upstream(name: &str) -> DemoUpstream {
+    DemoUpstream::spawn(name).expect("upstream starts")
+}
+
+/// A port nothing listens on (bound, then released).
+pub fn dead_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    drop(l);
+    addr.to_string()
+}
+
+/// The `[server]` table every test gate uses: free ports, short drain.
+pub fn server_table() -> &'static str {
+    "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nthreads = 2\ndrain_timeout = \"5s\"\n"
+}
+
+/// A gate running `services_toml` (plus any other tables) on free ports.
+pub fn spawn_gate(services_toml: &str) -> GateHandle {
+    let text = format!("{}{services_toml}", server_table());
+    let config = Config::parse(&text, "test.toml").expect("test config is valid");
+    gate::start(config).expect("gate starts")
+}
+
+/// A gate from a config file (for reloads).
+pub fn spawn_gate_from_file(path: &std::path::Path) -> GateHandle {
+    let config = Config::load(path).expect("test config is valid");
+    gate::start(config).expect("gate starts")
+}
+
+/// An HTTP client that keeps no cookies of its own.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .pool_max_idle_per_host(16)
+        .build()
+        .unwrap()
+}
+
+/// `http://proxy_addr{path}`.
+pub fn proxy_url(gate: &GateHandle, path: &str) -> String {
+    format!("http://{}{}", gate.proxy_addr, path)
+}
+
+/// `http://admin_addr{path}`.
+pub fn admin_url(gate: &GateHandle, path: &str) -> String {
+    format!("http://{}{}", gate.admin_addr, path)
+}
+
+/// GET through the proxy with a Host header; returns (status, body, set-cookie).
+pub async fn get(
+    c: &reqwest::Client,
+    gate: &GateHandle,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String, Option<String>) {
+    let mut req = c.get(proxy_url(gate, path)).header("host", host);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().await.expect("proxy answers");
+    let status = resp.status().as_u16();
+    let cookie = resp
+        .headers()
+        .get("set-cookie")
+        .map(|v| v.to_str().unwrap().to_string());
+    (
+        status,
+        resp.text().await.unwrap().trim().to_string(),
+        cookie,
+    )
+}
+
+/// An admin API call; returns (status, JSON body).
+pub async fn admin(
+    c: &reqwest::Client,
+    gate: &GateHandle,
+    method: reqwest::Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = c.request(method, admin_url(gate, path));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.expect("admin answers");
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    let json = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, json)
+}

@@ -1,0 +1,371 @@
+//! The `sluice` binary as operators run it: signals, CLI, config checks.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_sluice");
+
+/// A `sluice run` child process and the addresses it reported.
+struct Running {
+    child: Child,
+    proxy: SocketAddr,
+    admin: SocketAddr,
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Running {
+    fn start(config: &Path) -> Running {
+        let mut child = Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(config)
+            .env("SLUICE_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("sluice starts");
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in stderr.lines().map_while(Result::ok) {
+                    if line.contains("sluice ready") {
+                        let field = |k: &str| {
+                            line.split_whitespace()
+                                .find_map(|w| w.strip_prefix(k))
+                                .and_then(|v| v.parse::<SocketAddr>().ok())
+                        };
+                        let _ = tx.send((field("proxy="), field("admin=")));
+                    }
+                    log.lock().unwrap().push(line);
+                }
+            });
+        }
+        let (proxy, admin) = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("sluice reports ready");
+        Running {
+            child,
+            proxy: proxy.unwrap(),
+            admin: admin.unwrap(),
+            log,
+        }
+    }
+
+    /// Sends a signal by name ("TERM", "HUP") with kill(1), keeping the tests free of FFI.
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let until = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < until,
+                "sluice did not exit within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn log_contains(&self, needle: &str) -> bool {
+        self.log.lock().unwrap().iter().any(|l| l.contains(needle))
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn write_config(dir: &Path, body: &str) -> std::path::PathBuf {
+    let path = dir.join("sluice.toml");
+    std::fs::write(&path, format!("{}{body}", server_table())).unwrap();
+    path
+}
+
+async fn table_version(c: &reqwest::Client, admin: SocketAddr) -> u64 {
+    let v: Value = c
+        .get(format!("http://{admin}/api/v1/services"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["table_version"].as_u64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_requests_in_flight_then_exits() {
+    let up = spawn_upstream("slow");
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        dir.path(),
+        &format!("[[services]]\nname = \"web\"\nstable = [\"{}\"]\n", up.addr),
+    );
+    let mut gate = Running::start(&path);
+    let client = client();
+    // An idle keep-alive connection in the pool must not hold the drain up.
+    let r = client
+        .get(format!("http://{}/", gate.proxy))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let in_flight: Vec<_> = (0..5)
+        .map(|_| {
+            let c = client.clone();
+            let url = format!("http://{}/sleep/1500", gate.proxy);
+            tokio::spawn(async move { c.get(url).send().await.map(|r| r.status().as_u16()) })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let started = Instant::now();
+    gate.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // New connections are refused while the old requests finish.
+    assert!(
+        std::net::TcpStream::connect_timeout(&gate.proxy, Duration::from_millis(500)).is_err(),
+        "the listener still accepts during the drain"
+    );
+    for r in in_flight {
+        assert_eq!(r.await.unwrap().expect("in-flight request completes"), 200);
+    }
+    let status = gate.wait_exit(Duration::from_secs(8));
+    assert!(status.success(), "exit status {status}");
+    // Drain ends when the last request does, not at drain_timeout (5 s).
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(gate.log_contains("shutting_down"));
+    assert!(gate.log_contains("abandoned=0"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_and_a_bad_file_keeps_the_old_table() {
+    let (a, b) = (spawn_upstream("a"), spawn_upstream("b"));
+    let dir = tempfile::tempdir().unwrap();
+    let service = |addr: SocketAddr, extra: &str| {
+        format!("[[services]]\nname = \"web\"\nstable = [\"{addr}\"]\n{extra}")
+    };
+    let path = write_config(dir.path(), &service(a.addr, ""));
+    let gate = Running::start(&path);
+    let client = client();
+    let v1 = table_version(&client, gate.admin).await;
+
+    write_config(dir.path(), &service(b.addr, ""));
+    gate.signal("HUP");
+    let until = Instant::now() + Duration::from_secs(5);
+    while table_version(&client, gate.admin).await == v1 {
+        assert!(Instant::now() < until, "SIGHUP did not reload");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let body = client
+        .get(format!("http://{}/", gate.proxy))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(body.trim(), "b");
+
+    write_config(dir.path(), &service(a.addr, "threads = 3\n"));
+    gate.signal("HUP");
+    let until = Instant::now() + Duration::from_secs(5);
+    while !gate.log_contains("reload on SIGHUP refused") {
+        assert!(Instant::now() < until, "bad reload not reported");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(gate.log_contains("services[0].threads"));
+    assert_eq!(table_version(&client, gate.admin).await, v1 + 1);
+    let body = client
+        .get(format!("http://{}/", gate.proxy))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(body.trim(), "b");
+}
+
+fn cli(admin: SocketAddr, token: Option<&str>, args: &[&str]) -> (i32, String, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env("SLUICE_ADMIN_URL", format!("http://{admin}"))
+        .env_remove("SLUICE_TOKEN");
+    if let Some(t) = token {
+        cmd.env("SLUICE_TOKEN", t);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_drives_the_admin_api() {
+    let (s, c, n) = (
+        spawn_upstream("stable"),
+        spawn_upstream("canary"),
+        spawn_upstream("next"),
+    );
+    let gate = spawn_gate(&format!(
+        "[admin]\ntoken = \"cli-token-123\"\n[[services]]\nname = \"web\"\nstable = [\"{}\"]\ncanary = [\"{}\"]\ncanary_weight = 5.0\n",
+        s.addr, c.addr
+    ));
+    let admin = gate.admin_addr;
+    let tok = Some("cli-token-123");
+    let run = move |args: Vec<String>| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        cli(admin, tok, &args)
+    };
+    let a = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+
+    let (code, out, _) = tokio::task::spawn_blocking(move || run(a(&["status"])))
+        .await
+        .unwrap();
+    assert_eq!(code, 0);
+    assert!(out.contains("web  state=canary  canary_weight=5%"), "{out}");
+    let (code, out, _) = tokio::task::spawn_blocking(move || run(a(&["weight", "web", "12.5"])))
+        .await
+        .unwrap();
+    assert_eq!(code, 0);
+    assert!(out.contains("canary weight 5% -> 12.5%"), "{out}");
+    let (code, _, err) = tokio::task::spawn_blocking(move || run(a(&["weight", "web", "150"])))
+        .await
+        .unwrap();
+    assert_eq!(code, 1);
+    assert!(err.contains("must be between 0 and 100"), "{err}");
+    let (code, out, _) = tokio::task::spawn_blocking(move || {
+        run(a(&["rollback", "web", "--reason", "p95 doubled"]))
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0);
+    assert!(out.contains("p95 doubled"), "{out}");
+    let (code, _, err) = tokio::task::spawn_blocking(move || run(a(&["promote", "web"])))
+        .await
+        .unwrap();
+    assert_eq!(code, 1);
+    assert!(err.contains("409"), "{err}");
+    let next = n.addr.to_string();
+    let (code, out, _) = tokio::task::spawn_blocking(move || {
+        run(vec![
+            "canary".into(),
+            "web".into(),
+            "--upstream".into(),
+            next,
+            "--weight".into(),
+            "1".into(),
+        ])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{out}");
+    let (code, out, _) = tokio::task::spawn_blocking(move || run(a(&["promote", "web"])))
+        .await
+        .unwrap();
+    assert_eq!(code, 0);
+    assert!(out.contains("state=stable"), "{out}");
+    let (code, out, _) = tokio::task::spawn_blocking(move || run(a(&["status", "web", "--json"])))
+        .await
+        .unwrap();
+    assert_eq!(code, 0);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["arms"]["stable"]["upstreams"][0], n.addr.to_string());
+
+    // Wrong token and unknown gate: clear errors, exit 1.
+    let (code, _, err) =
+        tokio::task::spawn_blocking(move || cli(admin, Some("wrong-token"), &["status"]))
+            .await
+            .unwrap();
+    assert_eq!(code, 1);
+    assert!(err.contains("401"), "{err}");
+    let dead: SocketAddr = dead_addr().parse().unwrap();
+    let (code, _, err) = tokio::task::spawn_blocking(move || cli(dead, None, &["status"]))
+        .await
+        .unwrap();
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot reach the admin API"), "{err}");
+}
+
+#[test]
+fn check_config_accepts_the_examples_and_refuses_every_invalid_file() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut valid = 0;
+    for entry in std::fs::read_dir(&root).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let out = Command::new(BIN)
+                .arg("check-config")
+                .arg(&path)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            valid += 1;
+        }
+    }
+    assert!(valid >= 1);
+    let mut invalid = 0;
+    for entry in std::fs::read_dir(root.join("invalid")).unwrap() {
+        let path = entry.unwrap().path();
+        let out = Command::new(BIN)
+            .arg("check-config")
+            .arg(&path)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{} was accepted",
+            path.display()
+        );
+        let name = path.display().to_string();
+        assert!(
+            err.starts_with(&name),
+            "message does not name the file: {err}"
+        );
+        // Every message names a key path (`a.b[0].c: ...`) or, for broken TOML, a line.
+        let after = &err[name.len() + 2..];
+        let names_key = after.split(": ").next().is_some_and(|k| {
+            !k.is_empty()
+                && k.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_.[]".contains(c))
+        });
+        assert!(names_key || err.contains("(line "), "no key path in: {err}");
+        invalid += 1;
+    }
+    assert!(invalid >= 10);
+}

@@ -1,24 +1,31 @@
 //! The gate process: runtimes, listeners, the control plane, drain and signals.
 //!
-//! Sluice hosts pingora's `HttpProxy` (the request engine: parsing, pooling, retries) in its
-//! own accept loop — pingora's documented `http_proxy()` path — instead of pingora's
-//! `Server`. That lets the gate bind its listeners before anything starts (so port 0
-//! works and a bind error is reported at once), end a SIGTERM drain as soon as the last
-//! connection finishes instead of sleeping a fixed grace period, and handle SIGHUP.
+//! The data plane is pingora's own listening `Service` around `HttpProxy` (parsing, buffered
+//! writes, pooling, retries), run the way pingora's no-steal runtime runs it: one worker
+//! thread per `server.threads`, each with a single-threaded tokio runtime (measured 10 %
+//! faster than a work-stealing one here). Each worker runs its own service on a `dup` of the
+//! one listening socket, so the workers share one accept queue like nginx workers do, and
+//! each has its own upstream keep-alive pool. (pingora's `NoStealRuntime` itself is not
+//! used: it records its pools in a thread-local that outlives its threads, so a second gate
+//! in one process, as in the tests, would spawn onto the first one's dead runtime.)
 //!
-//! Two runtimes: the proxy runtime (`server.threads` workers) runs only the data plane;
-//! the control runtime (one worker) runs the controller, the admin API and the signal
-//! handlers, so control work never queues behind requests and vice versa.
+//! What Sluice does instead of pingora's `Server` is the orchestration around it: it binds
+//! both listeners itself before anything starts (a bind error is reported at once and port
+//! 0 works; the socket reaches pingora through its inherited-fd table), it ends a SIGTERM
+//! drain as soon as the last request in flight finishes instead of sleeping a fixed grace
+//! period, and it handles SIGHUP. The control plane (controller, admin API, signal handlers)
+//! runs on its own one-thread runtime, so control work never queues behind requests.
 
 use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::os::fd::IntoRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pingora::apps::ServerApp;
-use pingora::protocols::l4::listener::Listener;
-use pingora::proxy::{http_proxy, HttpProxy};
+use pingora::proxy::http_proxy_service_with_name;
 use pingora::server::configuration::ServerConf;
+use pingora::server::Fds;
+use pingora::services::Service as _;
 use tokio::runtime::Runtime;
 use tokio::sync::watch;
 
@@ -26,7 +33,7 @@ use crate::admin::{self, AdminState};
 use crate::config::Config;
 use crate::events::{EventBus, EventKind, NewEvent};
 use crate::metrics::Metrics;
-use crate::proxy::GateProxy;
+use crate::proxy::{GateProxy, InFlight};
 use crate::rollout::{ControlHandle, Controller};
 
 /// Why the gate could not start.
@@ -42,45 +49,15 @@ pub enum GateError {
         /// The OS error.
         source: std::io::Error,
     },
-    /// A runtime could not be built.
-    #[error("cannot start the {what} runtime: {source}")]
-    Runtime {
-        /// Which one.
-        what: &'static str,
-        /// The OS error.
-        source: std::io::Error,
-    },
-}
-
-/// Counts open client connections; drain waits for it to reach zero.
-#[derive(Clone, Default, Debug)]
-pub struct Connections(Arc<AtomicUsize>);
-
-/// Decrements [`Connections`] when the connection task ends.
-pub struct ConnectionGuard(Arc<AtomicUsize>);
-
-impl Connections {
-    fn enter(&self) -> ConnectionGuard {
-        self.0.fetch_add(1, Ordering::Relaxed);
-        ConnectionGuard(self.0.clone())
-    }
-
-    /// Connections open now.
-    pub fn open(&self) -> usize {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for ConnectionGuard {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
+    /// A runtime or worker thread could not be started.
+    #[error("cannot start the {0}: {1}")]
+    Runtime(&'static str, std::io::Error),
 }
 
 /// How a drain ended.
 #[derive(Debug, Clone, Copy)]
 pub struct DrainReport {
-    /// Connections still open when the drain stopped waiting (0 when it completed).
+    /// Requests still in flight when the drain stopped waiting (0 when it completed).
     pub abandoned: usize,
     /// How long it took.
     pub took: Duration,
@@ -99,50 +76,29 @@ pub struct GateHandle {
     pub bus: EventBus,
     /// The metric registry.
     pub metrics: Arc<Metrics>,
-    connections: Connections,
+    in_flight: InFlight,
     draining: Arc<AtomicBool>,
     drain_timeout: Duration,
-    stop_proxy: watch::Sender<bool>,
+    stop_accepting: watch::Sender<bool>,
+    stop_workers: watch::Sender<bool>,
     stop_control: watch::Sender<bool>,
-    proxy_rt: Option<Runtime>,
+    workers: Vec<std::thread::JoinHandle<()>>,
     control_rt: Option<Runtime>,
 }
 
-fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, GateError> {
+fn bind(key: &'static str, addr: SocketAddr) -> Result<(TcpListener, SocketAddr), GateError> {
     let err = |source| GateError::Bind { key, addr, source };
     let listener = TcpListener::bind(addr).map_err(err)?;
     listener.set_nonblocking(true).map_err(err)?;
-    Ok(listener)
-}
-
-fn runtime(what: &'static str, threads: usize) -> Result<Runtime, GateError> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .thread_name(format!("sluice-{what}"))
-        .enable_all()
-        .build()
-        .map_err(|source| GateError::Runtime { what, source })
+    let local = listener.local_addr().map_err(err)?;
+    Ok((listener, local))
 }
 
 /// Starts a gate: binds both listeners, then runs the proxy and the control plane on their
 /// own threads. Returns once both listeners accept connections.
 pub fn start(config: Config) -> Result<GateHandle, GateError> {
-    let proxy_listener = bind("server.listen", config.server.listen)?;
-    let admin_listener = bind("server.admin_listen", config.server.admin_listen)?;
-    let proxy_addr = proxy_listener
-        .local_addr()
-        .map_err(|source| GateError::Bind {
-            key: "server.listen",
-            addr: config.server.listen,
-            source,
-        })?;
-    let admin_addr = admin_listener
-        .local_addr()
-        .map_err(|source| GateError::Bind {
-            key: "server.admin_listen",
-            addr: config.server.admin_listen,
-            source,
-        })?;
+    let (proxy_listener, proxy_addr) = bind("server.listen", config.server.listen)?;
+    let (admin_listener, admin_addr) = bind("server.admin_listen", config.server.admin_listen)?;
 
     let metrics = Arc::new(Metrics::new());
     let bus = EventBus::default();
@@ -152,29 +108,64 @@ pub fn start(config: Config) -> Result<GateHandle, GateError> {
     let (controller, control, table, admin_token) =
         Controller::new(config, metrics.clone(), bus.clone());
 
-    let (stop_proxy, proxy_stopped) = watch::channel(false);
+    let (stop_accepting, accepting_stopped) = watch::channel(false);
+    let (stop_workers, workers_stopped) = watch::channel(false);
     let (stop_control, control_stopped) = watch::channel(false);
-    let connections = Connections::default();
+    let in_flight = InFlight::default();
     let draining = Arc::new(AtomicBool::new(false));
 
-    let proxy_rt = runtime("proxy", threads)?;
     let conf = Arc::new(ServerConf {
         threads,
         upstream_keepalive_pool_size: keepalive_pool_size,
         ..ServerConf::default()
     });
-    let proxy = {
-        let _enter = proxy_rt.enter();
-        Arc::new(http_proxy(&conf, GateProxy::new(table, metrics.clone())))
-    };
-    proxy_rt.spawn(accept_loop(
-        proxy_listener,
-        proxy,
-        proxy_stopped,
-        connections.clone(),
-    ));
+    let key = proxy_addr.to_string();
+    let mut workers = Vec::with_capacity(threads);
+    for i in 0..threads {
+        let runtime_err = |e| GateError::Runtime("proxy worker", e);
+        // Each worker gets its own descriptor of the same socket; pingora takes it over
+        // (through its inherited-fd table) instead of binding the address again.
+        let socket = proxy_listener.try_clone().map_err(runtime_err)?;
+        let mut fds = Fds::new();
+        fds.add(key.clone(), socket.into_raw_fd());
+        let fds = Arc::new(parking_lot::Mutex::new(fds));
+        let mut service = http_proxy_service_with_name(
+            &conf,
+            GateProxy::new(table.clone(), metrics.clone(), in_flight.clone()),
+            "sluice proxy",
+        );
+        service.add_tcp(&key);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(runtime_err)?;
+        let (accepting_stopped, mut workers_stopped) =
+            (accepting_stopped.clone(), workers_stopped.clone());
+        let worker = std::thread::Builder::new()
+            .name(format!("sluice-proxy-{i}"))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    // Returns once accepting stops; requests in flight go on until the
+                    // drain releases the workers.
+                    service.start_service(Some(fds), accepting_stopped, 1).await;
+                    while !*workers_stopped.borrow() {
+                        if workers_stopped.changed().await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            })
+            .map_err(runtime_err)?;
+        workers.push(worker);
+    }
+    drop(proxy_listener);
 
-    let control_rt = runtime("control", 1)?;
+    let control_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("sluice-control")
+        .enable_all()
+        .build()
+        .map_err(|e| GateError::Runtime("control runtime", e))?;
     let state = AdminState {
         control: control.clone(),
         metrics: metrics.clone(),
@@ -192,73 +183,26 @@ pub fn start(config: Config) -> Result<GateHandle, GateError> {
         control,
         bus,
         metrics,
-        connections,
+        in_flight,
         draining,
         drain_timeout,
-        stop_proxy,
+        stop_accepting,
+        stop_workers,
         stop_control,
-        proxy_rt: Some(proxy_rt),
+        workers,
         control_rt: Some(control_rt),
     })
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    proxy: Arc<HttpProxy<GateProxy>>,
-    mut shutdown: watch::Receiver<bool>,
-    connections: Connections,
-) {
-    let listener = match tokio::net::TcpListener::from_std(listener) {
-        Ok(l) => Listener::from(l),
-        Err(e) => {
-            tracing::error!(error = %e, "proxy listener cannot be registered");
-            return;
-        }
-    };
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(mut stream) => {
-                    if let Err(e) = stream.set_nodelay() {
-                        tracing::debug!(error = %e, "set_nodelay failed");
-                    }
-                    let guard = connections.enter();
-                    let proxy = proxy.clone();
-                    let shutdown = shutdown.clone();
-                    tokio::spawn(async move {
-                        let _guard = guard;
-                        let mut next = proxy.process_new(Box::new(stream), &shutdown).await;
-                        while let Some(stream) = next {
-                            next = proxy.process_new(stream, &shutdown).await;
-                        }
-                    });
-                }
-                Err(e) => {
-                    // Out of file descriptors, say: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            },
-            changed = shutdown.changed() => {
-                if changed.is_err() || *shutdown.borrow() {
-                    break;
-                }
-            }
-        }
-    }
-    drop(listener);
-    // Wakes keep-alive connections parked between requests so they close now.
-    proxy.cleanup().await;
-}
-
 impl GateHandle {
-    /// Connections open now.
-    pub fn open_connections(&self) -> usize {
-        self.connections.open()
+    /// Requests in flight now.
+    pub fn requests_in_flight(&self) -> usize {
+        self.in_flight.count()
     }
 
-    /// Stops accepting, lets requests in flight finish (up to `server.drain_timeout`), then
-    /// stops the control plane. Blocks the calling thread; call it outside any runtime.
+    /// Stops accepting (and closes idle keep-alive connections), lets requests in flight
+    /// finish, up to `server.drain_timeout`, then stops the control plane. Blocks the
+    /// calling thread; call it outside any runtime.
     pub fn drain(mut self) -> DrainReport {
         let started = Instant::now();
         self.draining.store(true, Ordering::Relaxed);
@@ -267,23 +211,21 @@ impl GateHandle {
             service: None,
             actor: "signal".into(),
             message: format!(
-                "draining {} open connection(s), at most {:?}",
-                self.connections.open(),
+                "draining {} request(s) in flight, at most {:?}",
+                self.in_flight.count(),
                 self.drain_timeout
             ),
             table: None,
-            evidence: serde_json::json!({ "open_connections": self.connections.open() }),
+            evidence: serde_json::json!({ "in_flight": self.in_flight.count() }),
         });
-        let _ = self.stop_proxy.send(true);
+        let _ = self.stop_accepting.send(true);
         let deadline = started + self.drain_timeout;
-        while self.connections.open() > 0 && Instant::now() < deadline {
+        while self.in_flight.count() > 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
-        let abandoned = self.connections.open();
+        let abandoned = self.in_flight.count();
+        self.stop_workers_now();
         let _ = self.stop_control.send(true);
-        if let Some(rt) = self.proxy_rt.take() {
-            rt.shutdown_timeout(Duration::from_millis(100));
-        }
         if let Some(rt) = self.control_rt.take() {
             rt.shutdown_timeout(Duration::from_secs(2));
         }
@@ -293,6 +235,14 @@ impl GateHandle {
         };
         tracing::info!(abandoned, took = ?report.took, "sluice stopped");
         report
+    }
+
+    fn stop_workers_now(&mut self) {
+        let _ = self.stop_accepting.send(true);
+        let _ = self.stop_workers.send(true);
+        for worker in self.workers.drain(..) {
+            let _ = worker.join();
+        }
     }
 
     /// Runs `f` on the control runtime (signal handlers, for instance).
@@ -308,11 +258,8 @@ impl GateHandle {
 
 impl Drop for GateHandle {
     fn drop(&mut self) {
-        let _ = self.stop_proxy.send(true);
+        self.stop_workers_now();
         let _ = self.stop_control.send(true);
-        if let Some(rt) = self.proxy_rt.take() {
-            rt.shutdown_background();
-        }
         if let Some(rt) = self.control_rt.take() {
             rt.shutdown_background();
         }

@@ -9,6 +9,7 @@
 //! records status class and latency in the arm's window and metrics. Nothing here locks,
 //! waits on the control plane, or touches the network besides the proxied request itself.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -31,16 +32,46 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
+/// Requests between header read and logging; a drain waits for it to reach zero.
+#[derive(Clone, Default, Debug)]
+pub struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    /// Requests in flight now.
+    pub fn count(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn enter(&self) -> InFlightGuard {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        InFlightGuard(self.0.clone())
+    }
+}
+
+/// Held by a request's context; dropping the context ends the request.
+struct InFlightGuard(Arc<AtomicUsize>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// The gate's `ProxyHttp` implementation.
 pub struct GateProxy {
     table: SharedTable,
     metrics: Arc<Metrics>,
+    in_flight: InFlight,
 }
 
 impl GateProxy {
-    /// A proxy reading `table`.
-    pub fn new(table: SharedTable, metrics: Arc<Metrics>) -> GateProxy {
-        GateProxy { table, metrics }
+    /// A proxy reading `table`, counting its requests in `in_flight`.
+    pub fn new(table: SharedTable, metrics: Arc<Metrics>, in_flight: InFlight) -> GateProxy {
+        GateProxy {
+            table,
+            metrics,
+            in_flight,
+        }
     }
 }
 
@@ -55,6 +86,7 @@ pub struct RequestCtx {
     start: usize,
     attempt: usize,
     new_seed: Option<u64>,
+    _in_flight: InFlightGuard,
 }
 
 impl RequestCtx {
@@ -100,6 +132,7 @@ impl ProxyHttp for GateProxy {
             start: 0,
             attempt: 0,
             new_seed: None,
+            _in_flight: self.in_flight.enter(),
         }
     }
 

@@ -36,6 +36,7 @@ pub struct DemoUpstream {
     pub addr: SocketAddr,
     name: Arc<str>,
     hits: Arc<AtomicU64>,
+    connections: Arc<AtomicU64>,
     behaviour: Arc<Behaviour>,
     stop: watch::Sender<bool>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -54,21 +55,26 @@ impl DemoUpstream {
         let addr = listener.local_addr()?;
         let name: Arc<str> = name.into();
         let hits = Arc::new(AtomicU64::new(0));
+        let connections = Arc::new(AtomicU64::new(0));
         let behaviour = Arc::new(Behaviour::default());
         let (stop, stopped) = watch::channel(false);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
         let thread = {
-            let (name, hits, behaviour) = (name.clone(), hits.clone(), behaviour.clone());
+            let counters = (hits.clone(), connections.clone());
+            let (name, behaviour) = (name.clone(), behaviour.clone());
             std::thread::Builder::new()
                 .name(format!("upstream-{name}"))
-                .spawn(move || runtime.block_on(serve(listener, name, hits, behaviour, stopped)))?
+                .spawn(move || {
+                    runtime.block_on(serve(listener, name, counters, behaviour, stopped))
+                })?
         };
         Ok(DemoUpstream {
             addr,
             name,
             hits,
+            connections,
             behaviour,
             stop,
             thread: Some(thread),
@@ -83,6 +89,11 @@ impl DemoUpstream {
     /// Requests it has answered (or started answering).
     pub fn hits(&self) -> u64 {
         self.hits.load(Relaxed)
+    }
+
+    /// TCP connections it has accepted.
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Relaxed)
     }
 
     /// Answers a share (0.0..=1.0) of ordinary requests with 500 from now on.
@@ -111,14 +122,14 @@ impl Drop for DemoUpstream {
 async fn serve(
     listener: std::net::TcpListener,
     name: Arc<str>,
-    hits: Arc<AtomicU64>,
+    (hits, connections): (Arc<AtomicU64>, Arc<AtomicU64>),
     behaviour: Arc<Behaviour>,
     mut stop: watch::Receiver<bool>,
 ) {
     let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
         return;
     };
-    let mut connections = tokio::task::JoinSet::new();
+    let mut tasks = tokio::task::JoinSet::new();
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -131,8 +142,9 @@ async fn serve(
             _ = stop.changed() => break,
         };
         let _ = stream.set_nodelay(true);
+        connections.fetch_add(1, Relaxed);
         let (name, hits, behaviour) = (name.clone(), hits.clone(), behaviour.clone());
-        connections.spawn(async move {
+        tasks.spawn(async move {
             let service =
                 service_fn(move |req| answer(req, name.clone(), hits.clone(), behaviour.clone()));
             let _ = hyper::server::conn::http1::Builder::new()
@@ -141,7 +153,7 @@ async fn serve(
                 .await;
         });
     }
-    connections.shutdown().await;
+    tasks.shutdown().await;
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {

@@ -705,3 +705,24 @@ async fn round_robin_spreads_over_an_arm() {
     assert_eq!(seen.len(), 3, "{seen:?}");
     assert!(seen.values().all(|n| *n >= 80), "{seen:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_are_kept_alive_and_reused() {
+    let up = spawn_upstream("pooled");
+    let gate = spawn_gate(&format!(
+        "[[services]]\nname = \"web\"\nstable = [\"{}\"]\n",
+        up.addr
+    ));
+    let client = client();
+    for _ in 0..200 {
+        let (status, _, _) = get(&client, &gate, "x", "/", &[]).await;
+        assert_eq!(status, 200);
+    }
+    assert_eq!(up.hits(), 200);
+    // One pooled connection per worker at most, give or take a race at start.
+    assert!(
+        up.connections() <= 4,
+        "{} upstream connections for 200 requests",
+        up.connections()
+    );
+}

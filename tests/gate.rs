@@ -8,6 +8,22 @@ use common::*;
 use reqwest::Method;
 use serde_json::json;
 
+/// A "web" service with a stable and a canary upstream at `weight`, behind a gate with
+/// `extra` tables (e.g. `[admin]`) in front.
+fn canary_gate(
+    extra: &str,
+    weight: f64,
+) -> (
+    sluice::demo::DemoUpstream,
+    sluice::demo::DemoUpstream,
+    sluice::gate::GateHandle,
+) {
+    let (s, c) = (spawn_upstream("stable"), spawn_upstream("canary"));
+    let services = canary_service(&s.addr.to_string(), &c.addr.to_string(), weight);
+    let gate = spawn_gate(&format!("{extra}{services}"));
+    (s, c, gate)
+}
+
 fn canary_service(stable: &str, canary: &str, weight: f64) -> String {
     format!(
         "[[services]]\nname = \"web\"\nstable = [\"{stable}\"]\ncanary = [\"{canary}\"]\ncanary_weight = {weight:?}\n"
@@ -16,12 +32,7 @@ fn canary_service(stable: &str, canary: &str, weight: f64) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn split_is_within_two_points_of_the_weight() {
-    let (s, c) = (spawn_upstream("stable"), spawn_upstream("canary"));
-    let gate = spawn_gate(&canary_service(
-        &s.addr.to_string(),
-        &c.addr.to_string(),
-        10.0,
-    ));
+    let (s, c, gate) = canary_gate("", 10.0);
     let client = client();
     let n = 5_000;
     let mut canary = 0;
@@ -39,12 +50,7 @@ async fn split_is_within_two_points_of_the_weight() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sticky_clients_keep_their_arm_and_only_stable_ones_move_up() {
-    let (s, c) = (spawn_upstream("stable"), spawn_upstream("canary"));
-    let gate = spawn_gate(&canary_service(
-        &s.addr.to_string(),
-        &c.addr.to_string(),
-        20.0,
-    ));
+    let (_s, _c, gate) = canary_gate("", 20.0);
     let client = client();
     // 300 clients arrive without a cookie and get one.
     let mut clients = Vec::new();
@@ -148,14 +154,7 @@ stable = ["{}"]
     let (status, body, _) = get(&client, &gate, "other.test", "/", &[]).await;
     assert_eq!(status, 404);
     assert!(body.contains("no service"), "{body}");
-    let metrics = client
-        .get(admin_url(&gate, "/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&client, &gate).await;
     assert!(metrics.contains("sluice_unrouted_requests_total 1"));
 }
 
@@ -180,14 +179,7 @@ async fn a_refused_connect_moves_on_to_the_next_upstream_of_the_arm() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    let metrics = client
-        .get(admin_url(&gate, "/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&client, &gate).await;
     assert!(
         metrics.contains("sluice_upstream_connect_failures_total{arm=\"stable\",service=\"web\"}")
     );
@@ -231,12 +223,7 @@ async fn forwarding_headers_are_added_and_hop_by_hop_ones_removed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weight_change_and_rollback_apply_to_the_next_request() {
-    let (s, c) = (spawn_upstream("stable"), spawn_upstream("canary"));
-    let gate = spawn_gate(&canary_service(
-        &s.addr.to_string(),
-        &c.addr.to_string(),
-        0.0,
-    ));
+    let (_s, _c, gate) = canary_gate("", 0.0);
     let client = client();
     let (_, body, _) = get(&client, &gate, "x", "/", &[]).await;
     assert_eq!(body, "stable");
@@ -313,12 +300,7 @@ async fn weight_change_and_rollback_apply_to_the_next_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stats_show_per_arm_counts_errors_and_quantiles() {
-    let (s, c) = (spawn_upstream("stable"), spawn_upstream("canary"));
-    let gate = spawn_gate(&canary_service(
-        &s.addr.to_string(),
-        &c.addr.to_string(),
-        0.0,
-    ));
+    let (_s, _c, gate) = canary_gate("", 0.0);
     let client = client();
     for _ in 0..40 {
         get(&client, &gate, "x", "/", &[]).await;
@@ -364,14 +346,7 @@ async fn stats_show_per_arm_counts_errors_and_quantiles() {
     assert_eq!(canary["status"]["5xx"], 10);
     assert_eq!(canary["status"]["4xx"], 10);
     assert_eq!(canary["error_rate"], 0.5);
-    let metrics = client
-        .get(admin_url(&gate, "/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&client, &gate).await;
     assert!(metrics
         .contains(r#"sluice_requests_total{arm="canary",code_class="5xx",service="web"} 10"#));
     assert!(metrics
@@ -383,11 +358,7 @@ async fn stats_show_per_arm_counts_errors_and_quantiles() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_auth_and_bad_input_are_refused_without_change() {
-    let (s, c) = (spawn_upstream("stable"), spawn_upstream("canary"));
-    let gate = spawn_gate(&format!(
-        "[admin]\ntoken = \"s3cret-token\"\n{}",
-        canary_service(&s.addr.to_string(), &c.addr.to_string(), 10.0)
-    ));
+    let (s, _c, gate) = canary_gate("[admin]\ntoken = \"s3cret-token\"\n", 10.0);
     let client = client();
     let t = Some("s3cret-token");
     let (status, v) = admin(&client, &gate, Method::GET, "/api/v1/services", None, None).await;
@@ -508,35 +479,24 @@ async fn admin_auth_and_bad_input_are_refused_without_change() {
             "{method} {path}: '{msg}' lacks '{mention}'"
         );
     }
-    // Not JSON, and too large.
-    let resp = client
-        .post(admin_url(&gate, weight))
-        .bearer_auth("s3cret-token")
-        .header("content-type", "application/json")
-        .body("{weight: 1")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 400);
-    let resp = client
-        .post(admin_url(&gate, weight))
-        .bearer_auth("s3cret-token")
-        .header("content-type", "text/plain")
-        .body("weight=1")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 415);
-    let resp = client
-        .put(admin_url(&gate, "/api/v1/services/web/canary"))
-        .bearer_auth("s3cret-token")
-        .header("content-type", "application/json")
-        .body(format!("{{\"upstreams\": [\"{}\"]}}", "1".repeat(100_000)))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 413);
-    let v: serde_json::Value = resp.json().await.unwrap();
+    // Not JSON, not JSON at all, and too large.
+    let raw = |method, path, ctype, body: String| {
+        admin_raw(&client, &gate, method, path, "s3cret-token", ctype, body)
+    };
+    let (status, _) = raw(
+        Method::POST,
+        weight,
+        "application/json",
+        "{weight: 1".into(),
+    )
+    .await;
+    assert_eq!(status, 400);
+    let (status, _) = raw(Method::POST, weight, "text/plain", "weight=1".into()).await;
+    assert_eq!(status, 415);
+    let huge = format!("{{\"upstreams\": [\"{}\"]}}", "1".repeat(100_000));
+    let canary = "/api/v1/services/web/canary";
+    let (status, v) = raw(Method::PUT, canary, "application/json", huge).await;
+    assert_eq!(status, 413);
     assert_eq!(v["error"]["code"], "payload_too_large");
 
     // State conflicts: 409.
@@ -578,24 +538,12 @@ async fn metrics_pass_promtool() {
         eprintln!("skipped: promtool not installed");
         return;
     };
-    let (s, c) = (spawn_upstream("stable"), spawn_upstream("canary"));
-    let gate = spawn_gate(&canary_service(
-        &s.addr.to_string(),
-        &c.addr.to_string(),
-        50.0,
-    ));
+    let (_s, _c, gate) = canary_gate("", 50.0);
     let client = client();
     for _ in 0..20 {
         get(&client, &gate, "x", "/", &[]).await;
     }
-    let text = client
-        .get(admin_url(&gate, "/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics_text(&client, &gate).await;
     for family in [
         "sluice_requests_total",
         "sluice_request_duration_seconds",

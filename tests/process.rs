@@ -103,6 +103,11 @@ fn write_config(dir: &Path, body: &str) -> std::path::PathBuf {
     path
 }
 
+async fn body_of(c: &reqwest::Client, addr: SocketAddr) -> String {
+    let resp = c.get(format!("http://{addr}/")).send().await.unwrap();
+    resp.text().await.unwrap().trim().to_string()
+}
+
 async fn table_version(c: &reqwest::Client, admin: SocketAddr) -> u64 {
     let v: Value = c
         .get(format!("http://{admin}/api/v1/services"))
@@ -182,15 +187,7 @@ async fn sighup_reloads_and_a_bad_file_keeps_the_old_table() {
         assert!(Instant::now() < until, "SIGHUP did not reload");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let body = client
-        .get(format!("http://{}/", gate.proxy))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert_eq!(body.trim(), "b");
+    assert_eq!(body_of(&client, gate.proxy).await, "b");
 
     write_config(dir.path(), &service(a.addr, "threads = 3\n"));
     gate.signal("HUP");
@@ -201,26 +198,19 @@ async fn sighup_reloads_and_a_bad_file_keeps_the_old_table() {
     }
     assert!(gate.log_contains("services[0].threads"));
     assert_eq!(table_version(&client, gate.admin).await, v1 + 1);
-    let body = client
-        .get(format!("http://{}/", gate.proxy))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert_eq!(body.trim(), "b");
+    assert_eq!(body_of(&client, gate.proxy).await, "b");
 }
 
-fn cli(admin: SocketAddr, token: Option<&str>, args: &[&str]) -> (i32, String, String) {
-    let mut cmd = Command::new(BIN);
+/// Runs the CLI against a gate's admin API; returns (exit code, stdout, stderr).
+async fn cli(admin: SocketAddr, token: Option<&str>, args: &[&str]) -> (i32, String, String) {
+    let mut cmd = tokio::process::Command::new(BIN);
     cmd.args(args)
         .env("SLUICE_ADMIN_URL", format!("http://{admin}"))
         .env_remove("SLUICE_TOKEN");
     if let Some(t) = token {
         cmd.env("SLUICE_TOKEN", t);
     }
-    let out = cmd.output().unwrap();
+    let out = cmd.output().await.unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -240,77 +230,41 @@ async fn cli_drives_the_admin_api() {
         s.addr, c.addr
     ));
     let admin = gate.admin_addr;
-    let tok = Some("cli-token-123");
-    let run = move |args: Vec<String>| {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        cli(admin, tok, &args)
-    };
-    let a = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let run = |args: &'static [&'static str]| cli(admin, Some("cli-token-123"), args);
 
-    let (code, out, _) = tokio::task::spawn_blocking(move || run(a(&["status"])))
-        .await
-        .unwrap();
+    let (code, out, _) = run(&["status"]).await;
     assert_eq!(code, 0);
     assert!(out.contains("web  state=canary  canary_weight=5%"), "{out}");
-    let (code, out, _) = tokio::task::spawn_blocking(move || run(a(&["weight", "web", "12.5"])))
-        .await
-        .unwrap();
+    let (code, out, _) = run(&["weight", "web", "12.5"]).await;
     assert_eq!(code, 0);
     assert!(out.contains("canary weight 5% -> 12.5%"), "{out}");
-    let (code, _, err) = tokio::task::spawn_blocking(move || run(a(&["weight", "web", "150"])))
-        .await
-        .unwrap();
+    let (code, _, err) = run(&["weight", "web", "150"]).await;
     assert_eq!(code, 1);
     assert!(err.contains("must be between 0 and 100"), "{err}");
-    let (code, out, _) = tokio::task::spawn_blocking(move || {
-        run(a(&["rollback", "web", "--reason", "p95 doubled"]))
-    })
-    .await
-    .unwrap();
+    let (code, out, _) = run(&["rollback", "web", "--reason", "p95 doubled"]).await;
     assert_eq!(code, 0);
     assert!(out.contains("p95 doubled"), "{out}");
-    let (code, _, err) = tokio::task::spawn_blocking(move || run(a(&["promote", "web"])))
-        .await
-        .unwrap();
+    let (code, _, err) = run(&["promote", "web"]).await;
     assert_eq!(code, 1);
     assert!(err.contains("409"), "{err}");
     let next = n.addr.to_string();
-    let (code, out, _) = tokio::task::spawn_blocking(move || {
-        run(vec![
-            "canary".into(),
-            "web".into(),
-            "--upstream".into(),
-            next,
-            "--weight".into(),
-            "1".into(),
-        ])
-    })
-    .await
-    .unwrap();
+    let args = ["canary", "web", "--upstream", &next, "--weight", "1"];
+    let (code, out, _) = cli(admin, Some("cli-token-123"), &args).await;
     assert_eq!(code, 0, "{out}");
-    let (code, out, _) = tokio::task::spawn_blocking(move || run(a(&["promote", "web"])))
-        .await
-        .unwrap();
+    let (code, out, _) = run(&["promote", "web"]).await;
     assert_eq!(code, 0);
     assert!(out.contains("state=stable"), "{out}");
-    let (code, out, _) = tokio::task::spawn_blocking(move || run(a(&["status", "web", "--json"])))
-        .await
-        .unwrap();
+    let (code, out, _) = run(&["status", "web", "--json"]).await;
     assert_eq!(code, 0);
     let v: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["arms"]["stable"]["upstreams"][0], n.addr.to_string());
+    assert_eq!(v["arms"]["stable"]["upstreams"][0], next);
 
-    // Wrong token and unknown gate: clear errors, exit 1.
-    let (code, _, err) =
-        tokio::task::spawn_blocking(move || cli(admin, Some("wrong-token"), &["status"]))
-            .await
-            .unwrap();
+    // Wrong token and no gate: clear errors, exit 1.
+    let (code, _, err) = cli(admin, Some("wrong-token"), &["status"]).await;
     assert_eq!(code, 1);
     assert!(err.contains("401"), "{err}");
     let dead: SocketAddr = dead_addr().parse().unwrap();
-    let (code, _, err) = tokio::task::spawn_blocking(move || cli(dead, None, &["status"]))
-        .await
-        .unwrap();
+    let (code, _, err) = cli(dead, None, &["status"]).await;
     assert_eq!(code, 1);
     assert!(err.contains("cannot reach the admin API"), "{err}");
 }

@@ -105,3 +105,36 @@ pub async fn admin(
     let json = serde_json::from_str(&text).unwrap_or(Value::String(text));
     (status, json)
 }
+
+/// The `/metrics` text.
+pub async fn metrics_text(c: &reqwest::Client, gate: &GateHandle) -> String {
+    c.get(admin_url(gate, "/metrics"))
+        .send()
+        .await
+        .expect("metrics answer")
+        .text()
+        .await
+        .unwrap()
+}
+
+/// An admin call with a raw body and content type; returns (status, JSON body).
+pub async fn admin_raw(
+    c: &reqwest::Client,
+    gate: &GateHandle,
+    method: reqwest::Method,
+    path: &str,
+    token: &str,
+    content_type: &str,
+    body: String,
+) -> (u16, Value) {
+    let resp = c
+        .request(method, admin_url(gate, path))
+        .bearer_auth(token)
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .expect("admin answers");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}

@@ -13,19 +13,25 @@
 //! | POST | `/api/v1/services/{name}/weight` | `{"weight": N}` |
 //! | POST | `/api/v1/services/{name}/promote` | the canary becomes stable |
 //! | POST | `/api/v1/services/{name}/rollback` | `{"reason": "..."}` cuts the canary to 0 and holds it |
+//! | POST | `/api/v1/services/{name}/resume` | `{"weight": N}` lifts a rolled-back hold |
 //! | POST | `/api/v1/reload` | re-reads the config file; an invalid file is refused (422) |
+//! | GET | `/api/v1/events` | live events: WebSocket when asked to upgrade, else SSE; `?service=a,b&kind=breach,rolled_back&since=SEQ` |
 //!
 //! Errors are `{"error": {"code": "...", "message": "..."}}` with 400 (bad body), 401,
 //! 404 (unknown service or route), 405, 409 (state conflict), 413 (body over 64 KiB),
 //! 415, 422 (invalid config on reload) or 503. A refused request changes nothing.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use axum::extract::{FromRequest, FromRequestParts, Request, State};
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{FromRequest, FromRequestParts, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
+use axum::response::sse::{self, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::Router;
@@ -37,9 +43,9 @@ use subtle::ConstantTimeEq;
 use tokio::sync::watch;
 
 use crate::config::{parse_upstreams, Weight};
-use crate::events::EventBus;
+use crate::events::{Event, EventBus, EventKind};
 use crate::metrics::Metrics;
-use crate::rollout::{Applied, ControlError, ControlHandle, Op};
+use crate::rollout::{Applied, ControlError, ControlHandle, JudgeStatus, Op};
 use crate::routing::{Arm, RoutingTable, Service};
 use crate::stats::StatsSummary;
 
@@ -243,6 +249,8 @@ pub struct ServiceView {
     pub table_version: u64,
     /// Per-arm upstreams and stats.
     pub arms: ArmsView,
+    /// The judge's latest verdict on the canary and the last decision about this service.
+    pub judge: Option<JudgeStatus>,
 }
 
 fn arm_view(arm: &Arm) -> ArmView {
@@ -253,8 +261,12 @@ fn arm_view(arm: &Arm) -> ArmView {
     }
 }
 
-/// The API view of a service in a table.
-pub fn service_view(table: &RoutingTable, s: &Service) -> ServiceView {
+/// The API view of a service in a table, with the judge's status from `board`.
+pub fn service_view(
+    table: &RoutingTable,
+    board: &HashMap<String, JudgeStatus>,
+    s: &Service,
+) -> ServiceView {
     ServiceView {
         name: s.name().to_string(),
         hosts: s.config.hosts.iter().map(|h| h.to_string()).collect(),
@@ -267,6 +279,7 @@ pub fn service_view(table: &RoutingTable, s: &Service) -> ServiceView {
             stable: arm_view(&s.stable),
             canary: s.canary.as_ref().map(arm_view),
         },
+        judge: board.get(s.name()).cloned(),
     }
 }
 
@@ -279,7 +292,9 @@ pub fn router(state: AdminState) -> Router {
         .route("/services/{name}/weight", post(set_weight))
         .route("/services/{name}/promote", post(promote))
         .route("/services/{name}/rollback", post(rollback))
+        .route("/services/{name}/resume", post(resume))
         .route("/reload", post(reload))
+        .route("/events", get(events))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(healthz))
@@ -397,10 +412,11 @@ async fn method_not_allowed() -> ApiError {
 
 async fn list_services(State(state): State<AdminState>) -> Response {
     let table = state.control.table();
+    let board = state.control.board();
     let services: Vec<_> = table
         .services
         .iter()
-        .map(|s| service_view(&table, s))
+        .map(|s| service_view(&table, &board, s))
         .collect();
     axum::Json(json!({ "table_version": table.version, "services": services })).into_response()
 }
@@ -413,13 +429,15 @@ async fn show_service(
     let service = table
         .service(&name)
         .ok_or_else(|| ControlError::NotFound(name.clone()))?;
-    Ok(axum::Json(service_view(&table, service)).into_response())
+    let board = state.control.board();
+    Ok(axum::Json(service_view(&table, &board, service)).into_response())
 }
 
 /// The answer to a change: the new table version, the event, the service as it is now.
 fn applied(state: &AdminState, name: &str, applied: Applied) -> Response {
     let table = state.control.table();
-    let service = table.service(name).map(|s| service_view(&table, s));
+    let board = state.control.board();
+    let service = table.service(name).map(|s| service_view(&table, &board, s));
     axum::Json(json!({
         "table_version": applied.table_version,
         "event": applied.event,
@@ -553,6 +571,192 @@ async fn rollback(
         )
         .await?;
     Ok(applied(&state, &name, done))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResumeBody {
+    #[serde(default)]
+    weight: Option<f64>,
+}
+
+async fn resume(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    ServiceName(name): ServiceName,
+    JsonBody(body): JsonBody<ResumeBody>,
+) -> Result<Response, ApiError> {
+    let weight = body.weight.map(weight).transpose()?;
+    let done = state
+        .control
+        .send(
+            Op::Resume {
+                service: name.clone(),
+                weight,
+            },
+            actor(&headers),
+        )
+        .await?;
+    Ok(applied(&state, &name, done))
+}
+
+/// Which events a live stream wants.
+#[derive(Debug, Default, Clone)]
+pub struct EventFilter {
+    services: Vec<String>,
+    kinds: Vec<EventKind>,
+    since: Option<u64>,
+}
+
+impl EventFilter {
+    /// From the query string; unknown parameters and kinds are refused.
+    pub fn parse(query: &HashMap<String, String>) -> Result<EventFilter, ApiError> {
+        let mut f = EventFilter::default();
+        let list = |v: &str| -> Vec<String> {
+            v.split(',')
+                .map(str::trim)
+                .filter(|x| !x.is_empty())
+                .map(String::from)
+                .collect()
+        };
+        for (key, value) in query {
+            match key.as_str() {
+                "service" => f.services = list(value),
+                "kind" => {
+                    for k in list(value) {
+                        let kind = EventKind::parse(&k).ok_or_else(|| {
+                            ApiError::bad_request(format!(
+                                "kind: unknown event kind '{k}' (known: {})",
+                                EventKind::ALL.map(EventKind::as_str).join(", ")
+                            ))
+                        })?;
+                        f.kinds.push(kind);
+                    }
+                }
+                "since" => {
+                    f.since = Some(value.parse().map_err(|_| {
+                        ApiError::bad_request(format!(
+                            "since: '{value}' is not an event sequence number"
+                        ))
+                    })?)
+                }
+                // Browsers' EventSource cannot send headers; the ticket rides in the query.
+                "token" => {}
+                other => {
+                    return Err(ApiError::bad_request(format!(
+                        "unknown filter '{other}' (use service, kind, since)"
+                    )))
+                }
+            }
+        }
+        Ok(f)
+    }
+
+    /// Whether an event passes.
+    pub fn accepts(&self, e: &Event) -> bool {
+        (self.services.is_empty()
+            || e.service
+                .as_ref()
+                .is_some_and(|s| self.services.contains(s)))
+            && (self.kinds.is_empty() || self.kinds.contains(&e.kind))
+    }
+}
+
+/// The live feed: recent events after `since`, then everything new; `Err(n)` when the
+/// subscriber fell `n` events behind.
+fn feed(
+    bus: &EventBus,
+    filter: EventFilter,
+) -> impl futures_util::Stream<Item = Result<Arc<Event>, u64>> + Send + 'static {
+    let rx = bus.subscribe();
+    let backlog = filter
+        .since
+        .map(|after| bus.recent_after(after))
+        .unwrap_or_default();
+    let last = backlog.last().map(|e| e.seq).unwrap_or(0);
+    let backlog = futures_util::stream::iter(
+        backlog
+            .into_iter()
+            .filter({
+                let f = filter.clone();
+                move |e| f.accepts(e)
+            })
+            .map(Ok),
+    );
+    let live = futures_util::stream::unfold((rx, filter, last), |(mut rx, f, last)| async move {
+        loop {
+            match rx.recv().await {
+                Ok(e) if e.seq <= last || !f.accepts(&e) => continue,
+                Ok(e) => return Some((Ok(e), (rx, f, last))),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    return Some((Err(n), (rx, f, last)))
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    futures_util::StreamExt::chain(backlog, live)
+}
+
+async fn events(
+    State(state): State<AdminState>,
+    Query(query): Query<HashMap<String, String>>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let filter = EventFilter::parse(&query)?;
+    let (mut parts, _) = req.into_parts();
+    let wants_ws = parts
+        .headers
+        .get(header::UPGRADE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    if wants_ws {
+        let ws = WebSocketUpgrade::from_request_parts(&mut parts, &state)
+            .await
+            .map_err(|e| ApiError::bad_request(format!("websocket: {}", e.body_text())))?;
+        let stream = feed(&state.bus, filter);
+        return Ok(ws.on_upgrade(move |socket| stream_to_socket(socket, stream)));
+    }
+    let stream = feed(&state.bus, filter);
+    let sse_stream = futures_util::StreamExt::map(stream, |item| {
+        Ok::<_, std::convert::Infallible>(match item {
+            Ok(e) => sse::Event::default()
+                .event(e.kind.as_str())
+                .id(e.seq.to_string())
+                .json_data(&*e)
+                .unwrap_or_else(|_| sse::Event::default().comment("unserialisable event")),
+            Err(missed) => sse::Event::default()
+                .event("lagged")
+                .data(json!({ "missed": missed }).to_string()),
+        })
+    });
+    Ok(Sse::new(sse_stream)
+        .keep_alive(sse::KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
+}
+
+async fn stream_to_socket(
+    mut socket: WebSocket,
+    stream: impl futures_util::Stream<Item = Result<Arc<Event>, u64>> + Send + 'static,
+) {
+    let mut stream = std::pin::pin!(stream);
+    loop {
+        tokio::select! {
+            item = futures_util::StreamExt::next(&mut stream) => {
+                let Some(item) = item else { break };
+                let text = match item {
+                    Ok(e) => serde_json::to_string(&*e).unwrap_or_default(),
+                    Err(missed) => json!({ "kind": "lagged", "missed": missed }).to_string(),
+                };
+                if socket.send(Message::Text(text.into())).await.is_err() {
+                    break;
+                }
+            }
+            incoming = socket.recv() => match incoming {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(_)) => {}
+            }
+        }
+    }
 }
 
 async fn reload(

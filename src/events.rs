@@ -14,6 +14,8 @@ use tokio::sync::broadcast;
 
 /// How many events a slow subscriber may fall behind before it loses some.
 pub const DEFAULT_BUS_CAPACITY: usize = 4096;
+/// How many recent events the bus keeps for late subscribers (`?since=SEQ`).
+pub const RECENT_EVENTS: usize = 512;
 
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -29,6 +31,12 @@ pub enum EventKind {
     Promoted,
     /// The canary was cut back to 0 and is held there.
     RolledBack,
+    /// The judge found the canary worse than its policy allows.
+    Breach,
+    /// A breach went away before it was acted on.
+    BreachCleared,
+    /// A rolled-back canary was given traffic again.
+    Resumed,
     /// A config reload was applied.
     ConfigReloaded,
     /// A config reload was refused; the old table keeps serving.
@@ -38,6 +46,26 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    /// Every kind, for filters and docs.
+    pub const ALL: [EventKind; 11] = [
+        EventKind::Started,
+        EventKind::CanarySet,
+        EventKind::WeightSet,
+        EventKind::Promoted,
+        EventKind::RolledBack,
+        EventKind::Breach,
+        EventKind::BreachCleared,
+        EventKind::Resumed,
+        EventKind::ConfigReloaded,
+        EventKind::ReloadFailed,
+        EventKind::ShuttingDown,
+    ];
+
+    /// Parses a kind name.
+    pub fn parse(name: &str) -> Option<EventKind> {
+        Self::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+
     /// The JSON / label name.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -46,6 +74,9 @@ impl EventKind {
             EventKind::WeightSet => "weight_set",
             EventKind::Promoted => "promoted",
             EventKind::RolledBack => "rolled_back",
+            EventKind::Breach => "breach",
+            EventKind::BreachCleared => "breach_cleared",
+            EventKind::Resumed => "resumed",
             EventKind::ConfigReloaded => "config_reloaded",
             EventKind::ReloadFailed => "reload_failed",
             EventKind::ShuttingDown => "shutting_down",
@@ -96,6 +127,7 @@ pub fn now_ms() -> u64 {
 pub struct EventBus {
     tx: broadcast::Sender<Arc<Event>>,
     seq: Arc<AtomicU64>,
+    recent: Arc<parking_lot::Mutex<std::collections::VecDeque<Arc<Event>>>>,
 }
 
 impl Default for EventBus {
@@ -128,6 +160,7 @@ impl EventBus {
         EventBus {
             tx,
             seq: Arc::new(AtomicU64::new(1)),
+            recent: Default::default(),
         }
     }
 
@@ -151,9 +184,27 @@ impl EventBus {
             "{}",
             event.message
         );
+        {
+            // Held for a push, never across an await; publishers are control-plane tasks.
+            let mut recent = self.recent.lock();
+            if recent.len() == RECENT_EVENTS {
+                recent.pop_front();
+            }
+            recent.push_back(event.clone());
+        }
         // No receiver is not an error: events are also logged above.
         let _ = self.tx.send(event.clone());
         event
+    }
+
+    /// Kept events with `seq > after`, oldest first (at most [`RECENT_EVENTS`]).
+    pub fn recent_after(&self, after: u64) -> Vec<Arc<Event>> {
+        self.recent
+            .lock()
+            .iter()
+            .filter(|e| e.seq > after)
+            .cloned()
+            .collect()
     }
 
     /// A new subscriber, starting with the next event.

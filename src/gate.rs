@@ -105,8 +105,9 @@ pub fn start(config: Config) -> Result<GateHandle, GateError> {
     let drain_timeout = config.server.drain_timeout;
     let threads = config.server.threads;
     let keepalive_pool_size = config.server.keepalive_pool_size;
-    let (controller, control, table, admin_token) =
-        Controller::new(config, metrics.clone(), bus.clone());
+    let (controller, wiring) = Controller::new(config, metrics.clone(), bus.clone());
+    let control = wiring.handle.clone();
+    let table = wiring.table.clone();
 
     let (stop_accepting, accepting_stopped) = watch::channel(false);
     let (stop_workers, workers_stopped) = watch::channel(false);
@@ -131,7 +132,12 @@ pub fn start(config: Config) -> Result<GateHandle, GateError> {
         let fds = Arc::new(parking_lot::Mutex::new(fds));
         let mut service = http_proxy_service_with_name(
             &conf,
-            GateProxy::new(table.clone(), metrics.clone(), in_flight.clone()),
+            GateProxy::new(
+                table.clone(),
+                metrics.clone(),
+                in_flight.clone(),
+                wiring.wake.clone(),
+            ),
             "sluice proxy",
         );
         service.add_tcp(&key);
@@ -169,7 +175,7 @@ pub fn start(config: Config) -> Result<GateHandle, GateError> {
     let state = AdminState {
         control: control.clone(),
         metrics: metrics.clone(),
-        token: admin_token,
+        token: wiring.admin_token.clone(),
         draining: draining.clone(),
         bus: bus.clone(),
     };

@@ -11,6 +11,7 @@ pub mod config;
 pub mod demo;
 pub mod events;
 pub mod gate;
+pub mod judge;
 pub mod metrics;
 pub mod proxy;
 pub mod rollout;

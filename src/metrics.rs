@@ -26,6 +26,7 @@ pub struct Metrics {
     requests: IntCounterVec,
     duration: HistogramVec,
     connect_failures: IntCounterVec,
+    shielded: IntCounterVec,
     canary_weight: GaugeVec,
     rollbacks: IntCounterVec,
     table_version: IntGauge,
@@ -44,6 +45,7 @@ pub struct ArmMetrics {
     by_class: [IntCounter; 6],
     duration: Histogram,
     connect_failures: IntCounter,
+    shielded: IntCounter,
 }
 
 impl std::fmt::Debug for ArmMetrics {
@@ -63,6 +65,11 @@ impl ArmMetrics {
     /// Counts one failed connect attempt to an upstream of this arm.
     pub fn connect_failed(&self) {
         self.connect_failures.inc();
+    }
+
+    /// Counts one failed canary request replayed on stable.
+    pub fn shielded(&self) {
+        self.shielded.inc();
     }
 }
 
@@ -120,6 +127,16 @@ impl Metrics {
                 &["service", "arm"],
             ),
         );
+        let shielded = build(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "sluice_shielded_requests_total",
+                    "Canary requests that failed and were replayed on stable (the client saw stable's answer).",
+                ),
+                &["service"],
+            ),
+        );
         let canary_weight = build(
             &registry,
             GaugeVec::new(
@@ -160,6 +177,7 @@ impl Metrics {
             requests,
             duration,
             connect_failures,
+            shielded,
             canary_weight,
             rollbacks,
             table_version,
@@ -173,6 +191,7 @@ impl Metrics {
                 .map(|c| self.requests.with_label_values(&[service, arm, c.label()])),
             duration: self.duration.with_label_values(&[service, arm]),
             connect_failures: self.connect_failures.with_label_values(&[service, arm]),
+            shielded: self.shielded.with_label_values(&[service]),
         }
     }
 
@@ -208,6 +227,7 @@ impl Metrics {
             let _ = self.connect_failures.remove_label_values(&[service, arm]);
         }
         let _ = self.canary_weight.remove_label_values(&[service]);
+        let _ = self.shielded.remove_label_values(&[service]);
     }
 
     /// The registry, for families other modules add.

@@ -8,6 +8,13 @@
 //! the hop-by-hop ones); `response_filter` hands a new client its sticky cookie; `logging`
 //! records status class and latency in the arm's window and metrics. Nothing here locks,
 //! waits on the control plane, or touches the network besides the proxied request itself.
+//!
+//! The canary shield: a request the weight sent to the canary, with a method the service's
+//! shield covers (GET, HEAD, OPTIONS by default), that fails there before anything reached
+//! the client (refused connect, timeout, reset, or a 5xx header) is recorded as a canary
+//! failure and replayed once on stable; the client gets stable's answer. Requests a tester
+//! forced onto the canary are never shielded: testers want to see the canary's answer.
+//! Every canary failure pokes the controller so the judge looks at once.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -23,6 +30,7 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, Result};
 
 use crate::metrics::Metrics;
+use crate::rollout::Wake;
 use crate::routing::{Arm, ArmRole, RoutingTable, SharedTable};
 use crate::stats::StatusClass;
 
@@ -62,22 +70,51 @@ pub struct GateProxy {
     table: SharedTable,
     metrics: Arc<Metrics>,
     in_flight: InFlight,
+    wake: Wake,
 }
 
 impl GateProxy {
-    /// A proxy reading `table`, counting its requests in `in_flight`.
-    pub fn new(table: SharedTable, metrics: Arc<Metrics>, in_flight: InFlight) -> GateProxy {
+    /// A proxy reading `table`, counting its requests in `in_flight`, poking `wake` after
+    /// canary failures.
+    pub fn new(
+        table: SharedTable,
+        metrics: Arc<Metrics>,
+        in_flight: InFlight,
+        wake: Wake,
+    ) -> GateProxy {
         GateProxy {
             table,
             metrics,
             in_flight,
+            wake,
         }
+    }
+
+    /// Records a failed canary attempt and moves the request to stable for its one replay.
+    fn shield(&self, ctx: &mut RequestCtx, class: StatusClass) {
+        let Some(table) = ctx.table.clone() else {
+            return;
+        };
+        let service = &table.services[ctx.service];
+        let canary = service.arm(ArmRole::Canary);
+        let elapsed = ctx.attempt_started.elapsed();
+        canary.stats.record(class, elapsed);
+        canary.metrics.record(class, elapsed.as_secs_f64());
+        canary.metrics.shielded();
+        self.wake.poke();
+        ctx.role = ArmRole::Stable;
+        ctx.start = service.stable.start();
+        ctx.attempt = 0;
+        ctx.shield_ok = false;
+        ctx.shielded = true;
+        ctx.attempt_started = Instant::now();
     }
 }
 
 /// What one request carries from phase to phase.
 pub struct RequestCtx {
-    started: Instant,
+    /// When the current arm's attempt began (the request start, or the shield's switch).
+    attempt_started: Instant,
     /// The table this request routes by, loaded once.
     table: Option<Arc<RoutingTable>>,
     service: usize,
@@ -86,6 +123,12 @@ pub struct RequestCtx {
     start: usize,
     attempt: usize,
     new_seed: Option<u64>,
+    /// The canary failed this request may be replayed on stable.
+    shield_ok: bool,
+    /// It was (once is the limit).
+    shielded: bool,
+    /// A canary 5xx the response filter turned into an error, for the replay.
+    canary_status: Option<u16>,
     _in_flight: InFlightGuard,
 }
 
@@ -125,13 +168,16 @@ impl ProxyHttp for GateProxy {
 
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
-            started: Instant::now(),
+            attempt_started: Instant::now(),
             table: None,
             service: 0,
             role: ArmRole::Stable,
             start: 0,
             attempt: 0,
             new_seed: None,
+            shield_ok: false,
+            shielded: false,
+            canary_status: None,
             _in_flight: self.in_flight.enter(),
         }
     }
@@ -163,6 +209,9 @@ impl ProxyHttp for GateProxy {
             None
         };
         let choice = service.choose_arm(forced, seed, table.options.sticky);
+        ctx.shield_ok = choice.role == ArmRole::Canary
+            && forced.is_none()
+            && service.config.shield.covers(&session.req_header().method);
         ctx.role = choice.role;
         ctx.new_seed = choice.new_seed;
         ctx.start = service.arm(choice.role).start();
@@ -195,17 +244,67 @@ impl ProxyHttp for GateProxy {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        if let Some(arm) = ctx.arm() {
-            arm.metrics.connect_failed();
-            let upstreams = arm.upstreams.len();
-            ctx.attempt += 1;
-            // Try each upstream of the arm once; a connect error never reached the app,
-            // so this is safe for any method.
-            if ctx.attempt < upstreams {
-                e.set_retry(true);
-            }
+        let Some(arm) = ctx.arm() else {
+            return e;
+        };
+        arm.metrics.connect_failed();
+        if ctx.shield_ok {
+            self.shield(ctx, StatusClass::NoResponse);
+            e.set_retry(true);
+            return e;
+        }
+        let upstreams = arm.upstreams.len();
+        ctx.attempt += 1;
+        // Try each upstream of the arm once; a connect error never reached the app, so
+        // this is safe for any method.
+        if ctx.attempt < upstreams {
+            e.set_retry(true);
         }
         e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        let replayable = session.req_header().method.is_idempotent()
+            && !session.as_ref().retry_buffer_truncated()
+            && session.response_written().is_none();
+        // A pooled connection the upstream had closed is the pool's race, not the canary's
+        // failure: retry it the ordinary way (pingora's default policy).
+        let stale_pooled = client_reused && ctx.canary_status.is_none() && e.retry.retry();
+        if ctx.shield_ok && replayable && !stale_pooled {
+            let class = match ctx.canary_status.take() {
+                Some(_) => StatusClass::ServerError,
+                None => StatusClass::NoResponse,
+            };
+            self.shield(ctx, class);
+            e.set_retry(true);
+            return e;
+        }
+        if !replayable {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        e
+    }
+
+    fn suppress_proxy_warn_log(
+        &self,
+        _session: &Session,
+        ctx: &RequestCtx,
+        _error: &Error,
+        _context: pingora::proxy::ProxyWarnLogContext,
+    ) -> bool {
+        // A shielded replay is expected, counted in sluice_shielded_requests_total and
+        // visible in the canary's window; a warning per request would flood the log.
+        ctx.shielded
     }
 
     async fn upstream_request_filter(
@@ -241,9 +340,21 @@ impl ProxyHttp for GateProxy {
         &self,
         _session: &mut Session,
         upstream_response: &mut ResponseHeader,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if upstream_response.status == 101 {
+        let status = upstream_response.status.as_u16();
+        if ctx.shield_ok && status >= 500 {
+            // Nothing has reached the client yet: abandon this answer and let
+            // error_while_proxy replay the request on stable.
+            ctx.canary_status = Some(status);
+            let mut e = Error::explain(
+                pingora::HTTPStatus(status),
+                "canary answered 5xx; replaying on stable",
+            );
+            e.set_retry(true);
+            return Err(e);
+        }
+        if status == 101 {
             return Ok(());
         }
         // Hop-by-hop fields of the upstream connection must not reach the client; pingora
@@ -289,8 +400,11 @@ impl ProxyHttp for GateProxy {
         };
         let status = session.response_written().map(|r| r.status.as_u16());
         let class = StatusClass::of(status);
-        let elapsed = ctx.started.elapsed();
+        let elapsed = ctx.attempt_started.elapsed();
         arm.stats.record(class, elapsed);
         arm.metrics.record(class, elapsed.as_secs_f64());
+        if ctx.role == ArmRole::Canary && class.is_failure() {
+            self.wake.poke();
+        }
     }
 }

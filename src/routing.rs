@@ -25,7 +25,7 @@ use serde::Serialize;
 
 use crate::config::{HostPattern, RoutingConfig, ServiceConfig, UpstreamAddr, Weight};
 use crate::metrics::{ArmMetrics, Metrics};
-use crate::stats::{ArmStats, DEFAULT_WINDOW};
+use crate::stats::ArmStats;
 
 /// The handle everyone reads and only the controller writes.
 pub type SharedTable = Arc<ArcSwap<RoutingTable>>;
@@ -99,10 +99,10 @@ pub struct Arm {
 }
 
 impl Arm {
-    /// A fresh arm: new window, new round-robin cursor.
+    /// A fresh arm: new window (the service's `cutback.window`), new round-robin cursor.
     pub fn new(
         role: ArmRole,
-        service: &str,
+        service: &ServiceConfig,
         upstreams: Vec<UpstreamAddr>,
         metrics: &Metrics,
     ) -> Arm {
@@ -110,9 +110,14 @@ impl Arm {
             role,
             upstreams: upstreams.into(),
             cursor: Arc::new(AtomicUsize::new(0)),
-            stats: Arc::new(ArmStats::new(DEFAULT_WINDOW)),
-            metrics: metrics.arm(service, role.as_str()),
+            stats: Arc::new(ArmStats::new(service.cutback.window)),
+            metrics: metrics.arm(&service.name, role.as_str()),
         }
+    }
+
+    /// The same upstreams with a fresh window (a resumed canary starts clean).
+    pub fn renewed(&self, service: &ServiceConfig, metrics: &Metrics) -> Arm {
+        Arm::new(self.role, service, self.upstreams.to_vec(), metrics)
     }
 
     /// The same upstreams and numbers serving as another role (promotion).
@@ -162,6 +167,8 @@ pub struct Service {
     pub state: ServiceState,
     /// Bumped whenever a new canary is set; part of the sticky hash.
     pub generation: u64,
+    /// The weight a rolled-back canary had, for `resume`.
+    pub held_weight: Weight,
 }
 
 /// What [`Service::choose_arm`] decided.
@@ -193,30 +200,20 @@ pub const BUCKETS: u64 = 100 * Weight::UNITS_PER_PERCENT as u64;
 impl Service {
     /// A service as its config describes it (fresh arms).
     pub fn from_config(config: &ServiceConfig, metrics: &Metrics) -> Service {
-        let canary = (!config.canary.is_empty()).then(|| {
-            Arm::new(
-                ArmRole::Canary,
-                &config.name,
-                config.canary.clone(),
-                metrics,
-            )
-        });
+        let canary = (!config.canary.is_empty())
+            .then(|| Arm::new(ArmRole::Canary, config, config.canary.clone(), metrics));
         let state = if canary.is_some() {
             ServiceState::Canary
         } else {
             ServiceState::Stable
         };
         Service {
-            stable: Arm::new(
-                ArmRole::Stable,
-                &config.name,
-                config.stable.clone(),
-                metrics,
-            ),
+            stable: Arm::new(ArmRole::Stable, config, config.stable.clone(), metrics),
             canary,
             weight: config.canary_weight,
             state,
             generation: 1,
+            held_weight: Weight::ZERO,
             config: Arc::new(config.clone()),
         }
     }

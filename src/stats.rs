@@ -388,6 +388,21 @@ impl WindowSnapshot {
         None
     }
 
+    /// Requests slower than `limit_ms` (those in buckets whose midpoint lies above it, the
+    /// same reading [`Self::quantile_ms`] uses).
+    pub fn count_above_ms(&self, limit_ms: f64) -> u64 {
+        let limit_us = limit_ms * 1000.0;
+        self.latency
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| {
+                let (lo, hi) = bucket_range(*i);
+                (lo + hi) as f64 / 2.0 > limit_us
+            })
+            .map(|(_, n)| n)
+            .sum()
+    }
+
     /// Mean latency in milliseconds; `None` with no requests.
     pub fn mean_ms(&self) -> Option<f64> {
         let n = self.requests();

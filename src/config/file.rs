@@ -73,4 +73,26 @@ pub struct ServiceFile {
     pub canary_weight: Option<f64>,
     pub connect_timeout: Option<String>,
     pub read_timeout: Option<String>,
+    pub shield: Option<bool>,
+    pub shield_methods: Option<Vec<String>>,
+    #[serde(default)]
+    pub cutback: CutbackFile,
+}
+
+/// `[services.cutback]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CutbackFile {
+    pub enabled: Option<bool>,
+    pub max_error_rate: Option<f64>,
+    pub max_error_rate_increase: Option<f64>,
+    pub max_p95: Option<String>,
+    pub max_p99: Option<String>,
+    pub max_p95_ratio: Option<f64>,
+    pub latency_slack: Option<String>,
+    pub min_requests: Option<i64>,
+    pub max_consecutive_failures: Option<i64>,
+    pub breach_for: Option<String>,
+    pub confidence: Option<f64>,
+    pub window: Option<String>,
 }

@@ -14,7 +14,9 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use file::{FileConfig, ServiceFile};
+use file::{CutbackFile, FileConfig, ServiceFile};
+
+use crate::judge::Policy;
 
 /// Proxy listener when `server.listen` is absent.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -44,6 +46,12 @@ pub const DEFAULT_STICKY_COOKIE: &str = "sluice_id";
 pub const DEFAULT_STICKY_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 /// Path prefix of a service that names none: everything.
 pub const DEFAULT_PATH_PREFIX: &str = "/";
+/// Whether failed idempotent canary requests are replayed on stable.
+pub const DEFAULT_SHIELD: bool = true;
+/// Methods the shield replays.
+pub const DEFAULT_SHIELD_METHODS: &[&str] = &["GET", "HEAD", "OPTIONS"];
+/// Methods that may be replayed at all (idempotent per RFC 9110).
+pub const IDEMPOTENT_METHODS: &[&str] = &["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"];
 
 /// Canary weight in thousandths of a percent (0..=100_000), so 0.001 % steps are exact.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -307,6 +315,28 @@ pub struct ServiceConfig {
     pub connect_timeout: Duration,
     /// Upstream read timeout; default `server.read_timeout`.
     pub read_timeout: Duration,
+    /// Replay of failed canary requests on stable; default on for
+    /// [`DEFAULT_SHIELD_METHODS`].
+    pub shield: Shield,
+    /// When the judge cuts the canary back (`[services.cutback]`).
+    pub cutback: Policy,
+}
+
+/// The canary shield of a service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shield {
+    /// Default [`DEFAULT_SHIELD`].
+    pub enabled: bool,
+    /// Upper-case method names; default [`DEFAULT_SHIELD_METHODS`].
+    pub methods: Vec<http::Method>,
+}
+
+impl Shield {
+    /// Whether a request with this method may be replayed.
+    #[inline]
+    pub fn covers(&self, method: &http::Method) -> bool {
+        self.enabled && self.methods.iter().any(|m| m == method)
+    }
 }
 
 /// One problem found in a file: where and what.
@@ -826,6 +856,8 @@ fn validate_service(
         svc.read_timeout.as_deref(),
         server.read_timeout,
     );
+    let shield = validate_shield(c, base, svc);
+    let cutback = validate_cutback(c, &format!("{base}.cutback"), &svc.cutback);
     (c.problems.len() == before).then_some(ServiceConfig {
         name,
         hosts,
@@ -835,7 +867,140 @@ fn validate_service(
         canary_weight,
         connect_timeout,
         read_timeout,
+        shield,
+        cutback,
     })
+}
+
+fn validate_shield(c: &mut Checker<'_>, base: &str, svc: &ServiceFile) -> Shield {
+    let names: Vec<String> = match &svc.shield_methods {
+        Some(list) => list.clone(),
+        None => DEFAULT_SHIELD_METHODS
+            .iter()
+            .map(|m| m.to_string())
+            .collect(),
+    };
+    let mut methods = Vec::new();
+    for (j, name) in names.iter().enumerate() {
+        let upper = name.trim().to_ascii_uppercase();
+        if !IDEMPOTENT_METHODS.contains(&upper.as_str()) {
+            c.fail(
+                format!("{base}.shield_methods[{j}]"),
+                format!(
+                    "'{name}' is not an idempotent method and can never be replayed (allowed: {})",
+                    IDEMPOTENT_METHODS.join(", ")
+                ),
+            );
+            continue;
+        }
+        if let Ok(m) = http::Method::from_bytes(upper.as_bytes()) {
+            methods.push(m);
+        }
+    }
+    Shield {
+        enabled: svc.shield.unwrap_or(DEFAULT_SHIELD),
+        methods,
+    }
+}
+
+fn validate_cutback(c: &mut Checker<'_>, base: &str, f: &CutbackFile) -> Policy {
+    let d = Policy::default();
+    let key = |k: &str| format!("{base}.{k}");
+    let mut ratio = |k: &str, v: Option<f64>, default: f64| match v {
+        None => default,
+        Some(x) if x.is_finite() && (0.0..=1.0).contains(&x) => x,
+        Some(x) => {
+            c.fail(key(k), format!("must be a ratio between 0 and 1 (got {x})"));
+            default
+        }
+    };
+    let max_error_rate = ratio("max_error_rate", f.max_error_rate, d.max_error_rate);
+    let max_error_rate_increase = ratio(
+        "max_error_rate_increase",
+        f.max_error_rate_increase,
+        d.max_error_rate_increase,
+    );
+    let confidence = match f.confidence {
+        None => d.confidence,
+        Some(x) if x.is_finite() && (0.5..1.0).contains(&x) => x,
+        Some(x) => {
+            c.fail(
+                key("confidence"),
+                format!("must be at least 0.5 and below 1 (got {x}; e.g. 0.99 or 0.999)"),
+            );
+            d.confidence
+        }
+    };
+    let max_p95_ratio = match f.max_p95_ratio {
+        None => d.max_p95_ratio,
+        Some(0.0) => None,
+        Some(x) if x.is_finite() && x >= 1.0 => Some(x),
+        Some(x) => {
+            c.fail(
+                key("max_p95_ratio"),
+                format!("must be at least 1 (got {x}); 0 turns the rule off"),
+            );
+            d.max_p95_ratio
+        }
+    };
+    let mut optional_duration = |k: &str, v: Option<&str>, default: Option<Duration>| match v {
+        None => default,
+        Some(text) => match parse_duration(text) {
+            Ok(d) if d.is_zero() => None,
+            Ok(d) => Some(d),
+            Err(m) => {
+                c.fail(key(k), m);
+                default
+            }
+        },
+    };
+    let max_p95 = optional_duration("max_p95", f.max_p95.as_deref(), d.max_p95);
+    let max_p99 = optional_duration("max_p99", f.max_p99.as_deref(), d.max_p99);
+    let latency_slack = match f.latency_slack.as_deref() {
+        None => d.latency_slack,
+        Some(text) => c.take(&key("latency_slack"), parse_duration(text), d.latency_slack),
+    };
+    let breach_for = match f.breach_for.as_deref() {
+        None => d.breach_for,
+        Some(text) => c.take(&key("breach_for"), parse_duration(text), d.breach_for),
+    };
+    let window = c.duration(&key("window"), f.window.as_deref(), d.window);
+    if window > Duration::from_secs(3600) {
+        c.fail(key("window"), "must be at most 1h");
+    }
+    let min_requests = match f.min_requests {
+        None => d.min_requests,
+        Some(n) if n >= 1 => n as u64,
+        Some(n) => {
+            c.fail(key("min_requests"), format!("must be > 0 (got {n})"));
+            d.min_requests
+        }
+    };
+    let max_consecutive_failures = match f.max_consecutive_failures {
+        None => d.max_consecutive_failures,
+        Some(n) if (0..=1_000_000).contains(&n) => n as u32,
+        Some(n) => {
+            c.fail(
+                key("max_consecutive_failures"),
+                format!("must be between 0 (off) and 1000000 (got {n})"),
+            );
+            d.max_consecutive_failures
+        }
+    };
+    Policy {
+        enabled: f.enabled.unwrap_or(d.enabled),
+        max_error_rate,
+        max_error_rate_increase,
+        max_p95,
+        max_p99,
+        max_p95_ratio,
+        latency_slack,
+        min_requests,
+        max_consecutive_failures,
+        breach_for,
+        confidence,
+        window,
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,753 @@
+//! The rollout controller: the one writer of the routing table.
+//!
+//! Everything that changes routing (the admin API, the CLI through it, SIGHUP, the judge)
+//! goes through [`Controller::run`], which applies one change at a time, publishes a new
+//! [`RoutingTable`] with one `store`, and emits an [`Event`] carrying the evidence. Every
+//! 100 ms, and whenever the data plane pokes it after a canary failure, it judges every
+//! canary; a breach that holds (see [`crate::judge::Hysteresis`]) is cut back at once:
+//! weight 0, state `rolled_back`, one swap.
+
+pub mod ops;
+pub mod watch;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use serde_json::json;
+use tokio::sync::{mpsc, oneshot, watch as tokio_watch};
+
+use ops::Change;
+pub use ops::ReloadReport;
+pub use watch::{Board, JudgeStatus, SharedBoard, Wake};
+
+use crate::config::{Config, ConfigError, UpstreamAddr, Weight};
+use crate::events::{now_ms, Event, EventBus, EventKind, NewEvent, TableChange};
+use crate::judge::{decide, Action, Hysteresis, Verdict};
+use crate::metrics::Metrics;
+use crate::routing::{Arm, RoutingOptions, RoutingTable, Service, ServiceState, SharedTable};
+
+/// How often the controller judges every canary and maintains the windows.
+pub const TICK: Duration = Duration::from_millis(100);
+/// Shortest gap between two evaluations caused by canary failures.
+pub const MIN_WAKE_INTERVAL: Duration = Duration::from_millis(2);
+/// Commands that may wait for the controller before senders wait in turn.
+pub const COMMAND_QUEUE: usize = 256;
+
+/// A change someone asks for.
+#[derive(Debug)]
+pub enum Op {
+    /// Set (replace) the canary upstreams; `weight` defaults to 0.
+    SetCanary {
+        /// Service name.
+        service: String,
+        /// New canary upstreams (already parsed and resolved).
+        upstreams: Vec<UpstreamAddr>,
+        /// Weight to start with.
+        weight: Option<Weight>,
+    },
+    /// Change the canary weight.
+    SetWeight {
+        /// Service name.
+        service: String,
+        /// New weight.
+        weight: Weight,
+    },
+    /// Make the canary the new stable.
+    Promote {
+        /// Service name.
+        service: String,
+    },
+    /// Cut the canary back to 0 and hold it there.
+    Rollback {
+        /// Service name.
+        service: String,
+        /// Why, in the operator's words.
+        reason: String,
+    },
+    /// Lift a rolled-back hold.
+    Resume {
+        /// Service name.
+        service: String,
+        /// Weight to resume at (default: the weight it had).
+        weight: Option<Weight>,
+    },
+    /// Re-read the config file and apply it.
+    Reload,
+}
+
+/// A command: what, who asked, and where to send the answer.
+#[derive(Debug)]
+pub struct Command {
+    /// The change.
+    pub op: Op,
+    /// Who asked (`api`, `api:cli:alice`, `signal:SIGHUP`, ...).
+    pub actor: String,
+    /// The answer.
+    pub reply: oneshot::Sender<Result<Applied, ControlError>>,
+}
+
+/// What a successful command did.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    /// The table version now serving.
+    pub table_version: u64,
+    /// The event it produced.
+    pub event: Arc<Event>,
+    /// For a reload: what changed.
+    pub reload: Option<ReloadReport>,
+}
+
+/// Why a command was refused. Nothing changed.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// No such service.
+    #[error("no service named '{0}'")]
+    NotFound(String),
+    /// The service's state does not allow it.
+    #[error("{0}")]
+    Conflict(String),
+    /// The request itself is wrong.
+    #[error("{0}")]
+    Invalid(String),
+    /// The new config file is invalid; the old table keeps serving.
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    /// The controller has stopped (the gate is shutting down).
+    #[error("the controller is not running")]
+    Unavailable,
+}
+
+/// The sending side, cheap to clone: admin API handlers and signal handlers hold one.
+#[derive(Clone, Debug)]
+pub struct ControlHandle {
+    tx: mpsc::Sender<Command>,
+    table: SharedTable,
+    board: SharedBoard,
+}
+
+impl ControlHandle {
+    /// The table serving now.
+    pub fn table(&self) -> Arc<RoutingTable> {
+        self.table.load_full()
+    }
+
+    /// The judge's status board.
+    pub fn board(&self) -> Arc<Board> {
+        self.board.load_full()
+    }
+
+    /// Sends a command and waits for its answer.
+    pub async fn send(&self, op: Op, actor: impl Into<String>) -> Result<Applied, ControlError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command {
+                op,
+                actor: actor.into(),
+                reply,
+            })
+            .await
+            .map_err(|_| ControlError::Unavailable)?;
+        rx.await.map_err(|_| ControlError::Unavailable)?
+    }
+}
+
+/// What the rest of the gate needs from a new controller.
+pub struct Wiring {
+    /// Commands in.
+    pub handle: ControlHandle,
+    /// The table the proxy reads.
+    pub table: SharedTable,
+    /// The admin token, swapped on reload.
+    pub admin_token: Arc<ArcSwapOption<String>>,
+    /// The data plane's poke after a canary failure.
+    pub wake: Wake,
+}
+
+/// The controller task's state.
+pub struct Controller {
+    config: Config,
+    table: SharedTable,
+    board: SharedBoard,
+    metrics: Arc<Metrics>,
+    bus: EventBus,
+    admin_token: Arc<ArcSwapOption<String>>,
+    rx: mpsc::Receiver<Command>,
+    wake_rx: mpsc::Receiver<()>,
+    hysteresis: HashMap<String, Hysteresis>,
+    last_decision: HashMap<String, Arc<Event>>,
+    started: tokio::time::Instant,
+    last_judged: Option<tokio::time::Instant>,
+}
+
+/// Builds version 1 of the table from a config.
+pub fn initial_table(config: &Config, metrics: &Metrics) -> RoutingTable {
+    let services = config
+        .services
+        .iter()
+        .map(|s| Arc::new(Service::from_config(s, metrics)))
+        .collect();
+    RoutingTable::new(
+        1,
+        services,
+        Arc::new(RoutingOptions::from_config(
+            &config.routing,
+            config.server.idle_timeout,
+        )),
+    )
+}
+
+fn arm_evidence(arm: Option<&Arm>) -> serde_json::Value {
+    match arm {
+        None => serde_json::Value::Null,
+        Some(a) => json!({
+            "upstreams": a.upstreams.iter().map(|u| u.spec.clone()).collect::<Vec<_>>(),
+            "window": a.stats.snapshot().summary(),
+            "consecutive_failures": a.stats.consecutive_failures(),
+        }),
+    }
+}
+
+/// The numbers of both arms of a service, for an event.
+pub fn service_evidence(s: &Service) -> serde_json::Value {
+    json!({
+        "state": s.state.as_str(),
+        "canary_weight": s.weight.percent(),
+        "generation": s.generation,
+        "stable": arm_evidence(Some(&s.stable)),
+        "canary": arm_evidence(s.canary.as_ref()),
+    })
+}
+
+fn service_name(op: &Op) -> Option<&str> {
+    match op {
+        Op::SetCanary { service, .. }
+        | Op::SetWeight { service, .. }
+        | Op::Promote { service }
+        | Op::Rollback { service, .. }
+        | Op::Resume { service, .. } => Some(service),
+        Op::Reload => None,
+    }
+}
+
+impl Controller {
+    /// A controller over a fresh table built from `config`.
+    pub fn new(config: Config, metrics: Arc<Metrics>, bus: EventBus) -> (Controller, Wiring) {
+        let table: SharedTable = Arc::new(ArcSwap::from_pointee(initial_table(&config, &metrics)));
+        let board: SharedBoard = Arc::new(ArcSwap::from_pointee(Board::new()));
+        let admin_token = Arc::new(ArcSwapOption::from(
+            config.admin.token.clone().map(Arc::new),
+        ));
+        let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+        let (wake, wake_rx) = Wake::channel();
+        let controller = Controller {
+            config,
+            table: table.clone(),
+            board: board.clone(),
+            metrics,
+            bus,
+            admin_token: admin_token.clone(),
+            rx,
+            wake_rx,
+            hysteresis: HashMap::new(),
+            last_decision: HashMap::new(),
+            started: tokio::time::Instant::now(),
+            last_judged: None,
+        };
+        controller.update_gauges(&controller.table.load());
+        let handle = ControlHandle {
+            tx,
+            table: table.clone(),
+            board,
+        };
+        let wiring = Wiring {
+            handle,
+            table,
+            admin_token,
+            wake,
+        };
+        (controller, wiring)
+    }
+
+    /// Applies commands, judges and ticks until `shutdown` turns true.
+    pub async fn run(mut self, mut shutdown: tokio_watch::Receiver<bool>) {
+        let table = self.table.load_full();
+        self.bus.publish(NewEvent {
+            kind: EventKind::Started,
+            service: None,
+            actor: "gate".into(),
+            message: format!(
+                "serving {} service(s) with routing table v{}",
+                table.services.len(),
+                table.version
+            ),
+            table: Some(TableChange {
+                from: 0,
+                to: table.version,
+            }),
+            evidence: json!({
+                "services": table.services.iter().map(|s| service_evidence(s)).collect::<Vec<_>>(),
+            }),
+        });
+        self.started = tokio::time::Instant::now();
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                cmd = self.rx.recv() => match cmd {
+                    Some(cmd) => self.handle(cmd).await,
+                    None => break,
+                },
+                Some(()) = self.wake_rx.recv() => {
+                    let now = tokio::time::Instant::now();
+                    if self.last_judged.is_none_or(|t| now - t >= MIN_WAKE_INTERVAL) {
+                        self.judge_all();
+                    }
+                }
+                _ = tick.tick() => {
+                    self.maintain_windows();
+                    self.judge_all();
+                }
+                changed = shutdown.changed() => {
+                    if changed.is_err() || *shutdown.borrow() {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    fn maintain_windows(&self) {
+        let table = self.table.load();
+        for s in &table.services {
+            s.stable.stats.maintain();
+            if let Some(c) = &s.canary {
+                c.stats.maintain();
+            }
+        }
+    }
+
+    /// Judges every canary that is receiving its weight, acts on breaches, and refreshes
+    /// the board.
+    pub fn judge_all(&mut self) {
+        let now = tokio::time::Instant::now();
+        self.last_judged = Some(now);
+        let clock = now - self.started;
+        let at = Instant::now();
+        let table = self.table.load_full();
+        let mut board = Board::with_capacity(table.services.len());
+        for service in &table.services {
+            let name = service.name().to_string();
+            let verdict = match (service.state, watch::evidence(service, at)) {
+                (ServiceState::Canary, Some(e)) => {
+                    let policy = &service.config.cutback;
+                    let verdict = decide(&e, policy);
+                    let h = self.hysteresis.entry(name.clone()).or_default();
+                    match h.observe(&verdict, clock, policy.breach_for) {
+                        Action::None => {}
+                        Action::Watch => self.report_breach(service, &verdict, false),
+                        Action::Cleared => self.report_cleared(service, &verdict),
+                        Action::CutBack if policy.enabled => self.cut_back(service, &verdict),
+                        Action::CutBack => self.report_breach(service, &verdict, true),
+                    }
+                    Some(verdict)
+                }
+                _ => {
+                    self.hysteresis.remove(&name);
+                    None
+                }
+            };
+            let watching = self.hysteresis.get(&name).is_some_and(Hysteresis::watching);
+            board.insert(
+                name.clone(),
+                JudgeStatus {
+                    verdict,
+                    at_ms: now_ms(),
+                    watching,
+                    last_decision: self.last_decision.get(&name).cloned(),
+                },
+            );
+        }
+        self.board.store(Arc::new(board));
+    }
+
+    fn remember(&mut self, event: &Arc<Event>) {
+        if let Some(service) = &event.service {
+            self.last_decision.insert(service.clone(), event.clone());
+        }
+    }
+
+    fn report_breach(&mut self, service: &Service, verdict: &Verdict, dry_run: bool) {
+        let policy = &service.config.cutback;
+        let message = if dry_run {
+            format!("{} (cut-back disabled: nothing done)", verdict.summary())
+        } else {
+            format!(
+                "{}; cutting back if it holds for {}",
+                verdict.summary(),
+                crate::config::format_duration(policy.breach_for)
+            )
+        };
+        let event = self.bus.publish(NewEvent {
+            kind: EventKind::Breach,
+            service: Some(service.name().to_string()),
+            actor: "judge".into(),
+            message,
+            table: None,
+            evidence: json!({ "verdict": verdict, "policy": policy }),
+        });
+        self.remember(&event);
+    }
+
+    fn report_cleared(&mut self, service: &Service, verdict: &Verdict) {
+        let event = self.bus.publish(NewEvent {
+            kind: EventKind::BreachCleared,
+            service: Some(service.name().to_string()),
+            actor: "judge".into(),
+            message: format!("breach cleared before the cut-back: {}", verdict.summary()),
+            table: None,
+            evidence: json!({ "verdict": verdict, "policy": &service.config.cutback }),
+        });
+        self.remember(&event);
+    }
+
+    /// The automatic rollback: same path as the operator's, with the verdict as evidence.
+    fn cut_back(&mut self, service: &Service, verdict: &Verdict) {
+        let Some(breach) = verdict.breach() else {
+            return;
+        };
+        let rule = breach.rule.as_str();
+        let reason = breach.reason.clone();
+        let evidence = json!({ "verdict": verdict, "policy": &service.config.cutback });
+        let result = self.change(service.name(), "judge", evidence, |old, _| {
+            ops::rollback(old, &reason)
+        });
+        match result {
+            Ok(_) => self.metrics.rollback(service.name(), rule),
+            Err(e) => tracing::warn!(service = service.name(), error = %e, "cut-back refused"),
+        }
+    }
+
+    async fn handle(&mut self, cmd: Command) {
+        let Command { op, actor, reply } = cmd;
+        let result = match op {
+            Op::Reload => self.reload(&actor).await,
+            op => self.apply(op, &actor),
+        };
+        // The asker may have gone (client disconnected); the change stands either way.
+        let _ = reply.send(result);
+    }
+
+    /// Publishes `table` as the next version; returns the change.
+    fn publish(&self, table: RoutingTable) -> TableChange {
+        let from = self.table.load().version;
+        let to = table.version;
+        self.update_gauges(&table);
+        self.table.store(Arc::new(table));
+        TableChange { from, to }
+    }
+
+    fn update_gauges(&self, table: &RoutingTable) {
+        self.metrics.set_table_version(table.version);
+        for s in &table.services {
+            self.metrics.canary_weight(s.name()).set(s.weight.percent());
+        }
+    }
+
+    /// Applies an operator's change.
+    pub fn apply(&mut self, op: Op, actor: &str) -> Result<Applied, ControlError> {
+        let name = service_name(&op)
+            .ok_or_else(|| ControlError::Invalid("reload is not a service change".into()))?
+            .to_string();
+        let manual_rollback = matches!(op, Op::Rollback { .. });
+        let applied = self.change(
+            &name,
+            actor,
+            serde_json::Value::Null,
+            |old, metrics| match op {
+                Op::SetCanary {
+                    upstreams, weight, ..
+                } => ops::set_canary(old, upstreams, weight, metrics),
+                Op::SetWeight { weight, .. } => ops::set_weight(old, weight),
+                Op::Promote { .. } => ops::promote(old, metrics),
+                Op::Rollback { reason, .. } => ops::rollback(old, &reason),
+                Op::Resume { weight, .. } => ops::resume(old, weight, metrics),
+                Op::Reload => Err(ControlError::Invalid(
+                    "reload is not a service change".into(),
+                )),
+            },
+        )?;
+        if manual_rollback {
+            self.metrics.rollback(&name, "manual");
+        }
+        // Any operator change starts the judge's watch afresh.
+        self.hysteresis.remove(&name);
+        Ok(applied)
+    }
+
+    /// Replaces one service of the serving table through `f`, publishes, and emits the event
+    /// (with both arms before and after, plus `extra`).
+    fn change(
+        &mut self,
+        name: &str,
+        actor: &str,
+        extra: serde_json::Value,
+        f: impl FnOnce(&Service, &Metrics) -> Result<Change, ControlError>,
+    ) -> Result<Applied, ControlError> {
+        let current = self.table.load_full();
+        let index = current
+            .position(name)
+            .ok_or_else(|| ControlError::NotFound(name.to_string()))?;
+        let old = &current.services[index];
+        let (next, kind, message) = f(old, &self.metrics)?;
+        let mut evidence = json!({
+            "before": service_evidence(old),
+            "after": service_evidence(&next),
+        });
+        if let serde_json::Value::Object(extra) = extra {
+            for (k, v) in extra {
+                evidence[k] = v;
+            }
+        }
+        let mut services = current.services.clone();
+        services[index] = Arc::new(next);
+        let change = self.publish(current.next(services, None));
+        let event = self.bus.publish(NewEvent {
+            kind,
+            service: Some(name.to_string()),
+            actor: actor.to_string(),
+            message,
+            table: Some(change),
+            evidence,
+        });
+        self.remember(&event);
+        Ok(Applied {
+            table_version: change.to,
+            event,
+            reload: None,
+        })
+    }
+
+    async fn reload(&mut self, actor: &str) -> Result<Applied, ControlError> {
+        let Some(path) = self.config.source.clone() else {
+            return Err(ControlError::Conflict(
+                "this gate was not started from a config file; nothing to reload".into(),
+            ));
+        };
+        let new = match load_blocking(path).await {
+            Ok(c) => c,
+            Err(e) => {
+                self.bus.publish(NewEvent {
+                    kind: EventKind::ReloadFailed,
+                    service: None,
+                    actor: actor.to_string(),
+                    message: "config reload refused; the current table keeps serving".into(),
+                    table: None,
+                    evidence: json!({ "error": e.to_string(), "paths": e.paths() }),
+                });
+                return Err(ControlError::Config(e));
+            }
+        };
+        let current = self.table.load_full();
+        let (services, report) = ops::merge(&self.config, &new, &current, &self.metrics);
+        for name in report.removed.iter().chain(&report.changed) {
+            self.hysteresis.remove(name);
+        }
+        for name in &report.removed {
+            self.metrics.forget_service(name);
+            self.last_decision.remove(name);
+        }
+        let options = Arc::new(RoutingOptions::from_config(
+            &new.routing,
+            new.server.idle_timeout,
+        ));
+        self.admin_token
+            .store(new.admin.token.clone().map(Arc::new));
+        let change = self.publish(current.next(services, Some(options)));
+        self.config = new;
+        let event = self.bus.publish(NewEvent {
+            kind: EventKind::ConfigReloaded,
+            service: None,
+            actor: actor.to_string(),
+            message: format!(
+                "config reloaded: {} added, {} removed, {} changed",
+                report.added.len(),
+                report.removed.len(),
+                report.changed.len()
+            ),
+            table: Some(change),
+            evidence: serde_json::to_value(&report).unwrap_or_default(),
+        });
+        Ok(Applied {
+            table_version: change.to,
+            event,
+            reload: Some(report),
+        })
+    }
+}
+
+async fn load_blocking(path: PathBuf) -> Result<Config, ConfigError> {
+    let display = path.display().to_string();
+    match tokio::task::spawn_blocking(move || Config::load(&path)).await {
+        Ok(result) => result,
+        Err(e) => Err(ConfigError::Io {
+            file: display,
+            source: std::io::Error::other(e.to_string()),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::StatusClass;
+
+    const WEB: &str = r#"
+[[services]]
+name = "web"
+stable = ["127.0.0.1:1001"]
+canary = ["127.0.0.1:1002"]
+canary_weight = 10.0
+[services.cutback]
+breach_for = "300ms"
+"#;
+
+    fn controller(toml: &str) -> (Controller, Wiring, EventBus) {
+        let config = Config::parse(toml, "t.toml").unwrap();
+        let bus = EventBus::default();
+        let (c, w) = Controller::new(config, Arc::new(Metrics::new()), bus.clone());
+        (c, w, bus)
+    }
+
+    fn record(table: &SharedTable, canary: bool, class: StatusClass, n: usize) {
+        let t = table.load_full();
+        let s = &t.services[0];
+        let arm = if canary {
+            s.canary.as_ref().unwrap()
+        } else {
+            &s.stable
+        };
+        for _ in 0..n {
+            arm.stats.record(class, Duration::from_millis(3));
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_run_of_failures_cuts_back_at_once() {
+        let (mut c, w, bus) = controller(WEB);
+        let mut events = bus.subscribe();
+        record(&w.table, false, StatusClass::Success, 200);
+        record(&w.table, true, StatusClass::ServerError, 5);
+        c.judge_all();
+        let t = w.table.load_full();
+        assert_eq!(t.services[0].state, ServiceState::RolledBack);
+        assert!(t.services[0].weight.is_zero());
+        let e = events.recv().await.unwrap();
+        assert_eq!(e.kind, EventKind::RolledBack);
+        assert_eq!(e.actor, "judge");
+        assert_eq!(e.evidence["verdict"]["rule"], "consecutive_failures");
+        assert_eq!(e.table.unwrap().to, t.version);
+        let board = w.handle.board();
+        assert_eq!(
+            board["web"].last_decision.as_ref().unwrap().kind,
+            EventKind::RolledBack
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rate_breach_must_hold_for_breach_for() {
+        let (mut c, w, bus) = controller(WEB);
+        let mut events = bus.subscribe();
+        record(&w.table, false, StatusClass::Success, 1000);
+        // 40 % errors, interleaved so there is never a run of 5.
+        for _ in 0..20 {
+            record(&w.table, true, StatusClass::Success, 3);
+            record(&w.table, true, StatusClass::ServerError, 2);
+        }
+        c.judge_all();
+        assert_eq!(w.table.load().services[0].state, ServiceState::Canary);
+        assert_eq!(events.recv().await.unwrap().kind, EventKind::Breach);
+        assert!(w.handle.board()["web"].watching);
+        tokio::time::advance(Duration::from_millis(200)).await;
+        c.judge_all();
+        assert_eq!(
+            w.table.load().services[0].state,
+            ServiceState::Canary,
+            "too early"
+        );
+        tokio::time::advance(Duration::from_millis(150)).await;
+        c.judge_all();
+        assert_eq!(w.table.load().services[0].state, ServiceState::RolledBack);
+        let e = events.recv().await.unwrap();
+        assert_eq!(e.kind, EventKind::RolledBack);
+        assert_eq!(e.evidence["verdict"]["rule"], "error_rate");
+        assert!(e.evidence["verdict"]["p_value"].as_f64().unwrap() < 0.001);
+        assert_eq!(e.evidence["policy"]["breach_for"], "300ms");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn little_traffic_is_inconclusive_and_a_held_canary_is_not_judged() {
+        let (mut c, w, _bus) = controller(WEB);
+        record(&w.table, true, StatusClass::ServerError, 2);
+        c.judge_all();
+        let board = w.handle.board();
+        let v = board["web"].verdict.as_ref().unwrap();
+        assert_eq!(v.name(), "inconclusive");
+        c.apply(
+            Op::Rollback {
+                service: "web".into(),
+                reason: "manual".into(),
+            },
+            "test",
+        )
+        .unwrap();
+        record(&w.table, true, StatusClass::ServerError, 50);
+        c.judge_all();
+        assert!(w.handle.board()["web"].verdict.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_controller_loop_judges_on_its_tick() {
+        let (c, w, _bus) = controller(WEB);
+        let (stop, stopped) = tokio_watch::channel(false);
+        let task = tokio::spawn(c.run(stopped));
+        record(&w.table, false, StatusClass::Success, 100);
+        record(&w.table, true, StatusClass::NoResponse, 6);
+        tokio::time::sleep(TICK * 2).await;
+        assert_eq!(w.table.load().services[0].state, ServiceState::RolledBack);
+        // An operator resumes it; the fresh window is clean.
+        let applied = w
+            .handle
+            .send(
+                Op::Resume {
+                    service: "web".into(),
+                    weight: None,
+                },
+                "test",
+            )
+            .await
+            .unwrap();
+        assert_eq!(applied.event.kind, EventKind::Resumed);
+        let t = w.table.load_full();
+        assert_eq!(t.services[0].state, ServiceState::Canary);
+        assert_eq!(t.services[0].weight.percent(), 10.0);
+        tokio::time::sleep(TICK * 2).await;
+        assert_eq!(w.table.load().services[0].state, ServiceState::Canary);
+        stop.send(true).unwrap();
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_disabled_policy_reports_without_acting() {
+        let (mut c, w, bus) = controller(&format!("{WEB}enabled = false\n"));
+        let mut events = bus.subscribe();
+        record(&w.table, true, StatusClass::ServerError, 10);
+        c.judge_all();
+        assert_eq!(w.table.load().services[0].state, ServiceState::Canary);
+        let e = events.recv().await.unwrap();
+        assert_eq!(e.kind, EventKind::Breach);
+        assert!(e.message.contains("disabled"));
+    }
+}

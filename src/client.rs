@@ -90,13 +90,7 @@ impl AdminClient {
         })
     }
 
-    /// Calls `method path` with an optional JSON body; returns the JSON answer.
-    pub async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> Result<Value, ClientError> {
+    fn request(&self, method: Method, path: &str) -> (http::request::Builder, String) {
         let url = format!("{}{}", self.base, path);
         let mut req = Request::builder()
             .method(method)
@@ -105,6 +99,67 @@ impl AdminClient {
         if let Some(t) = &self.token {
             req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
         }
+        (req, url)
+    }
+
+    /// Follows the live event stream at `path` (SSE), calling `each` with every event until
+    /// the gate closes the stream.
+    pub async fn follow(&self, path: &str, mut each: impl FnMut(Value)) -> Result<(), ClientError> {
+        let (req, url) = self.request(Method::GET, path);
+        let req = req
+            .header(http::header::ACCEPT, "text/event-stream")
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| ClientError::BadUrl {
+                url: url.clone(),
+                why: e.to_string(),
+            })?;
+        let unreachable = |why: String| ClientError::Unreachable {
+            url: self.base.clone(),
+            why,
+        };
+        let resp = tokio::time::timeout(DEFAULT_TIMEOUT, self.client.request(req))
+            .await
+            .map_err(|_| unreachable(format!("no answer within {DEFAULT_TIMEOUT:?}")))?
+            .map_err(|e| unreachable(format!("{e:#}")))?;
+        let status = resp.status();
+        let mut body = resp.into_body();
+        if !status.is_success() {
+            let bytes = body
+                .collect()
+                .await
+                .map_err(|e| unreachable(e.to_string()))?
+                .to_bytes();
+            return Err(api_error(status.as_u16(), &bytes));
+        }
+        let mut pending = String::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| unreachable(e.to_string()))?;
+            let Some(data) = frame.data_ref() else {
+                continue;
+            };
+            pending.push_str(&String::from_utf8_lossy(data));
+            while let Some(end) = pending.find("\n\n") {
+                let message: String = pending.drain(..end + 2).collect();
+                for line in message.lines() {
+                    if let Some(json) = line.strip_prefix("data:") {
+                        if let Ok(v) = serde_json::from_str(json.trim()) {
+                            each(v);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Calls `method path` with an optional JSON body; returns the JSON answer.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, ClientError> {
+        let (mut req, url) = self.request(method, path);
         let body = match body {
             Some(v) => {
                 req = req.header(http::header::CONTENT_TYPE, "application/json");
@@ -139,17 +194,56 @@ impl AdminClient {
         if status.is_success() {
             Ok(value)
         } else {
-            let err = &value["error"];
-            Err(ClientError::Api {
-                status: status.as_u16(),
-                code: err["code"].as_str().unwrap_or("error").to_string(),
-                message: err["message"]
-                    .as_str()
-                    .unwrap_or("the admin API refused the request")
-                    .to_string(),
-            })
+            Err(api_error(status.as_u16(), &bytes))
         }
     }
+}
+
+fn api_error(status: u16, body: &[u8]) -> ClientError {
+    let value: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let err = &value["error"];
+    ClientError::Api {
+        status,
+        code: err["code"].as_str().unwrap_or("error").to_string(),
+        message: err["message"]
+            .as_str()
+            .unwrap_or("the admin API refused the request")
+            .to_string(),
+    }
+}
+
+/// `2026-11-22 04:02:06` (UTC) from milliseconds since the epoch.
+pub fn format_time(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+/// One event as a terminal line.
+pub fn render_event(e: &Value) -> String {
+    format!(
+        "{}  {:<15} {:<12} {:<16} {}",
+        format_time(e["at_ms"].as_u64().unwrap_or(0)),
+        e["kind"].as_str().unwrap_or("?"),
+        e["service"].as_str().unwrap_or("-"),
+        e["actor"].as_str().unwrap_or("?"),
+        e["message"].as_str().unwrap_or(""),
+    )
 }
 
 fn ms(v: &Value) -> String {
@@ -206,6 +300,39 @@ pub fn render_service(s: &Value) -> String {
     if !s["arms"]["canary"].is_null() {
         render_arm(&mut out, "canary", &s["arms"]["canary"]);
     }
+    let judge = &s["judge"];
+    if let Some(verdict) = judge["verdict"].as_object() {
+        let name = verdict
+            .get("verdict")
+            .and_then(Value::as_str)
+            .unwrap_or("?");
+        let why = verdict
+            .get("reason")
+            .or_else(|| verdict.get("note"))
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let watching = if judge["watching"] == true {
+            " (watching)"
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            out,
+            "  judge   {name}{watching}{}{why}",
+            if why.is_empty() { "" } else { ": " }
+        );
+    }
+    let last = &judge["last_decision"];
+    if last.is_object() {
+        let _ = writeln!(
+            out,
+            "  last    {} {} by {}: {}",
+            format_time(last["at_ms"].as_u64().unwrap_or(0)),
+            last["kind"].as_str().unwrap_or("?"),
+            last["actor"].as_str().unwrap_or("?"),
+            last["message"].as_str().unwrap_or(""),
+        );
+    }
     out
 }
 
@@ -215,4 +342,16 @@ pub fn render_services(v: &Value) -> String {
         .as_array()
         .map(|a| a.iter().map(render_service).collect::<Vec<_>>().join(""))
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_civil_utc() {
+        assert_eq!(format_time(0), "1970-01-01 00:00:00");
+        assert_eq!(format_time(1_795_320_126_000), "2026-11-22 04:02:06");
+        assert_eq!(format_time(951_782_400_000), "2000-02-29 00:00:00");
+    }
 }

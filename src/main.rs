@@ -9,7 +9,9 @@ use http::Method;
 use serde_json::{json, Value};
 use tokio::signal::unix::{signal, SignalKind};
 
-use sluice::client::{render_service, render_services, AdminClient, DEFAULT_ADMIN_URL};
+use sluice::client::{
+    render_event, render_service, render_services, AdminClient, DEFAULT_ADMIN_URL,
+};
 use sluice::config::Config;
 use sluice::gate;
 use sluice::rollout::{ControlHandle, Op};
@@ -43,6 +45,18 @@ struct Remote {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Show what Sluice does, in one command: a canary that goes bad is cut back live.
+    Demo {
+        /// Requests per second.
+        #[arg(long, default_value_t = 1000)]
+        rate: u32,
+        /// Sticky clients.
+        #[arg(long, default_value_t = 200)]
+        clients: usize,
+        /// Turn the canary shield off (clients then see the few failures before the cut).
+        #[arg(long)]
+        no_shield: bool,
+    },
     /// Run the gate.
     Run {
         /// Config file.
@@ -101,24 +115,58 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Give a rolled-back canary traffic again (with a fresh window).
+    Resume {
+        /// Service name.
+        service: String,
+        /// Weight in percent (default: the weight it had).
+        #[arg(long)]
+        weight: Option<f64>,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Ask the gate to re-read its config file.
     Reload {
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Follow the gate's events live (breaches, cut-backs, changes), one line each.
+    Events {
+        /// Only these services (repeat).
+        #[arg(long = "service")]
+        services: Vec<String>,
+        /// Only these kinds (repeat): breach, rolled_back, weight_set, ...
+        #[arg(long = "kind")]
+        kinds: Vec<String>,
+        /// Also show the kept events after this sequence number (0: all kept).
+        #[arg(long)]
+        since: Option<u64>,
         #[command(flatten)]
         remote: Remote,
     },
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The demo prints its own view; the gate's info lines would only interleave with it.
+    let default_filter = match cli.command {
+        Command::Demo { .. } => "warn",
+        _ => "info",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cli = Cli::parse();
     let result = match cli.command {
+        Command::Demo {
+            rate,
+            clients,
+            no_shield,
+        } => demo(rate, clients, !no_shield),
         Command::Run { config } => run(config),
         Command::CheckConfig { files } => return check_config(&files),
         other => remote(other),
@@ -130,6 +178,30 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+fn demo(rate: u32, clients: usize, shield: bool) -> anyhow::Result<ExitCode> {
+    let options = sluice::demo::DemoOptions {
+        rate,
+        clients,
+        shield,
+        ..Default::default()
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let summary = runtime.block_on(async {
+        let mut out = std::io::stdout();
+        sluice::demo::run(options, &mut out).await
+    })?;
+    // A demo that did not cut back, or let errors through with the shield on, failed.
+    let ok = summary.detect.is_some() && (!shield || summary.client_errors == 0);
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn check_config(files: &[PathBuf]) -> ExitCode {
@@ -260,8 +332,29 @@ async fn remote_call(command: Command) -> anyhow::Result<ExitCode> {
             format!("/api/v1/services/{service}/rollback"),
             Some(json!({ "reason": reason })),
         ),
+        Command::Resume {
+            service,
+            weight,
+            remote,
+        } => (
+            remote,
+            Method::POST,
+            format!("/api/v1/services/{service}/resume"),
+            Some(match weight {
+                Some(w) => json!({ "weight": w }),
+                None => json!({}),
+            }),
+        ),
         Command::Reload { remote } => (remote, Method::POST, "/api/v1/reload".into(), None),
-        Command::Run { .. } | Command::CheckConfig { .. } => unreachable!("handled in main"),
+        Command::Events {
+            services,
+            kinds,
+            since,
+            remote,
+        } => return follow_events(remote, actor, services, kinds, since).await,
+        Command::Run { .. } | Command::CheckConfig { .. } | Command::Demo { .. } => {
+            unreachable!("handled in main")
+        }
     };
     let client = AdminClient::new(&remote.admin_url, remote.token.clone(), actor)?;
     let answer = match client.call(method, &path, body).await {
@@ -277,6 +370,44 @@ async fn remote_call(command: Command) -> anyhow::Result<ExitCode> {
         print!("{}", summarize(&answer));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn follow_events(
+    remote: Remote,
+    actor: String,
+    services: Vec<String>,
+    kinds: Vec<String>,
+    since: Option<u64>,
+) -> anyhow::Result<ExitCode> {
+    let mut query = Vec::new();
+    if !services.is_empty() {
+        query.push(format!("service={}", services.join(",")));
+    }
+    if !kinds.is_empty() {
+        query.push(format!("kind={}", kinds.join(",")));
+    }
+    if let Some(s) = since {
+        query.push(format!("since={s}"));
+    }
+    let path = format!("/api/v1/events?{}", query.join("&"));
+    let client = AdminClient::new(&remote.admin_url, remote.token.clone(), actor)?;
+    let json = remote.json;
+    let result = client
+        .follow(&path, |e| {
+            if json {
+                println!("{e}");
+            } else {
+                println!("{}", render_event(&e));
+            }
+        })
+        .await;
+    match result {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) => {
+            eprintln!("sluice: {e}");
+            Ok(ExitCode::from(1))
+        }
+    }
 }
 
 fn summarize(answer: &Value) -> String {

@@ -436,6 +436,8 @@ impl Controller {
             Op::Reload => self.reload(&actor).await,
             op => self.apply(op, &actor),
         };
+        // The board shows the change at once, not at the next tick.
+        self.judge_all();
         // The asker may have gone (client disconnected); the change stands either way.
         let _ = reply.send(result);
     }

@@ -11,7 +11,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -21,13 +21,40 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
 
-/// How a demo upstream misbehaves; changed at any time through [`DemoUpstream`].
-#[derive(Debug, Default)]
+/// How a demo upstream misbehaves (changed at any time through [`DemoUpstream`]) and when
+/// it answered what.
+#[derive(Debug)]
 struct Behaviour {
     /// Share of requests answered 500, in millionths.
     error_ppm: AtomicU64,
     /// Delay added to every answer, in microseconds.
     delay_us: AtomicU64,
+    /// Time origin of the marks below.
+    origin: Instant,
+    /// First 500 answered, µs after `origin` + 1 (0: none yet).
+    first_failure_us: AtomicU64,
+    /// Latest request, µs after `origin` + 1 (0: none yet).
+    last_hit_us: AtomicU64,
+}
+
+impl Behaviour {
+    fn new() -> Behaviour {
+        Behaviour {
+            error_ppm: AtomicU64::new(0),
+            delay_us: AtomicU64::new(0),
+            origin: Instant::now(),
+            first_failure_us: AtomicU64::new(0),
+            last_hit_us: AtomicU64::new(0),
+        }
+    }
+
+    fn mark(&self) -> u64 {
+        self.origin.elapsed().as_micros() as u64 + 1
+    }
+
+    fn at(&self, mark: u64) -> Option<Instant> {
+        (mark != 0).then(|| self.origin + Duration::from_micros(mark - 1))
+    }
 }
 
 /// A running demo upstream. Dropping it stops it.
@@ -56,7 +83,7 @@ impl DemoUpstream {
         let name: Arc<str> = name.into();
         let hits = Arc::new(AtomicU64::new(0));
         let connections = Arc::new(AtomicU64::new(0));
-        let behaviour = Arc::new(Behaviour::default());
+        let behaviour = Arc::new(Behaviour::new());
         let (stop, stopped) = watch::channel(false);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -99,7 +126,19 @@ impl DemoUpstream {
     /// Answers a share (0.0..=1.0) of ordinary requests with 500 from now on.
     pub fn set_error_rate(&self, share: f64) {
         let ppm = (share.clamp(0.0, 1.0) * 1e6) as u64;
+        self.behaviour.first_failure_us.store(0, Relaxed);
         self.behaviour.error_ppm.store(ppm, Relaxed);
+    }
+
+    /// When it first answered 500 since it was told to fail.
+    pub fn first_failure_at(&self) -> Option<Instant> {
+        self.behaviour
+            .at(self.behaviour.first_failure_us.load(Relaxed))
+    }
+
+    /// When it last received a request.
+    pub fn last_hit_at(&self) -> Option<Instant> {
+        self.behaviour.at(self.behaviour.last_hit_us.load(Relaxed))
     }
 
     /// Delays every ordinary answer by `delay` from now on.
@@ -169,6 +208,7 @@ async fn answer(
     behaviour: Arc<Behaviour>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     hits.fetch_add(1, Relaxed);
+    behaviour.last_hit_us.store(behaviour.mark(), Relaxed);
     let path = req.uri().path().to_string();
     let mut resp = if path == "/echo" {
         let headers: serde_json::Map<String, serde_json::Value> = req
@@ -206,6 +246,10 @@ async fn answer(
         }
         let ppm = behaviour.error_ppm.load(Relaxed);
         if ppm > 0 && fastrand::u64(0..1_000_000) < ppm {
+            let _ =
+                behaviour
+                    .first_failure_us
+                    .compare_exchange(0, behaviour.mark(), Relaxed, Relaxed);
             text(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 format!("{name} failed\n"),

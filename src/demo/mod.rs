@@ -1,0 +1,370 @@
+//! `sluice demo` and the real components it is made of: demo upstreams and a load
+//! generator (also used by the tests and the benches).
+//!
+//! The demo starts a stable (v1) and a canary (v2) upstream and a gate in this process,
+//! sends steady traffic from many sticky clients, raises the canary's weight step by step,
+//! then makes v2 fail every request, and shows live what the gate sees and does: the
+//! split, both arms' error rates and p95, and the moment of the cut-back with its measured
+//! delay and how many requests clients saw fail.
+
+pub mod load;
+pub mod upstream;
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub use load::{Load, LoadConfig, LoadReport};
+pub use upstream::DemoUpstream;
+
+use crate::config::{Config, Weight};
+use crate::events::{Event, EventKind};
+use crate::gate::{self, GateHandle};
+use crate::rollout::Op;
+use crate::routing::ArmRole;
+
+/// What the demo does.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// Requests per second.
+    pub rate: u32,
+    /// Sticky clients.
+    pub clients: usize,
+    /// Replay failed canary GETs on stable.
+    pub shield: bool,
+    /// Canary weights, one step each, before v2 starts failing.
+    pub steps: Vec<f64>,
+    /// Length of each step.
+    pub step: Duration,
+    /// How long to keep going after v2 starts failing.
+    pub after: Duration,
+}
+
+impl Default for DemoOptions {
+    fn default() -> Self {
+        DemoOptions {
+            rate: 1000,
+            clients: 200,
+            shield: true,
+            steps: vec![5.0, 20.0, 50.0],
+            step: Duration::from_millis(1500),
+            after: Duration::from_millis(2500),
+        }
+    }
+}
+
+/// What the demo measured.
+#[derive(Debug, Clone, Default)]
+pub struct DemoSummary {
+    /// Requests the clients sent.
+    pub sent: u64,
+    /// Requests that failed as the clients saw them (5xx or no answer).
+    pub client_errors: u64,
+    /// Canary failures replayed on stable.
+    pub shielded: u64,
+    /// Answers from v1 and v2.
+    pub from_stable: u64,
+    /// Answers from v2.
+    pub from_canary: u64,
+    /// From v2's first failing answer to the routing table swap.
+    pub detect: Option<Duration>,
+    /// From v2's first failing answer to the last request it received.
+    pub cut_back: Option<Duration>,
+    /// The rule that fired.
+    pub rule: Option<String>,
+    /// The judge's reason.
+    pub reason: Option<String>,
+}
+
+/// Why the demo could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// An upstream, the load or a runtime could not start.
+    #[error("cannot start the demo: {0}")]
+    Io(#[from] std::io::Error),
+    /// The gate did not start.
+    #[error(transparent)]
+    Gate(#[from] gate::GateError),
+    /// The demo's own config was refused (a bug).
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// A weight change was refused.
+    #[error("the gate refused a change: {0}")]
+    Control(#[from] crate::rollout::ControlError),
+}
+
+fn bar(share: f64, width: usize) -> String {
+    let filled = ((share.clamp(0.0, 1.0) * width as f64).round()) as usize;
+    format!("{}{}", "#".repeat(filled), ".".repeat(width - filled))
+}
+
+struct Display<'a> {
+    out: &'a mut dyn Write,
+    started: Instant,
+    last: LoadReport,
+}
+
+impl Display<'_> {
+    fn say(&mut self, text: &str) {
+        let _ = writeln!(
+            self.out,
+            "{:>6.2}s  {text}",
+            self.started.elapsed().as_secs_f64()
+        );
+        let _ = self.out.flush();
+    }
+
+    fn header(&mut self) {
+        let _ = writeln!(
+            self.out,
+            "{:>7}  {:>6}  {:<22} {:>16} {:>16}  {}",
+            "time", "weight", "split (v2 share)", "v1 err / p95", "v2 err / p95", "state"
+        );
+    }
+
+    fn row(&mut self, gate: &GateHandle, load: &Load) {
+        let now = load.report();
+        let stable = now
+            .from_upstream("v1")
+            .saturating_sub(self.last.from_upstream("v1"));
+        let canary = now
+            .from_upstream("v2")
+            .saturating_sub(self.last.from_upstream("v2"));
+        let share = if stable + canary == 0 {
+            0.0
+        } else {
+            canary as f64 / (stable + canary) as f64
+        };
+        self.last = now;
+        let table = gate.control.table();
+        let Some(service) = table.service("shop") else {
+            return;
+        };
+        let arm = |role| {
+            let a = service.arm(role);
+            let w = a.stats.snapshot();
+            if w.requests() == 0 {
+                "-".to_string()
+            } else {
+                format!(
+                    "{:>5.1}% / {:>4.1}ms",
+                    w.error_rate() * 100.0,
+                    w.quantile_ms(0.95).unwrap_or(0.0)
+                )
+            }
+        };
+        let line = format!(
+            "{:>6.1}%  [{}] {:>5.1}% {:>16} {:>16}  {}",
+            service.weight.percent(),
+            bar(share, 14),
+            share * 100.0,
+            arm(ArmRole::Stable),
+            if service.canary.is_some() {
+                arm(ArmRole::Canary)
+            } else {
+                "-".into()
+            },
+            service.state.as_str()
+        );
+        self.say(&line);
+    }
+}
+
+fn demo_config(
+    stable: &DemoUpstream,
+    canary: &DemoUpstream,
+    shield: bool,
+) -> Result<Config, DemoError> {
+    let text = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+threads = 2
+drain_timeout = "2s"
+
+[[services]]
+name = "shop"
+stable = ["{}"]
+canary = ["{}"]
+canary_weight = 0.0
+shield = {shield}
+"#,
+        stable.addr, canary.addr
+    );
+    Ok(Config::parse(&text, "demo")?)
+}
+
+/// Runs the demo, writing the live view to `out`.
+pub async fn run(options: DemoOptions, out: &mut dyn Write) -> Result<DemoSummary, DemoError> {
+    let stable = DemoUpstream::spawn("v1")?;
+    let canary = DemoUpstream::spawn("v2")?;
+    // A little work per request, so latencies look like an application's.
+    stable.set_delay(Duration::from_millis(2));
+    canary.set_delay(Duration::from_millis(2));
+    let gate = gate::start(demo_config(&stable, &canary, options.shield)?)?;
+    let mut events = gate.bus.subscribe();
+    let mut view = Display {
+        out,
+        started: Instant::now(),
+        last: LoadReport::default(),
+    };
+    let _ = writeln!(
+        view.out,
+        "sluice demo: gate on http://{} (admin http://{}), {} req/s from {} sticky clients, shield {}",
+        gate.proxy_addr,
+        gate.admin_addr,
+        options.rate,
+        options.clients,
+        if options.shield { "on" } else { "off" }
+    );
+    let _ = writeln!(
+        view.out,
+        "stable v1 = {}, canary v2 = {}; the judge cuts v2 back when it is worse than its policy\n",
+        stable.addr, canary.addr
+    );
+    view.header();
+    let load = Load::start(LoadConfig {
+        clients: options.clients,
+        max_duration: options.step * (options.steps.len() as u32 + 2) + options.after,
+        ..LoadConfig::new(gate.proxy_addr, options.rate)
+    })?;
+    let tick = Duration::from_millis(250);
+
+    for weight in &options.steps {
+        let w =
+            Weight::from_percent(*weight).map_err(|m| crate::rollout::ControlError::Invalid(m))?;
+        gate.control
+            .send(
+                Op::SetWeight {
+                    service: "shop".into(),
+                    weight: w,
+                },
+                "demo",
+            )
+            .await?;
+        view.say(&format!("--- canary v2 at {weight}% of clients"));
+        let until = Instant::now() + options.step;
+        while Instant::now() < until {
+            tokio::time::sleep(tick).await;
+            view.row(&gate, &load);
+            drain_events(&mut events, &mut view);
+        }
+    }
+
+    view.say("--- v2 starts failing: every request answers 500");
+    canary.set_error_rate(1.0);
+    let mut summary = DemoSummary::default();
+    let mut rolled_back: Option<Arc<Event>> = None;
+    let until = Instant::now() + options.after;
+    while Instant::now() < until {
+        tokio::time::sleep(tick).await;
+        view.row(&gate, &load);
+        if let Some(e) = drain_events(&mut events, &mut view) {
+            rolled_back.get_or_insert(e);
+        }
+    }
+    let report = load.stop();
+    let shielded = shielded_count(&gate);
+
+    let first_failure = canary.first_failure_at();
+    if let (Some(first), Some(e)) = (first_failure, rolled_back.as_ref()) {
+        // The event carries wall-clock time; map the failure instant onto it.
+        let failure_wall = crate::events::now_ms() as i64 - first.elapsed().as_millis() as i64;
+        summary.detect = Some(Duration::from_millis(
+            (e.at_ms as i64 - failure_wall).max(0) as u64,
+        ));
+        summary.rule = e.evidence["verdict"]["rule"].as_str().map(str::to_string);
+        summary.reason = e.evidence["verdict"]["reason"].as_str().map(str::to_string);
+    }
+    if let (Some(first), Some(last)) = (first_failure, canary.last_hit_at()) {
+        summary.cut_back = Some(last.saturating_duration_since(first));
+    }
+    summary.sent = report.sent;
+    summary.client_errors = report.client_errors();
+    summary.shielded = shielded;
+    summary.from_stable = report.from_upstream("v1");
+    summary.from_canary = report.from_upstream("v2");
+    let report_lines = summary_lines(&summary, options.shield);
+    let _ = writeln!(view.out);
+    for line in report_lines {
+        let _ = writeln!(view.out, "{line}");
+    }
+    let _ = view.out.flush();
+    // Stop serving before returning (the drain is quick: the load has stopped).
+    let _ = tokio::task::spawn_blocking(move || gate.drain()).await;
+    Ok(summary)
+}
+
+fn shielded_count(gate: &GateHandle) -> u64 {
+    gate.metrics
+        .render()
+        .lines()
+        .find(|l| l.starts_with("sluice_shielded_requests_total{service=\"shop\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Prints the judge's events as they come; returns the cut-back when it happens.
+fn drain_events(
+    rx: &mut tokio::sync::broadcast::Receiver<Arc<Event>>,
+    view: &mut Display<'_>,
+) -> Option<Arc<Event>> {
+    let mut cut = None;
+    while let Ok(e) = rx.try_recv() {
+        match e.kind {
+            EventKind::Breach | EventKind::BreachCleared => {
+                view.say(&format!("judge: {}", e.message));
+            }
+            EventKind::RolledBack => {
+                view.say(&format!(
+                    ">>> CUT BACK by {}: {} (table v{})",
+                    e.actor,
+                    e.message,
+                    e.table.map(|t| t.to).unwrap_or(0)
+                ));
+                cut = Some(e);
+            }
+            _ => {}
+        }
+    }
+    cut
+}
+
+fn summary_lines(s: &DemoSummary, shield: bool) -> Vec<String> {
+    let ms = |d: Option<Duration>| {
+        d.map(|d| format!("{:.0} ms", d.as_secs_f64() * 1e3))
+            .unwrap_or_else(|| "-".into())
+    };
+    let mut lines = vec![
+        "summary".to_string(),
+        format!("  requests sent                      {}", s.sent),
+        format!(
+            "  answered by v1 / v2                {} / {}",
+            s.from_stable, s.from_canary
+        ),
+        format!(
+            "  failing v2 answer -> cut-back      {} (routing table swapped)",
+            ms(s.detect)
+        ),
+        format!(
+            "  failing v2 answer -> last v2 hit   {} (v2 gets nothing after this)",
+            ms(s.cut_back)
+        ),
+        format!(
+            "  why                                {}",
+            s.reason.as_deref().unwrap_or("no cut-back happened")
+        ),
+        format!(
+            "  failures absorbed by the shield    {}{}",
+            s.shielded,
+            if shield { "" } else { " (shield off)" }
+        ),
+        format!("  requests clients saw fail          {}", s.client_errors),
+    ];
+    if s.detect.is_none() {
+        lines.push("  the canary was NOT cut back (see the judge lines above)".into());
+    }
+    lines
+}

@@ -1,0 +1,295 @@
+//! Automatic cut-back end to end: real upstreams that go bad under real load.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use reqwest::Method;
+use serde_json::{json, Value};
+use sluice::demo::{DemoUpstream, Load, LoadConfig};
+use sluice::gate::GateHandle;
+
+fn gate_with(stable: &DemoUpstream, canary: &DemoUpstream, weight: f64, extra: &str) -> GateHandle {
+    spawn_gate(&format!(
+        "[[services]]\nname = \"web\"\nstable = [\"{}\"]\ncanary = [\"{}\"]\ncanary_weight = {weight:?}\n{extra}",
+        stable.addr, canary.addr
+    ))
+}
+
+async fn service(gate: &GateHandle) -> Value {
+    admin(
+        &client(),
+        gate,
+        Method::GET,
+        "/api/v1/services/web",
+        None,
+        None,
+    )
+    .await
+    .1
+}
+
+/// Polls until the service is rolled back, or `limit`.
+async fn wait_rolled_back(gate: &GateHandle, limit: Duration) -> Value {
+    let until = Instant::now() + limit;
+    loop {
+        let v = service(gate).await;
+        if v["state"] == "rolled_back" {
+            return v;
+        }
+        assert!(Instant::now() < until, "not rolled back: {v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_canary_is_cut_back_and_the_shield_hides_it() {
+    let (stable, canary) = (spawn_upstream("stable"), spawn_upstream("canary"));
+    let gate = gate_with(&stable, &canary, 10.0, "");
+    let mut events = client()
+        .get(admin_url(
+            &gate,
+            "/api/v1/events?service=web&kind=rolled_back",
+        ))
+        .send()
+        .await
+        .unwrap();
+    let load = Load::start(LoadConfig::new(gate.proxy_addr, 400)).unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let before = load.report();
+    assert!(
+        before.from_upstream("canary") > 0,
+        "canary got no traffic: {before:?}"
+    );
+    assert_eq!(before.client_errors(), 0);
+
+    canary.set_error_rate(1.0);
+    let v = wait_rolled_back(&gate, Duration::from_secs(5)).await;
+    assert_eq!(v["canary_weight"], 0.0);
+    let decision = &v["judge"]["last_decision"];
+    assert_eq!(decision["kind"], "rolled_back");
+    assert_eq!(decision["actor"], "judge");
+    assert_eq!(decision["evidence"]["verdict"]["verdict"], "breach");
+
+    // The canary gets nothing more (beyond requests already on their way).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let canary_hits = canary.hits();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(canary.hits(), canary_hits, "the canary still gets traffic");
+    let report = load.stop();
+    assert_eq!(report.client_errors(), 0, "clients saw errors: {report:?}");
+    let first = canary.first_failure_at().expect("canary failed");
+    let last = canary.last_hit_at().unwrap();
+    let delay = last.saturating_duration_since(first);
+    assert!(delay < Duration::from_secs(1), "cut-back took {delay:?}");
+    eprintln!("cut-back: {delay:?} from the first failing canary answer to its last request");
+
+    // The live stream delivered the rollback with its evidence.
+    let chunk = tokio::time::timeout(Duration::from_secs(2), events.chunk())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&chunk);
+    assert!(text.contains("event: rolled_back"), "{text}");
+    let data: Value =
+        serde_json::from_str(text.lines().find_map(|l| l.strip_prefix("data: ")).unwrap()).unwrap();
+    assert_eq!(data["evidence"]["verdict"]["rule"], "consecutive_failures");
+    assert!(data["evidence"]["policy"]["max_consecutive_failures"].is_number());
+    let metrics = metrics_text(&client(), &gate).await;
+    assert!(metrics
+        .contains(r#"sluice_rollbacks_total{service="web",trigger="consecutive_failures"} 1"#));
+    assert!(metrics.contains("sluice_shielded_requests_total{service=\"web\"}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn post_is_never_replayed_but_get_is() {
+    let (stable, canary) = (spawn_upstream("stable"), spawn_upstream("canary"));
+    // Cut-back off, so the canary keeps its 100 % and we can look at the shield alone.
+    let gate = gate_with(
+        &stable,
+        &canary,
+        100.0,
+        "[services.cutback]\nenabled = false\n",
+    );
+    canary.set_error_rate(1.0);
+    let c = client();
+    for _ in 0..5 {
+        let resp = c
+            .post(proxy_url(&gate, "/"))
+            .body("order=1")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 500, "a POST was replayed");
+    }
+    assert_eq!(stable.hits(), 0, "a POST reached stable");
+    for _ in 0..5 {
+        let (status, body, _) = get(&c, &gate, "x", "/", &[]).await;
+        assert_eq!((status, body.as_str()), (200, "stable"));
+    }
+    assert_eq!(stable.hits(), 5);
+    assert_eq!(canary.hits(), 10);
+    // The replayed failures still count against the canary.
+    let v = service(&gate).await;
+    assert_eq!(v["arms"]["canary"]["stats"]["status"]["5xx"], 10);
+    assert_eq!(v["arms"]["stable"]["stats"]["status"]["2xx"], 5);
+    // A tester forcing the canary sees the canary's own answer.
+    let (status, _, _) = get(&c, &gate, "x", "/", &[("x-sluice-arm", "canary")]).await;
+    assert_eq!(status, 500);
+    // The judge saw it all and says so, without acting (disabled).
+    let v = service(&gate).await;
+    assert_eq!(v["judge"]["verdict"]["verdict"], "breach");
+    assert_eq!(v["state"], "canary");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_shield_clients_see_the_few_failures_before_the_cut() {
+    let (stable, canary) = (spawn_upstream("stable"), spawn_upstream("canary"));
+    let gate = gate_with(&stable, &canary, 10.0, "shield = false\n");
+    let load = Load::start(LoadConfig::new(gate.proxy_addr, 400)).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    canary.set_error_rate(1.0);
+    wait_rolled_back(&gate, Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let report = load.stop();
+    // About max_consecutive_failures (5) requests fail before the cut; a few more may be
+    // on their way when the table swaps.
+    assert!(
+        (1..=40).contains(&report.server_errors),
+        "client-visible 5xx without the shield: {}",
+        report.server_errors
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_canary_is_cut_back_on_latency() {
+    let (stable, canary) = (spawn_upstream("stable"), spawn_upstream("canary"));
+    let gate = gate_with(
+        &stable,
+        &canary,
+        30.0,
+        "[services.cutback]\nmin_requests = 30\nbreach_for = \"200ms\"\n",
+    );
+    let load = Load::start(LoadConfig {
+        clients: 40,
+        ..LoadConfig::new(gate.proxy_addr, 300)
+    })
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    canary.set_delay(Duration::from_millis(150));
+    let v = wait_rolled_back(&gate, Duration::from_secs(10)).await;
+    let rule = &v["judge"]["last_decision"]["evidence"]["verdict"]["rule"];
+    assert_eq!(rule, "latency_increase", "{v}");
+    let report = load.stop();
+    assert_eq!(report.client_errors(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healthy_canary_with_the_same_noise_as_stable_is_kept() {
+    let (stable, canary) = (spawn_upstream("stable"), spawn_upstream("canary"));
+    stable.set_error_rate(0.01);
+    canary.set_error_rate(0.01);
+    // No shield, so the noise really reaches the judge's windows as 5xx answers.
+    let gate = gate_with(
+        &stable,
+        &canary,
+        50.0,
+        "shield = false\n[services.cutback]\nwindow = \"5s\"\n",
+    );
+    let load = Load::start(LoadConfig {
+        clients: 30,
+        ..LoadConfig::new(gate.proxy_addr, 600)
+    })
+    .unwrap();
+    let run = Duration::from_secs(8);
+    let until = Instant::now() + run;
+    while Instant::now() < until {
+        let v = service(&gate).await;
+        assert_eq!(
+            v["state"], "canary",
+            "a healthy canary was rolled back: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let report = load.stop();
+    assert!(report.sent > 3_000, "{report:?}");
+    assert!(
+        report.server_errors > 0,
+        "the noise did not happen: {report:?}"
+    );
+    let v = service(&gate).await;
+    assert_ne!(v["judge"]["verdict"]["verdict"], "breach", "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_resume_after_a_manual_rollback() {
+    let (stable, canary) = (spawn_upstream("stable"), spawn_upstream("canary"));
+    let gate = gate_with(&stable, &canary, 25.0, "");
+    let c = client();
+    let (status, _) = admin(
+        &c,
+        &gate,
+        Method::POST,
+        "/api/v1/services/web/rollback",
+        None,
+        Some(json!({"reason": "smoke test"})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let v = service(&gate).await;
+    assert_eq!(v["judge"]["last_decision"]["kind"], "rolled_back");
+    assert!(
+        v["judge"]["verdict"].is_null(),
+        "a held canary is not judged"
+    );
+    let (status, v) = admin(
+        &c,
+        &gate,
+        Method::POST,
+        "/api/v1/services/web/resume",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["service"]["state"], "canary");
+    assert_eq!(v["service"]["canary_weight"], 25.0);
+    let (status, v) = admin(
+        &c,
+        &gate,
+        Method::POST,
+        "/api/v1/services/web/resume",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, 409, "{v}");
+    // After a tick the judge reports on the resumed canary.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let v = service(&gate).await;
+    assert_eq!(v["judge"]["verdict"]["verdict"], "inconclusive", "{v}");
+    // Unknown filters on the stream are refused.
+    let (status, v) = admin(
+        &c,
+        &gate,
+        Method::GET,
+        "/api/v1/events?colour=red",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(v["error"]["message"].as_str().unwrap().contains("colour"));
+    let (status, _) = admin(
+        &c,
+        &gate,
+        Method::GET,
+        "/api/v1/events?kind=nope",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, 400);
+}

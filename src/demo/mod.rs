@@ -117,8 +117,8 @@ impl Display<'_> {
     fn header(&mut self) {
         let _ = writeln!(
             self.out,
-            "{:>7}  {:>6}  {:<22} {:>16} {:>16}  {}",
-            "time", "weight", "split (v2 share)", "v1 err / p95", "v2 err / p95", "state"
+            "{:>7}  {:>6}  {:<22} {:>16} {:>16}  state",
+            "time", "weight", "split (v2 share)", "v1 err / p95", "v2 err / p95"
         );
     }
 
@@ -232,8 +232,7 @@ pub async fn run(options: DemoOptions, out: &mut dyn Write) -> Result<DemoSummar
     let tick = Duration::from_millis(250);
 
     for weight in &options.steps {
-        let w =
-            Weight::from_percent(*weight).map_err(|m| crate::rollout::ControlError::Invalid(m))?;
+        let w = Weight::from_percent(*weight).map_err(crate::rollout::ControlError::Invalid)?;
         gate.control
             .send(
                 Op::SetWeight {

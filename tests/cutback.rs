@@ -293,3 +293,66 @@ async fn status_and_resume_after_a_manual_rollback() {
     .await;
     assert_eq!(status, 400);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_stream_over_websocket_with_auth_and_filters() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    let (stable, canary) = (spawn_upstream("stable"), spawn_upstream("canary"));
+    let gate = spawn_gate(&format!(
+        "[admin]\ntoken = \"ws-token-123\"\n[[services]]\nname = \"web\"\nstable = [\"{}\"]\ncanary = [\"{}\"]\ncanary_weight = 10.0\n",
+        stable.addr, canary.addr
+    ));
+    let url = format!("ws://{}/api/v1/events?kind=weight_set", gate.admin_addr);
+    // Without the token: refused before the upgrade.
+    let err = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("401"), "{err}");
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut()
+        .insert("authorization", "Bearer ws-token-123".parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    let c = client();
+    for weight in [20, 30] {
+        let (status, _) = admin(
+            &c,
+            &gate,
+            Method::POST,
+            "/api/v1/services/web/weight",
+            Some("ws-token-123"),
+            Some(json!({ "weight": weight })),
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+    // A rollback is filtered out; the two weight changes arrive, in order, with evidence.
+    let _ = admin(
+        &c,
+        &gate,
+        Method::POST,
+        "/api/v1/services/web/rollback",
+        Some("ws-token-123"),
+        None,
+    )
+    .await;
+    for (from, to) in [(10.0, 20.0), (20.0, 30.0)] {
+        let msg = tokio::time::timeout(Duration::from_secs(2), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let e: Value = serde_json::from_str(msg.to_text().unwrap()).unwrap();
+        assert_eq!(e["kind"], "weight_set");
+        assert_eq!(e["evidence"]["before"]["canary_weight"], from);
+        assert_eq!(e["evidence"]["after"]["canary_weight"], to);
+        assert_eq!(e["actor"], "api");
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), ws.next())
+            .await
+            .is_err(),
+        "an unwanted kind came through"
+    );
+}

@@ -323,3 +323,68 @@ fn check_config_accepts_the_examples_and_refuses_every_invalid_file() {
     }
     assert!(invalid >= 10);
 }
+
+#[test]
+fn the_demo_cuts_a_failing_canary_back_with_no_client_errors() {
+    let out = Command::new(BIN)
+        .args(["demo", "--rate", "500"])
+        .output()
+        .expect("demo runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo failed:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains(">>> CUT BACK by judge"), "{text}");
+    assert!(
+        text.contains("requests clients saw fail          0"),
+        "{text}"
+    );
+    assert!(text.contains("state"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_follows_events_and_status_shows_the_last_decision() {
+    let (s, c) = (spawn_upstream("stable"), spawn_upstream("canary"));
+    let gate = spawn_gate(&format!(
+        "[[services]]\nname = \"web\"\nstable = [\"{}\"]\ncanary = [\"{}\"]\ncanary_weight = 5.0\n",
+        s.addr, c.addr
+    ));
+    let admin = gate.admin_addr;
+    let mut follower = tokio::process::Command::new(BIN)
+        .args(["events", "--service", "web"])
+        .env("SLUICE_ADMIN_URL", format!("http://{admin}"))
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(
+        follower.stdout.take().unwrap(),
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (code, _, _) = cli(admin, None, &["rollback", "web", "--reason", "watch this"]).await;
+    assert_eq!(code, 0);
+    let line = tokio::time::timeout(Duration::from_secs(5), lines.next_line())
+        .await
+        .expect("an event line")
+        .unwrap()
+        .unwrap();
+    assert!(
+        line.contains("rolled_back") && line.contains("watch this"),
+        "{line}"
+    );
+    assert!(line.contains("api:cli:"), "the actor is recorded: {line}");
+    let (code, out, _) = cli(admin, None, &["status", "web"]).await;
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("last    ") && out.contains("rolled_back by api:cli:"),
+        "{out}"
+    );
+    let (code, out, _) = cli(admin, None, &["resume", "web", "--weight", "2"]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("resumed at 2%"), "{out}");
+    let (code, out, _) = cli(admin, None, &["status", "web"]).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("judge   inconclusive"), "{out}");
+}

@@ -356,3 +356,40 @@ async fn events_stream_over_websocket_with_auth_and_filters() {
         "an unwanted kind came through"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shield_covers_refused_connects_and_timeouts() {
+    let stable = spawn_upstream("stable");
+    let dead = dead_addr();
+    let gate = spawn_gate(&format!(
+        "[[services]]\nname = \"web\"\nstable = [\"{}\"]\ncanary = [\"{dead}\"]\ncanary_weight = 100.0\n",
+        stable.addr
+    ));
+    let c = client();
+    for _ in 0..3 {
+        let (status, body, _) = get(&c, &gate, "x", "/", &[]).await;
+        assert_eq!((status, body.as_str()), (200, "stable"));
+    }
+    let v = service(&gate).await;
+    assert_eq!(v["arms"]["canary"]["stats"]["status"]["no_response"], 3);
+    drop(gate);
+
+    // A canary slower than the read timeout: the request is replayed on stable.
+    let slow = spawn_upstream("slow");
+    slow.set_delay(Duration::from_secs(3));
+    let gate = spawn_gate(&format!(
+        "[[services]]\nname = \"web\"\nstable = [\"{}\"]\ncanary = [\"{}\"]\ncanary_weight = 100.0\nread_timeout = \"300ms\"\n",
+        stable.addr, slow.addr
+    ));
+    let started = Instant::now();
+    let (status, body, _) = get(&c, &gate, "x", "/", &[]).await;
+    assert_eq!((status, body.as_str()), (200, "stable"));
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    let v = service(&gate).await;
+    assert_eq!(v["arms"]["canary"]["stats"]["status"]["no_response"], 1);
+    assert_eq!(v["arms"]["stable"]["stats"]["status"]["2xx"], 1);
+}

@@ -16,6 +16,10 @@
 //! | POST | `/api/v1/services/{name}/resume` | `{"weight": N}` lifts a rolled-back hold |
 //! | POST | `/api/v1/reload` | re-reads the config file; an invalid file is refused (422) |
 //! | GET | `/api/v1/events` | live events: WebSocket when asked to upgrade, else SSE; `?service=a,b&kind=breach,rolled_back&since=SEQ` |
+//! | GET | `/api/v1/history` | stored events, newest first: `?service=&kind=a,b&deployment=&since=&until=&limit=&cursor=` |
+//! | GET | `/api/v1/deployments` | deployments, newest first: `?service=&limit=&cursor=` |
+//! | GET | `/api/v1/deployments/{id}` | one deployment with its events, probe results and health trend |
+//! | GET | `/api/v1/deployments/{id}/trend` | the trend alone; `?format=text` for a plain-text table |
 //!
 //! Errors are `{"error": {"code": "...", "message": "..."}}` with 400 (bad body), 401,
 //! 404 (unknown service or route), 405, 409 (state conflict), 413 (body over 64 KiB),
@@ -67,6 +71,8 @@ pub struct AdminState {
     pub draining: Arc<AtomicBool>,
     /// The event bus (for the live stream).
     pub bus: EventBus,
+    /// History, when kept.
+    pub history: Option<crate::store::History>,
 }
 
 /// An API error: status, a stable code and a message for people.
@@ -295,6 +301,10 @@ pub fn router(state: AdminState) -> Router {
         .route("/services/{name}/resume", post(resume))
         .route("/reload", post(reload))
         .route("/events", get(events))
+        .route("/history", get(history))
+        .route("/deployments", get(deployments))
+        .route("/deployments/{id}", get(deployment))
+        .route("/deployments/{id}/trend", get(deployment_trend))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(healthz))
@@ -452,6 +462,9 @@ struct CanaryBody {
     upstreams: Vec<String>,
     #[serde(default)]
     weight: Option<f64>,
+    /// A version label kept in history ("v2", a commit, an image tag).
+    #[serde(default)]
+    label: Option<String>,
 }
 
 fn weight(value: f64) -> Result<Weight, ApiError> {
@@ -465,6 +478,18 @@ async fn set_canary(
     JsonBody(body): JsonBody<CanaryBody>,
 ) -> Result<Response, ApiError> {
     let weight = body.weight.map(weight).transpose()?;
+    let label = body
+        .label
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty());
+    if label
+        .as_ref()
+        .is_some_and(|l| l.len() > 128 || l.chars().any(char::is_control))
+    {
+        return Err(ApiError::bad_request(
+            "label: at most 128 characters, no control characters",
+        ));
+    }
     if body.upstreams.is_empty() {
         return Err(ApiError::bad_request(
             "upstreams: at least one upstream is required",
@@ -489,6 +514,7 @@ async fn set_canary(
                 service: name.clone(),
                 upstreams,
                 weight,
+                label,
             },
             actor(&headers),
         )
@@ -571,6 +597,27 @@ async fn rollback(
         )
         .await?;
     Ok(applied(&state, &name, done))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_time;
+
+    #[test]
+    fn times_parse_in_three_forms() {
+        assert_eq!(parse_time("1795320126000", 0), Some(1_795_320_126_000));
+        assert_eq!(
+            parse_time("2026-11-22T04:02:06Z", 0),
+            Some(1_795_320_126_000)
+        );
+        assert_eq!(
+            parse_time("2026-11-22T04:02:06.5Z", 0),
+            Some(1_795_320_126_500)
+        );
+        assert_eq!(parse_time("-1h", 10_000_000), Some(10_000_000 - 3_600_000));
+        assert_eq!(parse_time("yesterday", 0), None);
+        assert_eq!(parse_time("2026-13-01T00:00:00Z", 0), None);
+    }
 }
 
 #[derive(Deserialize)]
@@ -757,6 +804,254 @@ async fn stream_to_socket(
             }
         }
     }
+}
+
+/// A time filter: epoch milliseconds, RFC 3339 in UTC (`2026-11-22T04:00:00Z`), or a
+/// duration ago (`-1h`, `-30m`).
+pub fn parse_time(text: &str, now_ms: u64) -> Option<i64> {
+    let t = text.trim();
+    if let Some(ago) = t.strip_prefix('-') {
+        let d = crate::config::parse_duration(ago).ok()?;
+        return Some(now_ms as i64 - d.as_millis() as i64);
+    }
+    if t.bytes().all(|b| b.is_ascii_digit()) && !t.is_empty() {
+        return t.parse().ok();
+    }
+    // YYYY-MM-DDTHH:MM:SS[.fff]Z
+    let t = t.strip_suffix('Z').or_else(|| t.strip_suffix('z'))?;
+    let (date, time) = t.split_once(['T', 't', ' '])?;
+    let mut d = date.split('-').map(|x| x.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
+    let mut h = hms.split(':').map(|x| x.parse::<i64>().ok());
+    let (hh, mm, ss) = (h.next()??, h.next()??, h.next().flatten().unwrap_or(0));
+    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || hh > 23 || mm > 59 || ss > 60 {
+        return None;
+    }
+    let ms: i64 = format!("{frac:0<3}")[..3].parse().ok()?;
+    // Days from civil (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(((days * 24 + hh) * 60 + mm) * 60_000 + ss * 1000 + ms)
+}
+
+fn store_of(state: &AdminState) -> Result<Arc<crate::store::Store>, ApiError> {
+    let Some(history) = &state.history else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "history_disabled",
+            "history is not kept by this gate ([store] enabled = false)",
+        ));
+    };
+    history.store.load_full().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "history_unavailable",
+            format!(
+                "the history database is unreachable; new records wait in the spool ({} bytes)",
+                history.spool.pending_bytes()
+            ),
+        )
+    })
+}
+
+fn store_failed(state: &AdminState, e: crate::store::StoreError) -> ApiError {
+    tracing::warn!(error = %e, "history query failed");
+    let pending = state
+        .history
+        .as_ref()
+        .map(|h| h.spool.pending_bytes())
+        .unwrap_or(0);
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "history_unavailable",
+        format!(
+            "the history database did not answer; new records wait in the spool ({pending} bytes)"
+        ),
+    )
+}
+
+fn query_limit(value: &str) -> Result<u32, ApiError> {
+    match value.parse::<u32>() {
+        Ok(n) if (1..=crate::store::query::MAX_LIMIT).contains(&n) => Ok(n),
+        _ => Err(ApiError::bad_request(format!(
+            "limit: '{value}' must be a number from 1 to {}",
+            crate::store::query::MAX_LIMIT
+        ))),
+    }
+}
+
+fn query_cursor(value: &str) -> Result<crate::store::query::Cursor, ApiError> {
+    crate::store::query::Cursor::decode(value).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "cursor: '{value}' is not a cursor from a previous page"
+        ))
+    })
+}
+
+async fn history(
+    State(state): State<AdminState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let now = crate::events::now_ms();
+    let mut f = crate::store::query::HistoryFilter::default();
+    for (key, value) in &query {
+        match key.as_str() {
+            "service" => f.service = Some(value.clone()),
+            "deployment" => f.deployment = Some(value.clone()),
+            "kind" => {
+                for k in value.split(',').map(str::trim).filter(|k| !k.is_empty()) {
+                    if EventKind::parse(k).is_none() {
+                        return Err(ApiError::bad_request(format!(
+                            "kind: unknown event kind '{k}' (known: {})",
+                            EventKind::ALL.map(EventKind::as_str).join(", ")
+                        )));
+                    }
+                    f.kinds.push(k.to_string());
+                }
+            }
+            "since" | "until" => {
+                let t = parse_time(value, now).ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "{key}: '{value}' is not a time (epoch ms, 2026-11-22T04:00:00Z, or -1h)"
+                    ))
+                })?;
+                if key == "since" {
+                    f.since_ms = Some(t);
+                } else {
+                    f.until_ms = Some(t);
+                }
+            }
+            "limit" => f.limit = query_limit(value)?,
+            "cursor" => f.cursor = Some(query_cursor(value)?),
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown filter '{other}' (use service, kind, deployment, since, until, limit, cursor)"
+                )))
+            }
+        }
+    }
+    let store = store_of(&state)?;
+    let page = store
+        .history(&f)
+        .await
+        .map_err(|e| store_failed(&state, e))?;
+    let items: Vec<_> = page.items.iter().map(|e| e.to_json()).collect();
+    Ok(axum::Json(json!({ "items": items, "next": page.next })).into_response())
+}
+
+async fn deployments(
+    State(state): State<AdminState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let (mut service, mut limit, mut cursor) = (None, 0, None);
+    for (key, value) in &query {
+        match key.as_str() {
+            "service" => service = Some(value.clone()),
+            "limit" => limit = query_limit(value)?,
+            "cursor" => cursor = Some(query_cursor(value)?),
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown filter '{other}' (use service, limit, cursor)"
+                )))
+            }
+        }
+    }
+    let store = store_of(&state)?;
+    let page = store
+        .deployments(service.as_deref(), limit, cursor.as_ref())
+        .await
+        .map_err(|e| store_failed(&state, e))?;
+    let items: Vec<_> = page.items.iter().map(|d| d.to_json()).collect();
+    Ok(axum::Json(json!({ "items": items, "next": page.next })).into_response())
+}
+
+fn trend_json(trend: &crate::store::query::Trend) -> serde_json::Value {
+    json!({
+        "deployment": trend.deployment.to_json(),
+        "arms": trend.arms,
+        "decisions": trend.decisions.iter().map(|e| e.to_json()).collect::<Vec<_>>(),
+    })
+}
+
+fn no_deployment(id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no deployment with id '{id}'"),
+    )
+}
+
+async fn deployment(
+    State(state): State<AdminState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Response, ApiError> {
+    let store = store_of(&state)?;
+    let trend = store
+        .trend(&id)
+        .await
+        .map_err(|e| store_failed(&state, e))?
+        .ok_or_else(|| no_deployment(&id))?;
+    let filter = crate::store::query::HistoryFilter {
+        deployment: Some(id.clone()),
+        limit: crate::store::query::MAX_LIMIT,
+        ..Default::default()
+    };
+    let events = store
+        .history(&filter)
+        .await
+        .map_err(|e| store_failed(&state, e))?;
+    let probes = store
+        .probe_results(&id, 200)
+        .await
+        .map_err(|e| store_failed(&state, e))?;
+    Ok(axum::Json(json!({
+        "deployment": trend.deployment.to_json(),
+        "events": events.items.iter().map(|e| e.to_json()).collect::<Vec<_>>(),
+        "probe_results": probes,
+        "trend": trend_json(&trend),
+    }))
+    .into_response())
+}
+
+async fn deployment_trend(
+    State(state): State<AdminState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let text = match query.get("format").map(String::as_str) {
+        None | Some("json") => false,
+        Some("text") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "format: '{other}' is not json or text"
+            )))
+        }
+    };
+    if let Some(k) = query.keys().find(|k| k.as_str() != "format") {
+        return Err(ApiError::bad_request(format!(
+            "unknown parameter '{k}' (use format)"
+        )));
+    }
+    let store = store_of(&state)?;
+    let trend = store
+        .trend(&id)
+        .await
+        .map_err(|e| store_failed(&state, e))?
+        .ok_or_else(|| no_deployment(&id))?;
+    if text {
+        return Ok((
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            trend.render(),
+        )
+            .into_response());
+    }
+    Ok(axum::Json(trend_json(&trend)).into_response())
 }
 
 async fn reload(

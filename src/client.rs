@@ -234,6 +234,78 @@ pub fn format_time(ms: u64) -> String {
     )
 }
 
+/// One deployment as a terminal line.
+pub fn render_deployment(d: &Value) -> String {
+    let finished = d["finished_ms"]
+        .as_u64()
+        .map(format_time)
+        .unwrap_or_else(|| "-".into());
+    format!(
+        "{}  {:<40} {:<12} {:<12} {:<12} {:<16} until {}",
+        format_time(d["started_ms"].as_u64().unwrap_or(0)),
+        d["id"].as_str().unwrap_or("?"),
+        d["service"].as_str().unwrap_or("?"),
+        d["label"].as_str().unwrap_or("-"),
+        d["outcome"].as_str().unwrap_or("?"),
+        d["started_by"].as_str().unwrap_or("?"),
+        finished
+    )
+}
+
+/// A deployment with its trend and events, for a terminal.
+pub fn render_deployment_detail(v: &Value) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{}", render_deployment(&v["deployment"]));
+    let _ = writeln!(
+        out,
+        "\nper minute (UTC)        stable req  err %   p95 ms     canary req  err %   p95 ms"
+    );
+    let arms = &v["trend"]["arms"];
+    let mut minutes: Vec<u64> = ["stable", "canary"]
+        .iter()
+        .flat_map(|a| arms[*a].as_array().cloned().unwrap_or_default())
+        .filter_map(|p| p["minute_ms"].as_u64())
+        .collect();
+    minutes.sort_unstable();
+    minutes.dedup();
+    for m in minutes {
+        let cell = |arm: &str| {
+            arms[arm]
+                .as_array()
+                .and_then(|ps| ps.iter().find(|p| p["minute_ms"].as_u64() == Some(m)))
+                .map(|p| {
+                    format!(
+                        "{:>10} {:>6.2} {:>8}",
+                        p["requests"].as_i64().unwrap_or(0),
+                        p["error_rate"].as_f64().unwrap_or(0.0) * 100.0,
+                        p["p95_ms"]
+                            .as_f64()
+                            .map(|x| format!("{x:.1}"))
+                            .unwrap_or_else(|| "-".into())
+                    )
+                })
+                .unwrap_or_else(|| format!("{:>10} {:>6} {:>8}", "-", "-", "-"))
+        };
+        let _ = writeln!(
+            out,
+            "{}   {}     {}",
+            &format_time(m)[..16],
+            cell("stable"),
+            cell("canary")
+        );
+    }
+    let _ = writeln!(out, "\nevents");
+    if let Some(events) = v["events"].as_array() {
+        for e in events.iter().rev() {
+            let _ = writeln!(out, "  {}", render_event(e));
+        }
+    }
+    if let Some(probes) = v["probe_results"].as_array().filter(|p| !p.is_empty()) {
+        let _ = writeln!(out, "\nlatest probe results: {}", probes.len());
+    }
+    out
+}
+
 /// One event as a terminal line.
 pub fn render_event(e: &Value) -> String {
     format!(

@@ -43,11 +43,13 @@ pub enum EventKind {
     ReloadFailed,
     /// The gate is draining and will exit.
     ShuttingDown,
+    /// Routing state was restored from history at start.
+    Restored,
 }
 
 impl EventKind {
     /// Every kind, for filters and docs.
-    pub const ALL: [EventKind; 11] = [
+    pub const ALL: [EventKind; 12] = [
         EventKind::Started,
         EventKind::CanarySet,
         EventKind::WeightSet,
@@ -59,6 +61,7 @@ impl EventKind {
         EventKind::ConfigReloaded,
         EventKind::ReloadFailed,
         EventKind::ShuttingDown,
+        EventKind::Restored,
     ];
 
     /// Parses a kind name.
@@ -80,6 +83,7 @@ impl EventKind {
             EventKind::ConfigReloaded => "config_reloaded",
             EventKind::ReloadFailed => "reload_failed",
             EventKind::ShuttingDown => "shutting_down",
+            EventKind::Restored => "restored",
         }
     }
 }
@@ -104,6 +108,8 @@ pub struct Event {
     pub kind: EventKind,
     /// The service it concerns, if one.
     pub service: Option<String>,
+    /// The deployment of that service running at the time, if one.
+    pub deployment: Option<String>,
     /// Who or what caused it: `api`, `cli:<user>`, `config`, `signal:SIGHUP`, `judge`, ...
     pub actor: String,
     /// One readable line.
@@ -122,12 +128,28 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Where events go to be kept (the history spool). Called synchronously by `publish`, so
+/// it must not wait: the spool appends to a local file and returns.
+pub trait EventSink: Send + Sync {
+    /// Keeps one event.
+    fn keep(&self, event: &Event);
+}
+
 /// The bus: cheap to clone, never blocks the publisher.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct EventBus {
     tx: broadcast::Sender<Arc<Event>>,
     seq: Arc<AtomicU64>,
     recent: Arc<parking_lot::Mutex<std::collections::VecDeque<Arc<Event>>>>,
+    sink: Option<Arc<dyn EventSink>>,
+}
+
+impl std::fmt::Debug for EventBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventBus")
+            .field("kept", &self.sink.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for EventBus {
@@ -143,6 +165,8 @@ pub struct NewEvent {
     pub kind: EventKind,
     /// The service it concerns.
     pub service: Option<String>,
+    /// The deployment running then (filled in by the controller).
+    pub deployment: Option<String>,
     /// Who or what caused it.
     pub actor: String,
     /// One readable line.
@@ -161,7 +185,14 @@ impl EventBus {
             tx,
             seq: Arc::new(AtomicU64::new(1)),
             recent: Default::default(),
+            sink: None,
         }
+    }
+
+    /// The same bus, also handing every event to `sink` (before any subscriber sees it).
+    pub fn with_sink(mut self, sink: Arc<dyn EventSink>) -> EventBus {
+        self.sink = Some(sink);
+        self
     }
 
     /// Stamps, logs and sends an event; returns it.
@@ -171,6 +202,7 @@ impl EventBus {
             at_ms: now_ms(),
             kind: e.kind,
             service: e.service,
+            deployment: e.deployment,
             actor: e.actor,
             message: e.message,
             table: e.table,
@@ -184,6 +216,9 @@ impl EventBus {
             "{}",
             event.message
         );
+        if let Some(sink) = &self.sink {
+            sink.keep(&event);
+        }
         {
             // Held for a push, never across an await; publishers are control-plane tasks.
             let mut recent = self.recent.lock();

@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwapOption;
 use pingora::proxy::http_proxy_service_with_name;
 use pingora::server::configuration::ServerConf;
 use pingora::server::Fds;
@@ -34,7 +35,9 @@ use crate::config::Config;
 use crate::events::{EventBus, EventKind, NewEvent};
 use crate::metrics::Metrics;
 use crate::proxy::{GateProxy, InFlight};
-use crate::rollout::{ControlHandle, Controller};
+use crate::rollout::{ControlHandle, Controller, Keeper, Start, TableSnapshot};
+use crate::store::spool::{self, Spool};
+use crate::store::{History, Recorder, Store};
 
 /// Why the gate could not start.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +55,14 @@ pub enum GateError {
     /// A runtime or worker thread could not be started.
     #[error("cannot start the {0}: {1}")]
     Runtime(&'static str, std::io::Error),
+    /// The history spool file cannot be opened.
+    #[error("store.spool = \"{path}\": {source}")]
+    Spool {
+        /// The file.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
 }
 
 /// How a drain ended.
@@ -79,11 +90,68 @@ pub struct GateHandle {
     in_flight: InFlight,
     draining: Arc<AtomicBool>,
     drain_timeout: Duration,
+    /// History, when kept.
+    pub history: Option<History>,
     stop_accepting: watch::Sender<bool>,
     stop_workers: watch::Sender<bool>,
     stop_control: watch::Sender<bool>,
+    stop_writer: watch::Sender<bool>,
     workers: Vec<std::thread::JoinHandle<()>>,
+    control_tasks: Vec<tokio::task::JoinHandle<()>>,
+    writer_task: Option<tokio::task::JoinHandle<()>>,
     control_rt: Option<Runtime>,
+}
+
+/// Runs `f` on `rt` and waits for it from any thread (even one inside another runtime).
+fn run_on<T: Send + 'static>(
+    rt: &Runtime,
+    limit: Duration,
+    f: impl std::future::Future<Output = T> + Send + 'static,
+) -> Option<T> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    rt.spawn(async move {
+        let _ = tx.send(f.await);
+    });
+    rx.recv_timeout(limit).ok()
+}
+
+/// The newest routing-table snapshot in history: in the database (if it answers within
+/// the connect timeout) or among the records still in the spool.
+async fn latest_snapshot(
+    url: crate::config::StoreUrl,
+    spool: Arc<Spool>,
+    shared: Arc<ArcSwapOption<Store>>,
+) -> Start {
+    let mut newest: Option<(crate::store::SnapshotRow, &'static str)> = None;
+    match tokio::time::timeout(crate::store::CONNECT_TIMEOUT, Store::open(&url)).await {
+        Ok(Ok(store)) => {
+            match store.latest_snapshot().await {
+                Ok(Some(row)) => newest = Some((row, "database")),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot read the latest snapshot"),
+            }
+            shared.store(Some(Arc::new(store)));
+        }
+        Ok(Err(e)) => tracing::warn!(error = %e, "history store unreachable at start"),
+        Err(_) => tracing::warn!(url = %url, "history store did not answer at start"),
+    }
+    match spool.latest_pending_snapshot() {
+        Ok(Some(row)) if newest.as_ref().is_none_or(|(n, _)| row.at_ms >= n.at_ms) => {
+            newest = Some((row, "spool"));
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read the spool"),
+    }
+    match newest {
+        Some((row, source)) => match serde_json::from_str::<TableSnapshot>(&row.snapshot) {
+            Ok(snapshot) => Start::Restore(snapshot, source.to_string()),
+            Err(e) => {
+                tracing::error!(error = %e, id = %row.id, "unreadable snapshot; starting from the config");
+                Start::Config
+            }
+        },
+        None => Start::Config,
+    }
 }
 
 fn bind(key: &'static str, addr: SocketAddr) -> Result<(TcpListener, SocketAddr), GateError> {
@@ -101,17 +169,66 @@ pub fn start(config: Config) -> Result<GateHandle, GateError> {
     let (admin_listener, admin_addr) = bind("server.admin_listen", config.server.admin_listen)?;
 
     let metrics = Arc::new(Metrics::new());
-    let bus = EventBus::default();
     let drain_timeout = config.server.drain_timeout;
     let threads = config.server.threads;
     let keepalive_pool_size = config.server.keepalive_pool_size;
-    let (controller, wiring) = Controller::new(config, metrics.clone(), bus.clone());
+    let store_config = config.store.clone();
+
+    let control_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("sluice-control")
+        .enable_all()
+        .build()
+        .map_err(|e| GateError::Runtime("control runtime", e))?;
+
+    // History: the spool first (records can be kept from the first event on), then the
+    // newest snapshot to continue from.
+    let (history, recorder, start) = if store_config.enabled {
+        let spool =
+            Spool::open(&store_config.spool, store_config.spool_max_bytes).map_err(|source| {
+                GateError::Spool {
+                    path: store_config.spool.display().to_string(),
+                    source,
+                }
+            })?;
+        let spool = Arc::new(spool);
+        let shared: Arc<ArcSwapOption<Store>> = Arc::new(ArcSwapOption::empty());
+        let start = run_on(
+            &control_rt,
+            crate::store::CONNECT_TIMEOUT + Duration::from_secs(2),
+            latest_snapshot(store_config.url.clone(), spool.clone(), shared.clone()),
+        )
+        .unwrap_or(Start::Config);
+        let recorder = Recorder::new(spool.clone());
+        (
+            Some(History {
+                store: shared,
+                spool,
+            }),
+            Some(recorder),
+            start,
+        )
+    } else {
+        (None, None, Start::Config)
+    };
+    let bus = match &recorder {
+        Some(r) => EventBus::default().with_sink(Arc::new(r.clone())),
+        None => EventBus::default(),
+    };
+    let (controller, wiring) = Controller::with_history(
+        config,
+        metrics.clone(),
+        bus.clone(),
+        Keeper::new(recorder),
+        start,
+    );
     let control = wiring.handle.clone();
     let table = wiring.table.clone();
 
     let (stop_accepting, accepting_stopped) = watch::channel(false);
     let (stop_workers, workers_stopped) = watch::channel(false);
     let (stop_control, control_stopped) = watch::channel(false);
+    let (stop_writer, writer_stopped) = watch::channel(false);
     let in_flight = InFlight::default();
     let draining = Arc::new(AtomicBool::new(false));
 
@@ -166,21 +283,45 @@ pub fn start(config: Config) -> Result<GateHandle, GateError> {
     }
     drop(proxy_listener);
 
-    let control_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("sluice-control")
-        .enable_all()
-        .build()
-        .map_err(|e| GateError::Runtime("control runtime", e))?;
     let state = AdminState {
         control: control.clone(),
         metrics: metrics.clone(),
         token: wiring.admin_token.clone(),
         draining: draining.clone(),
         bus: bus.clone(),
+        history: history.clone(),
     };
-    control_rt.spawn(controller.run(control_stopped.clone()));
-    control_rt.spawn(admin::serve(admin_listener, state, control_stopped));
+    let control_tasks = vec![
+        control_rt.spawn(controller.run(control_stopped.clone())),
+        control_rt.spawn(admin::serve(admin_listener, state, control_stopped.clone())),
+    ];
+    let writer_task = history.as_ref().map(|h| {
+        let (spool, figures) = (h.spool.clone(), metrics.clone());
+        let mut stopped = control_stopped.clone();
+        // The store's figures, once a second.
+        control_rt.spawn(async move {
+            loop {
+                let c = &spool.counters;
+                figures.store.observe(
+                    spool.pending_bytes(),
+                    c.written.load(Ordering::Relaxed),
+                    c.dropped.load(Ordering::Relaxed),
+                    c.write_errors.load(Ordering::Relaxed),
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stopped.changed() => break,
+                }
+            }
+        });
+        control_rt.spawn(spool::run_writer(
+            h.spool.clone(),
+            store_config.clone(),
+            h.store.clone(),
+            metrics.store.up.clone(),
+            writer_stopped,
+        ))
+    });
 
     tracing::info!(proxy = %proxy_addr, admin = %admin_addr, threads, "sluice ready");
     Ok(GateHandle {
@@ -192,10 +333,14 @@ pub fn start(config: Config) -> Result<GateHandle, GateError> {
         in_flight,
         draining,
         drain_timeout,
+        history,
         stop_accepting,
         stop_workers,
         stop_control,
+        stop_writer,
         workers,
+        control_tasks,
+        writer_task,
         control_rt: Some(control_rt),
     })
 }
@@ -215,6 +360,7 @@ impl GateHandle {
         self.bus.publish(NewEvent {
             kind: EventKind::ShuttingDown,
             service: None,
+            deployment: None,
             actor: "signal".into(),
             message: format!(
                 "draining {} request(s) in flight, at most {:?}",
@@ -231,9 +377,23 @@ impl GateHandle {
         }
         let abandoned = self.in_flight.count();
         self.stop_workers_now();
+        // The controller writes its last minutes and events into the spool, then the
+        // writer gets a moment to move them to the database (the rest waits in the spool).
         let _ = self.stop_control.send(true);
         if let Some(rt) = self.control_rt.take() {
-            rt.shutdown_timeout(Duration::from_secs(2));
+            let control = std::mem::take(&mut self.control_tasks);
+            let writer = self.writer_task.take();
+            let stop_writer = self.stop_writer.clone();
+            run_on(&rt, Duration::from_secs(6), async move {
+                for task in control {
+                    let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+                }
+                let _ = stop_writer.send(true);
+                if let Some(w) = writer {
+                    let _ = tokio::time::timeout(Duration::from_secs(3), w).await;
+                }
+            });
+            rt.shutdown_timeout(Duration::from_secs(1));
         }
         let report = DrainReport {
             abandoned,
@@ -266,6 +426,7 @@ impl Drop for GateHandle {
     fn drop(&mut self) {
         self.stop_workers_now();
         let _ = self.stop_control.send(true);
+        let _ = self.stop_writer.send(true);
         if let Some(rt) = self.control_rt.take() {
             rt.shutdown_background();
         }

@@ -17,3 +17,4 @@ pub mod proxy;
 pub mod rollout;
 pub mod routing;
 pub mod stats;
+pub mod store;

@@ -56,6 +56,15 @@ enum Command {
         /// Turn the canary shield off (clients then see the few failures before the cut).
         #[arg(long)]
         no_shield: bool,
+        /// SQLite file the demo keeps its history in (replaced on each run).
+        #[arg(long, default_value = "sluice-demo.db")]
+        db: PathBuf,
+    },
+    /// Create or update the history database's tables, then show how many rows each holds.
+    Migrate {
+        /// Config file (its [store] section).
+        #[arg(long, short, default_value = "config/sluice.toml")]
+        config: PathBuf,
     },
     /// Run the gate.
     Run {
@@ -130,6 +139,46 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Stored events, newest first.
+    History {
+        /// One service.
+        #[arg(long)]
+        service: Option<String>,
+        /// Only these kinds (repeat).
+        #[arg(long = "kind")]
+        kinds: Vec<String>,
+        /// One deployment.
+        #[arg(long)]
+        deployment: Option<String>,
+        /// From (epoch ms, 2026-11-22T04:00:00Z, or -1h).
+        #[arg(long, allow_hyphen_values = true)]
+        since: Option<String>,
+        /// Until (same forms).
+        #[arg(long, allow_hyphen_values = true)]
+        until: Option<String>,
+        /// Rows per page.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Continue after a previous page.
+        #[arg(long)]
+        cursor: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Deployments, newest first.
+    Deployments {
+        /// One service.
+        service: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// One deployment: its events and its health trend per minute.
+    Deployment {
+        /// Deployment id.
+        id: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Follow the gate's events live (breaches, cut-backs, changes), one line each.
     Events {
         /// Only these services (repeat).
@@ -166,7 +215,9 @@ fn main() -> ExitCode {
             rate,
             clients,
             no_shield,
-        } => demo(rate, clients, !no_shield),
+            db,
+        } => demo(rate, clients, !no_shield, db),
+        Command::Migrate { config } => migrate(config),
         Command::Run { config } => run(config),
         Command::CheckConfig { files } => return check_config(&files),
         other => remote(other),
@@ -180,11 +231,28 @@ fn main() -> ExitCode {
     }
 }
 
-fn demo(rate: u32, clients: usize, shield: bool) -> anyhow::Result<ExitCode> {
+fn migrate(path: PathBuf) -> anyhow::Result<ExitCode> {
+    let config = Config::load(&path)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let store = sluice::store::Store::open(&config.store.url).await?;
+        println!("{}: migrated ({})", config.store.url, store.backend());
+        for (table, rows) in store.counts().await? {
+            println!("  {table:<16} {rows:>9} rows");
+        }
+        store.close().await;
+        Ok::<_, anyhow::Error>(ExitCode::SUCCESS)
+    })
+}
+
+fn demo(rate: u32, clients: usize, shield: bool, db: PathBuf) -> anyhow::Result<ExitCode> {
     let options = sluice::demo::DemoOptions {
         rate,
         clients,
         shield,
+        db: Some(db),
         ..Default::default()
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -352,7 +420,54 @@ async fn remote_call(command: Command) -> anyhow::Result<ExitCode> {
             since,
             remote,
         } => return follow_events(remote, actor, services, kinds, since).await,
-        Command::Run { .. } | Command::CheckConfig { .. } | Command::Demo { .. } => {
+        Command::History {
+            service,
+            kinds,
+            deployment,
+            since,
+            until,
+            limit,
+            cursor,
+            remote,
+        } => {
+            let mut q = vec![format!("limit={limit}")];
+            let mut add = |k: &str, v: Option<String>| {
+                if let Some(v) = v {
+                    q.push(format!("{k}={}", urlencode(&v)));
+                }
+            };
+            add("service", service);
+            add("deployment", deployment);
+            add("since", since);
+            add("until", until);
+            add("cursor", cursor);
+            if !kinds.is_empty() {
+                q.push(format!("kind={}", urlencode(&kinds.join(","))));
+            }
+            (
+                remote,
+                Method::GET,
+                format!("/api/v1/history?{}", q.join("&")),
+                None,
+            )
+        }
+        Command::Deployments { service, remote } => {
+            let path = match service {
+                Some(s) => format!("/api/v1/deployments?service={}", urlencode(&s)),
+                None => "/api/v1/deployments".into(),
+            };
+            (remote, Method::GET, path, None)
+        }
+        Command::Deployment { id, remote } => (
+            remote,
+            Method::GET,
+            format!("/api/v1/deployments/{}", urlencode(&id)),
+            None,
+        ),
+        Command::Run { .. }
+        | Command::CheckConfig { .. }
+        | Command::Demo { .. }
+        | Command::Migrate { .. } => {
             unreachable!("handled in main")
         }
     };
@@ -410,9 +525,39 @@ async fn follow_events(
     }
 }
 
+/// Percent-encodes a query value.
+fn urlencode(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b':' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 fn summarize(answer: &Value) -> String {
     if answer.get("services").is_some() {
         return render_services(answer);
+    }
+    if let Some(items) = answer.get("items").and_then(Value::as_array) {
+        let mut out = String::new();
+        for item in items {
+            if item.get("kind").is_some() {
+                out.push_str(&render_event(item));
+            } else {
+                out.push_str(&sluice::client::render_deployment(item));
+            }
+            out.push('\n');
+        }
+        if let Some(next) = answer["next"].as_str() {
+            out.push_str(&format!("(more: --cursor {next})\n"));
+        }
+        return out;
+    }
+    if answer.get("deployment").is_some() && answer.get("trend").is_some() {
+        return sluice::client::render_deployment_detail(answer);
     }
     if answer.get("arms").is_some() {
         return render_service(answer);

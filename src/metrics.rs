@@ -31,6 +31,36 @@ pub struct Metrics {
     rollbacks: IntCounterVec,
     table_version: IntGauge,
     unrouted: IntCounter,
+    /// History store gauges and counters.
+    pub store: StoreMetrics,
+}
+
+/// The history store's health: `sluice_store_up`, `sluice_store_pending_bytes`,
+/// `sluice_store_written_total`, `sluice_store_dropped_total`, `sluice_store_write_errors_total`.
+pub struct StoreMetrics {
+    /// 1 when the last database write succeeded.
+    pub up: IntGauge,
+    pending_bytes: IntGauge,
+    written: IntCounter,
+    dropped: IntCounter,
+    write_errors: IntCounter,
+}
+
+impl StoreMetrics {
+    /// Copies a spool's figures into the families (counters advance by the difference).
+    pub fn observe(&self, pending_bytes: u64, written: u64, dropped: u64, write_errors: u64) {
+        self.pending_bytes.set(pending_bytes as i64);
+        for (c, now) in [
+            (&self.written, written),
+            (&self.dropped, dropped),
+            (&self.write_errors, write_errors),
+        ] {
+            let seen = c.get();
+            if now > seen {
+                c.inc_by(now - seen);
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Metrics {
@@ -171,7 +201,45 @@ impl Metrics {
                 "Requests no service matched (answered 404 by the gate).",
             ),
         );
+        let store = StoreMetrics {
+            up: build(
+                &registry,
+                IntGauge::new(
+                    "sluice_store_up",
+                    "1 when the history database accepted the last write, 0 while records wait in the spool.",
+                ),
+            ),
+            pending_bytes: build(
+                &registry,
+                IntGauge::new(
+                    "sluice_store_pending_bytes",
+                    "Bytes of history records in the spool not yet written to the database.",
+                ),
+            ),
+            written: build(
+                &registry,
+                IntCounter::new(
+                    "sluice_store_written_total",
+                    "History records written to the database.",
+                ),
+            ),
+            dropped: build(
+                &registry,
+                IntCounter::new(
+                    "sluice_store_dropped_total",
+                    "History records dropped because the spool was full.",
+                ),
+            ),
+            write_errors: build(
+                &registry,
+                IntCounter::new(
+                    "sluice_store_write_errors_total",
+                    "Failed history database writes (each retried).",
+                ),
+            ),
+        };
         Metrics {
+            store,
             unrouted,
             registry,
             requests,

@@ -62,7 +62,7 @@ impl ArmRole {
 }
 
 /// What a service is doing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ServiceState {
     /// No canary: everything goes to stable.

@@ -263,6 +263,50 @@ impl ArmStats {
         }
     }
 
+    /// The time index of the slot `at` falls in.
+    pub fn slot_at(&self, at: Instant) -> u64 {
+        self.slot_id(at)
+    }
+
+    /// Adds the slots completed after slot `after` and before the one `at` falls in into
+    /// `into` (each slot once, for exact per-minute sums); returns the last slot merged.
+    /// Slots that already left the ring are skipped.
+    pub fn merge_completed(
+        &self,
+        after: Option<u64>,
+        at: Instant,
+        into: &mut WindowSnapshot,
+    ) -> Option<u64> {
+        let current = self.slot_id(at);
+        if current == 0 {
+            return after;
+        }
+        let last = current - 1;
+        let ring = self.slots.len() as u64;
+        let first = match after {
+            Some(a) if a >= last => return after,
+            Some(a) => (a + 1).max(current.saturating_sub(ring - 1)),
+            None => current.saturating_sub(ring - 1),
+        };
+        for id in first..=last {
+            let slot = &self.slots[(id % ring) as usize];
+            if slot.id.load(Relaxed) != id {
+                continue;
+            }
+            for (i, c) in slot.counts.iter().enumerate() {
+                into.counts[i] += c.load(Relaxed);
+            }
+            into.latency_sum_us += slot.latency_sum_us.load(Relaxed);
+            for (i, b) in slot.latency.iter().enumerate() {
+                let n = b.load(Relaxed);
+                if n != 0 {
+                    into.latency[i] += n;
+                }
+            }
+        }
+        Some(last)
+    }
+
     /// The window ending now.
     pub fn snapshot(&self) -> WindowSnapshot {
         self.snapshot_at(Instant::now())
@@ -582,6 +626,27 @@ mod tests {
                 .requests(),
             20
         );
+    }
+
+    #[test]
+    fn completed_slots_are_merged_once() {
+        let origin = Instant::now();
+        let s = ArmStats::with_origin(Duration::from_secs(30), origin);
+        let mut total = WindowSnapshot::empty(s.window());
+        let mut last = None;
+        for sec in 0..100u64 {
+            let at = origin + Duration::from_millis(sec * 1000 + 500);
+            s.maintain_at(at);
+            s.record_at(at, StatusClass::Success, Duration::from_millis(1));
+            s.record_at(at, StatusClass::Success, Duration::from_millis(1));
+            // Sample every 3 s, as a controller tick might.
+            if sec % 3 == 0 {
+                last = s.merge_completed(last, at, &mut total);
+            }
+        }
+        last = s.merge_completed(last, origin + Duration::from_secs(101), &mut total);
+        assert_eq!(last, Some(100));
+        assert_eq!(total.requests(), 200, "every request exactly once");
     }
 
     #[test]

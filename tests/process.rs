@@ -326,8 +326,11 @@ fn check_config_accepts_the_examples_and_refuses_every_invalid_file() {
 
 #[test]
 fn the_demo_cuts_a_failing_canary_back_with_no_client_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("demo.db");
     let out = Command::new(BIN)
-        .args(["demo", "--rate", "500"])
+        .args(["demo", "--rate", "500", "--db"])
+        .arg(&db)
         .output()
         .expect("demo runs");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -342,6 +345,11 @@ fn the_demo_cuts_a_failing_canary_back_with_no_client_errors() {
         "{text}"
     );
     assert!(text.contains("state"), "{text}");
+    // Its history: the deployment of v2, rolled back, with the judge's reason.
+    assert!(text.contains("history kept in"), "{text}");
+    assert!(text.contains(": rolled_back"), "{text}");
+    assert!(text.contains("rolled_back by judge"), "{text}");
+    assert!(db.exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

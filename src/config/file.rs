@@ -19,6 +19,9 @@ pub struct FileConfig {
     /// Arm choice: tester header and sticky cookie.
     #[serde(default)]
     pub routing: RoutingFile,
+    /// History store.
+    #[serde(default)]
+    pub store: StoreFile,
     /// The services behind the gate.
     #[serde(default)]
     pub services: Vec<ServiceFile>,
@@ -45,6 +48,18 @@ pub struct AdminFile {
     pub token: Option<String>,
     pub token_env: Option<String>,
     pub token_file: Option<String>,
+}
+
+/// `[store]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreFile {
+    pub enabled: Option<bool>,
+    pub url: Option<String>,
+    pub spool: Option<String>,
+    pub spool_max_bytes: Option<i64>,
+    pub probe_retention: Option<String>,
+    pub sample_retention: Option<String>,
 }
 
 /// `[routing]`

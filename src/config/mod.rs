@@ -46,6 +46,14 @@ pub const DEFAULT_STICKY_COOKIE: &str = "sluice_id";
 pub const DEFAULT_STICKY_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 /// Path prefix of a service that names none: everything.
 pub const DEFAULT_PATH_PREFIX: &str = "/";
+/// The history store when `store.url` is absent: an SQLite file next to the config.
+pub const DEFAULT_STORE_URL: &str = "sqlite://sluice.db";
+/// Largest the spool file may grow while the database is unreachable.
+pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 256 * 1024 * 1024;
+/// Probe results older than this are pruned.
+pub const DEFAULT_PROBE_RETENTION: Duration = Duration::from_secs(7 * 86_400);
+/// Per-minute arm samples older than this are pruned.
+pub const DEFAULT_SAMPLE_RETENTION: Duration = Duration::from_secs(30 * 86_400);
 /// Whether failed idempotent canary requests are replayed on stable.
 pub const DEFAULT_SHIELD: bool = true;
 /// Methods the shield replays.
@@ -112,13 +120,14 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "s" => value,
         "m" => value * 60.0,
         "h" => value * 3600.0,
+        "d" => value * 86_400.0,
         other => {
             return Err(format!(
-                "'{text}' has an unknown unit '{other}' (use ms, s, m or h)"
+                "'{text}' has an unknown unit '{other}' (use ms, s, m, h or d)"
             ))
         }
     };
-    if !secs.is_finite() || secs > 365.0 * 24.0 * 3600.0 {
+    if !secs.is_finite() || secs > 10.0 * 365.0 * 24.0 * 3600.0 {
         return Err(format!("'{text}' is out of range"));
     }
     Ok(Duration::from_secs_f64(secs))
@@ -129,6 +138,8 @@ pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
     if ms == 0 {
         "0s".into()
+    } else if ms.is_multiple_of(86_400_000) {
+        format!("{}d", ms / 86_400_000)
     } else if ms.is_multiple_of(3_600_000) {
         format!("{}h", ms / 3_600_000)
     } else if ms.is_multiple_of(60_000) {
@@ -242,8 +253,76 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Arm-choice settings shared by all services.
     pub routing: RoutingConfig,
+    /// The history store.
+    pub store: StoreConfig,
     /// Services in file order.
     pub services: Vec<ServiceConfig>,
+}
+
+/// Where history goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreUrl {
+    /// An SQLite file (created on first run).
+    Sqlite(PathBuf),
+    /// A PostgreSQL server.
+    Postgres(String),
+}
+
+impl StoreUrl {
+    /// The URL sqlx connects with.
+    pub fn connect_url(&self) -> String {
+        match self {
+            StoreUrl::Sqlite(p) => format!("sqlite://{}?mode=rwc", p.display()),
+            StoreUrl::Postgres(u) => u.clone(),
+        }
+    }
+
+    /// `sqlite` or `postgres`.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            StoreUrl::Sqlite(_) => "sqlite",
+            StoreUrl::Postgres(_) => "postgres",
+        }
+    }
+}
+
+impl fmt::Display for StoreUrl {
+    /// The URL with any password replaced by `***`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreUrl::Sqlite(p) => write!(f, "sqlite://{}", p.display()),
+            StoreUrl::Postgres(u) => {
+                // postgres://user:secret@host/db -> postgres://user:***@host/db
+                match (u.find("://"), u.rfind('@')) {
+                    (Some(s), Some(at)) if at > s => {
+                        let creds = &u[s + 3..at];
+                        match creds.find(':') {
+                            Some(c) => write!(f, "{}{}:***{}", &u[..s + 3], &creds[..c], &u[at..]),
+                            None => f.write_str(u),
+                        }
+                    }
+                    _ => f.write_str(u),
+                }
+            }
+        }
+    }
+}
+
+/// `[store]`, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreConfig {
+    /// Whether history is kept at all; default on.
+    pub enabled: bool,
+    /// Default [`DEFAULT_STORE_URL`], relative to the config file's directory.
+    pub url: StoreUrl,
+    /// The spool file; default `<db>.spool` (SQLite) or `sluice.spool` next to the config.
+    pub spool: PathBuf,
+    /// Default [`DEFAULT_SPOOL_MAX_BYTES`].
+    pub spool_max_bytes: u64,
+    /// Default [`DEFAULT_PROBE_RETENTION`].
+    pub probe_retention: Duration,
+    /// Default [`DEFAULT_SAMPLE_RETENTION`].
+    pub sample_retention: Duration,
 }
 
 /// `[server]`, validated.
@@ -320,6 +399,52 @@ pub struct ServiceConfig {
     pub shield: Shield,
     /// When the judge cuts the canary back (`[services.cutback]`).
     pub cutback: Policy,
+}
+
+impl ServiceConfig {
+    /// A fingerprint of what the file says about routing (stable, canary, weight): when it
+    /// is unchanged across a restart, the runtime state saved in history is restored.
+    pub fn routing_fingerprint(&self) -> String {
+        let text = format!(
+            "{}|{}|{}",
+            self.stable
+                .iter()
+                .map(|u| u.spec.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+            self.canary
+                .iter()
+                .map(|u| u.spec.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+            self.canary_weight.units()
+        );
+        format!("{:016x}", fnv1a(text.as_bytes()))
+    }
+
+    /// The config as JSON, for history.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "name": self.name,
+            "hosts": self.hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>(),
+            "path_prefix": self.path_prefix,
+            "stable": self.stable.iter().map(|u| u.spec.clone()).collect::<Vec<_>>(),
+            "canary": self.canary.iter().map(|u| u.spec.clone()).collect::<Vec<_>>(),
+            "canary_weight": self.canary_weight.percent(),
+            "connect_timeout": format_duration(self.connect_timeout),
+            "read_timeout": format_duration(self.read_timeout),
+            "shield": self.shield.enabled,
+            "shield_methods": self.shield.methods.iter().map(|m| m.as_str().to_string()).collect::<Vec<_>>(),
+            "cutback": self.cutback,
+        })
+    }
+}
+
+/// FNV-1a, 64 bits: a stable fingerprint (not for security).
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// The canary shield of a service.
@@ -410,15 +535,27 @@ impl Config {
             file: file.clone(),
             source,
         })?;
-        let mut config = Config::parse(&text, &file)?;
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")));
+        let mut config = Config::parse_in(&text, &file, &base)?;
         config.source = Some(path.to_path_buf());
         Ok(config)
     }
 
-    /// Parses and validates TOML text; `file` is only used in messages.
+    /// Parses and validates TOML text; `file` is only used in messages; relative paths are
+    /// relative to the current directory.
     pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let base = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+        Config::parse_in(text, file, &base)
+    }
+
+    /// Same, with relative paths resolved against `base`.
+    pub fn parse_in(text: &str, file: &str, base: &Path) -> Result<Config, ConfigError> {
         let model = parse_model(text, file)?;
-        validate(model, file)
+        validate(model, file, base)
     }
 }
 
@@ -493,7 +630,7 @@ impl Checker<'_> {
     }
 }
 
-fn validate(model: FileConfig, file: &str) -> Result<Config, ConfigError> {
+fn validate(model: FileConfig, file: &str, base: &Path) -> Result<Config, ConfigError> {
     let mut c = Checker {
         file,
         problems: Vec::new(),
@@ -563,6 +700,7 @@ fn validate(model: FileConfig, file: &str) -> Result<Config, ConfigError> {
 
     let admin = validate_admin(&mut c, &model, &server);
     let routing = validate_routing(&mut c, &model);
+    let store = validate_store(&mut c, &model, base);
 
     if model.services.is_empty() {
         c.fail("services", "at least one [[services]] table is required");
@@ -615,6 +753,7 @@ fn validate(model: FileConfig, file: &str) -> Result<Config, ConfigError> {
             server,
             admin,
             routing,
+            store,
             services,
         })
     } else {
@@ -687,6 +826,76 @@ fn validate_admin(c: &mut Checker<'_>, model: &FileConfig, server: &ServerConfig
         );
     }
     AdminConfig { token }
+}
+
+fn validate_store(c: &mut Checker<'_>, model: &FileConfig, base: &Path) -> StoreConfig {
+    let f = &model.store;
+    let text = f
+        .url
+        .clone()
+        .unwrap_or_else(|| DEFAULT_STORE_URL.to_string());
+    let absolute = |p: &str| {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            base.join(p)
+        }
+    };
+    let url = if let Some(path) = text.strip_prefix("sqlite://") {
+        let path = path.split('?').next().unwrap_or("");
+        if path.is_empty() || path == ":memory:" {
+            c.fail(
+                "store.url",
+                "an SQLite store needs a file path (sqlite://sluice.db); history must survive a restart",
+            );
+        }
+        StoreUrl::Sqlite(absolute(path))
+    } else if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+        StoreUrl::Postgres(text.clone())
+    } else {
+        c.fail(
+            "store.url",
+            format!("'{text}' is not sqlite://PATH or postgres://USER@HOST/DB"),
+        );
+        StoreUrl::Sqlite(absolute("sluice.db"))
+    };
+    let spool = match (&f.spool, &url) {
+        (Some(p), _) => absolute(p),
+        (None, StoreUrl::Sqlite(db)) => {
+            let mut name = db.clone().into_os_string();
+            name.push(".spool");
+            PathBuf::from(name)
+        }
+        (None, StoreUrl::Postgres(_)) => absolute("sluice.spool"),
+    };
+    let spool_max_bytes = match f.spool_max_bytes {
+        None => DEFAULT_SPOOL_MAX_BYTES,
+        Some(n) if n >= 64 * 1024 => n as u64,
+        Some(n) => {
+            c.fail(
+                "store.spool_max_bytes",
+                format!("must be at least 65536 (got {n})"),
+            );
+            DEFAULT_SPOOL_MAX_BYTES
+        }
+    };
+    StoreConfig {
+        enabled: f.enabled.unwrap_or(true),
+        url,
+        spool,
+        spool_max_bytes,
+        probe_retention: c.duration(
+            "store.probe_retention",
+            f.probe_retention.as_deref(),
+            DEFAULT_PROBE_RETENTION,
+        ),
+        sample_retention: c.duration(
+            "store.sample_retention",
+            f.sample_retention.as_deref(),
+            DEFAULT_SAMPLE_RETENTION,
+        ),
+    }
 }
 
 fn validate_routing(c: &mut Checker<'_>, model: &FileConfig) -> RoutingConfig {
@@ -1140,6 +1349,33 @@ stable = ["127.0.0.1:2"]
         ))
         .unwrap();
         assert_eq!(ok.admin.token.as_deref(), Some("0123456789"));
+    }
+
+    #[test]
+    fn store_paths_are_relative_to_the_config() {
+        let c = Config::parse_in(MINIMAL, "t.toml", Path::new("/etc/sluice")).unwrap();
+        assert_eq!(
+            c.store.url,
+            StoreUrl::Sqlite("/etc/sluice/sluice.db".into())
+        );
+        assert_eq!(c.store.spool, PathBuf::from("/etc/sluice/sluice.db.spool"));
+        let c = Config::parse_in(
+            &format!("[store]\nurl = \"postgres://gate:s3cret@db.internal/sluice\"\n{MINIMAL}"),
+            "t.toml",
+            Path::new("/srv"),
+        )
+        .unwrap();
+        assert_eq!(
+            c.store.url.to_string(),
+            "postgres://gate:***@db.internal/sluice"
+        );
+        assert_eq!(c.store.spool, PathBuf::from("/srv/sluice.spool"));
+        let err = Config::parse(
+            &format!("[store]\nurl = \"mysql://x\"\n{MINIMAL}"),
+            "t.toml",
+        )
+        .unwrap_err();
+        assert_eq!(err.paths(), vec!["store.url".to_string()]);
     }
 
     #[test]

@@ -38,6 +38,8 @@ pub struct DemoOptions {
     pub step: Duration,
     /// How long to keep going after v2 starts failing.
     pub after: Duration,
+    /// SQLite file for the demo's history (replaced); `None` keeps no history.
+    pub db: Option<std::path::PathBuf>,
 }
 
 impl Default for DemoOptions {
@@ -49,6 +51,7 @@ impl Default for DemoOptions {
             steps: vec![5.0, 20.0, 50.0],
             step: Duration::from_millis(1500),
             after: Duration::from_millis(2500),
+            db: None,
         }
     }
 }
@@ -174,7 +177,12 @@ fn demo_config(
     stable: &DemoUpstream,
     canary: &DemoUpstream,
     shield: bool,
+    db: Option<&std::path::Path>,
 ) -> Result<Config, DemoError> {
+    let store = match db {
+        Some(p) => format!("[store]\nurl = \"sqlite://{}\"\n", p.display()),
+        None => "[store]\nenabled = false\n".into(),
+    };
     let text = format!(
         r#"
 [server]
@@ -182,16 +190,15 @@ listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:0"
 threads = 2
 drain_timeout = "2s"
-
+{store}
 [[services]]
 name = "shop"
 stable = ["{}"]
-canary = ["{}"]
-canary_weight = 0.0
 shield = {shield}
 "#,
-        stable.addr, canary.addr
+        stable.addr
     );
+    let _ = canary;
     Ok(Config::parse(&text, "demo")?)
 }
 
@@ -202,7 +209,21 @@ pub async fn run(options: DemoOptions, out: &mut dyn Write) -> Result<DemoSummar
     // A little work per request, so latencies look like an application's.
     stable.set_delay(Duration::from_millis(2));
     canary.set_delay(Duration::from_millis(2));
-    let gate = gate::start(demo_config(&stable, &canary, options.shield)?)?;
+    let db = options.db.as_ref().map(|p| {
+        // A fresh history for each demo run.
+        for suffix in ["", "-wal", "-shm", ".spool", ".spool.offset"] {
+            let mut f = p.clone().into_os_string();
+            f.push(suffix);
+            let _ = std::fs::remove_file(f);
+        }
+        std::path::absolute(p).unwrap_or_else(|_| p.clone())
+    });
+    let gate = gate::start(demo_config(
+        &stable,
+        &canary,
+        options.shield,
+        db.as_deref(),
+    )?)?;
     let mut events = gate.bus.subscribe();
     let mut view = Display {
         out,
@@ -231,17 +252,25 @@ pub async fn run(options: DemoOptions, out: &mut dyn Write) -> Result<DemoSummar
     })?;
     let tick = Duration::from_millis(250);
 
-    for weight in &options.steps {
+    for (i, weight) in options.steps.iter().enumerate() {
         let w = Weight::from_percent(*weight).map_err(crate::rollout::ControlError::Invalid)?;
-        gate.control
-            .send(
-                Op::SetWeight {
-                    service: "shop".into(),
-                    weight: w,
-                },
-                "demo",
-            )
-            .await?;
+        let op = if i == 0 {
+            // The deployment of v2: a canary with a label, as an operator would set it.
+            let upstream = crate::config::UpstreamAddr::parse(&canary.addr.to_string())
+                .map_err(crate::rollout::ControlError::Invalid)?;
+            Op::SetCanary {
+                service: "shop".into(),
+                upstreams: vec![upstream],
+                weight: Some(w),
+                label: Some("v2".into()),
+            }
+        } else {
+            Op::SetWeight {
+                service: "shop".into(),
+                weight: w,
+            }
+        };
+        gate.control.send(op, "demo").await?;
         view.say(&format!("--- canary v2 at {weight}% of clients"));
         let until = Instant::now() + options.step;
         while Instant::now() < until {
@@ -290,9 +319,42 @@ pub async fn run(options: DemoOptions, out: &mut dyn Write) -> Result<DemoSummar
         let _ = writeln!(view.out, "{line}");
     }
     let _ = view.out.flush();
-    // Stop serving before returning (the drain is quick: the load has stopped).
+    // Stop serving before returning (the drain is quick: the load has stopped); the drain
+    // also moves the last history records to the database.
     let _ = tokio::task::spawn_blocking(move || gate.drain()).await;
+    if let Some(db) = &db {
+        show_history(db, view.out).await;
+    }
     Ok(summary)
+}
+
+/// Reads the demo's history back from its SQLite file and prints the deployments.
+async fn show_history(db: &std::path::Path, out: &mut dyn Write) {
+    let url = crate::config::StoreUrl::Sqlite(db.to_path_buf());
+    let store = match crate::store::Store::open(&url).await {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = writeln!(out, "\nhistory: cannot open {}: {e}", db.display());
+            return;
+        }
+    };
+    let _ = writeln!(out, "\nhistory kept in {} (read it with: sluice history / sluice deployment ID against a running gate, or any SQLite client)", db.display());
+    if let Ok(page) = store.deployments(None, 10, None).await {
+        for d in page.items.iter().rev() {
+            if let Ok(Some(trend)) = store.trend(&d.id).await {
+                let _ = write!(out, "{}", trend.render());
+            }
+        }
+    }
+    if let Ok(counts) = store.counts().await {
+        let line: Vec<String> = counts
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(t, n)| format!("{t} {n}"))
+            .collect();
+        let _ = writeln!(out, "rows: {}", line.join(", "));
+    }
+    store.close().await;
 }
 
 fn shielded_count(gate: &GateHandle) -> u64 {

@@ -7,6 +7,7 @@
 //! canary; a breach that holds (see [`crate::judge::Hysteresis`]) is cut back at once:
 //! weight 0, state `rolled_back`, one swap.
 
+pub mod history;
 pub mod ops;
 pub mod watch;
 
@@ -19,6 +20,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot, watch as tokio_watch};
 
+pub use history::{Keeper, RestoreReport, TableSnapshot};
 use ops::Change;
 pub use ops::ReloadReport;
 pub use watch::{Board, JudgeStatus, SharedBoard, Wake};
@@ -47,6 +49,8 @@ pub enum Op {
         upstreams: Vec<UpstreamAddr>,
         /// Weight to start with.
         weight: Option<Weight>,
+        /// A version label for history (e.g. "v2").
+        label: Option<String>,
     },
     /// Change the canary weight.
     SetWeight {
@@ -180,6 +184,16 @@ pub struct Controller {
     last_decision: HashMap<String, Arc<Event>>,
     started: tokio::time::Instant,
     last_judged: Option<tokio::time::Instant>,
+    keeper: Keeper,
+    restored: Option<RestoreReport>,
+}
+
+/// Where the first table of a run comes from.
+pub enum Start {
+    /// The config alone.
+    Config,
+    /// The config and the latest snapshot in history (`source`: database or spool).
+    Restore(TableSnapshot, String),
 }
 
 /// Builds version 1 of the table from a config.
@@ -233,9 +247,38 @@ fn service_name(op: &Op) -> Option<&str> {
 }
 
 impl Controller {
-    /// A controller over a fresh table built from `config`.
+    /// A controller over a fresh table built from `config`, keeping no history.
     pub fn new(config: Config, metrics: Arc<Metrics>, bus: EventBus) -> (Controller, Wiring) {
-        let table: SharedTable = Arc::new(ArcSwap::from_pointee(initial_table(&config, &metrics)));
+        Controller::with_history(config, metrics, bus, Keeper::new(None), Start::Config)
+    }
+
+    /// A controller whose first table comes from `start`, keeping history through `keeper`.
+    pub fn with_history(
+        config: Config,
+        metrics: Arc<Metrics>,
+        bus: EventBus,
+        mut keeper: Keeper,
+        start: Start,
+    ) -> (Controller, Wiring) {
+        let (first, restored) = match start {
+            Start::Config => (initial_table(&config, &metrics), None),
+            Start::Restore(snapshot, source) => {
+                let (t, r) = history::restore(&config, &snapshot, &source, &metrics, &mut keeper);
+                (t, Some(r))
+            }
+        };
+        for s in &first.services {
+            keeper.follow(
+                s,
+                EventKind::Started,
+                "config",
+                None,
+                serde_json::Value::Null,
+            );
+        }
+        keeper.services(&config);
+        keeper.snapshot(&first, "started");
+        let table: SharedTable = Arc::new(ArcSwap::from_pointee(first));
         let board: SharedBoard = Arc::new(ArcSwap::from_pointee(Board::new()));
         let admin_token = Arc::new(ArcSwapOption::from(
             config.admin.token.clone().map(Arc::new),
@@ -255,6 +298,8 @@ impl Controller {
             last_decision: HashMap::new(),
             started: tokio::time::Instant::now(),
             last_judged: None,
+            keeper,
+            restored,
         };
         controller.update_gauges(&controller.table.load());
         let handle = ControlHandle {
@@ -271,12 +316,35 @@ impl Controller {
         (controller, wiring)
     }
 
-    /// Applies commands, judges and ticks until `shutdown` turns true.
+    /// Applies commands, judges and ticks until `shutdown` turns true; then writes the
+    /// minutes in progress.
     pub async fn run(mut self, mut shutdown: tokio_watch::Receiver<bool>) {
         let table = self.table.load_full();
+        if let Some(report) = self.restored.take() {
+            self.bus.publish(NewEvent {
+                kind: EventKind::Restored,
+                service: None,
+                deployment: None,
+                actor: "gate".into(),
+                message: format!(
+                    "routing state restored from table v{} ({}): {} restored, {} held, {} from the config",
+                    report.from_version,
+                    report.source,
+                    report.restored.len(),
+                    report.held.len(),
+                    report.from_config.len()
+                ),
+                table: Some(TableChange {
+                    from: report.from_version,
+                    to: table.version,
+                }),
+                evidence: serde_json::to_value(&report).unwrap_or_default(),
+            });
+        }
         self.bus.publish(NewEvent {
             kind: EventKind::Started,
             service: None,
+            deployment: None,
             actor: "gate".into(),
             message: format!(
                 "serving {} service(s) with routing table v{}",
@@ -309,6 +377,7 @@ impl Controller {
                 _ = tick.tick() => {
                     self.maintain_windows();
                     self.judge_all();
+                    self.keeper.sample(&self.table.load(), false);
                 }
                 changed = shutdown.changed() => {
                     if changed.is_err() || *shutdown.borrow() {
@@ -317,6 +386,7 @@ impl Controller {
                 }
             }
         }
+        self.keeper.sample(&self.table.load(), true);
     }
 
     fn maintain_windows(&self) {
@@ -393,6 +463,7 @@ impl Controller {
         let event = self.bus.publish(NewEvent {
             kind: EventKind::Breach,
             service: Some(service.name().to_string()),
+            deployment: self.keeper.deployment_of(service.name()),
             actor: "judge".into(),
             message,
             table: None,
@@ -405,6 +476,7 @@ impl Controller {
         let event = self.bus.publish(NewEvent {
             kind: EventKind::BreachCleared,
             service: Some(service.name().to_string()),
+            deployment: self.keeper.deployment_of(service.name()),
             actor: "judge".into(),
             message: format!("breach cleared before the cut-back: {}", verdict.summary()),
             table: None,
@@ -442,12 +514,14 @@ impl Controller {
         let _ = reply.send(result);
     }
 
-    /// Publishes `table` as the next version; returns the change.
-    fn publish(&self, table: RoutingTable) -> TableChange {
+    /// Publishes `table` as the next version (and keeps it in history); returns the change.
+    fn publish(&self, table: RoutingTable, cause: &str) -> TableChange {
         let from = self.table.load().version;
         let to = table.version;
         self.update_gauges(&table);
-        self.table.store(Arc::new(table));
+        let table = Arc::new(table);
+        self.table.store(table.clone());
+        self.keeper.snapshot(&table, cause);
         TableChange { from, to }
     }
 
@@ -498,6 +572,17 @@ impl Controller {
         extra: serde_json::Value,
         f: impl FnOnce(&Service, &Metrics) -> Result<Change, ControlError>,
     ) -> Result<Applied, ControlError> {
+        self.change_labelled(name, actor, extra, None, f)
+    }
+
+    fn change_labelled(
+        &mut self,
+        name: &str,
+        actor: &str,
+        extra: serde_json::Value,
+        label: Option<&str>,
+        f: impl FnOnce(&Service, &Metrics) -> Result<Change, ControlError>,
+    ) -> Result<Applied, ControlError> {
         let current = self.table.load_full();
         let index = current
             .position(name)
@@ -513,12 +598,26 @@ impl Controller {
                 evidence[k] = v;
             }
         }
+        let deployment_before = self.keeper.deployment_of(name);
+        self.keeper.follow(
+            &next,
+            kind,
+            actor,
+            label,
+            evidence
+                .get("verdict")
+                .cloned()
+                .unwrap_or(serde_json::Value::Null),
+        );
+        // A promotion or a closed deployment is still about the deployment it ended.
+        let deployment = self.keeper.deployment_of(name).or(deployment_before);
         let mut services = current.services.clone();
         services[index] = Arc::new(next);
-        let change = self.publish(current.next(services, None));
+        let change = self.publish(current.next(services, None), kind.as_str());
         let event = self.bus.publish(NewEvent {
             kind,
             service: Some(name.to_string()),
+            deployment,
             actor: actor.to_string(),
             message,
             table: Some(change),
@@ -544,6 +643,7 @@ impl Controller {
                 self.bus.publish(NewEvent {
                     kind: EventKind::ReloadFailed,
                     service: None,
+                    deployment: None,
                     actor: actor.to_string(),
                     message: "config reload refused; the current table keeps serving".into(),
                     table: None,
@@ -567,11 +667,24 @@ impl Controller {
         ));
         self.admin_token
             .store(new.admin.token.clone().map(Arc::new));
-        let change = self.publish(current.next(services, Some(options)));
+        let next = current.next(services, Some(options));
+        for s in &next.services {
+            self.keeper.follow(
+                s,
+                EventKind::ConfigReloaded,
+                actor,
+                None,
+                serde_json::Value::Null,
+            );
+        }
+        self.keeper.retain(&next);
+        self.keeper.services(&new);
+        let change = self.publish(next, "config_reloaded");
         self.config = new;
         let event = self.bus.publish(NewEvent {
             kind: EventKind::ConfigReloaded,
             service: None,
+            deployment: None,
             actor: actor.to_string(),
             message: format!(
                 "config reloaded: {} added, {} removed, {} changed",

@@ -26,9 +26,25 @@ pub fn server_table() -> &'static str {
     "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nthreads = 2\ndrain_timeout = \"5s\"\n"
 }
 
-/// A gate running `services_toml` (plus any other tables) on free ports.
+/// An SQLite history file of its own for a test gate (under one directory per test run).
+pub fn scratch_db() -> String {
+    let dir = std::env::temp_dir().join(format!("sluice-tests-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    let n = NEXT_DB.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("sqlite://{}/gate-{n}.db", dir.display())
+}
+
+static NEXT_DB: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// A gate running `services_toml` (plus any other tables) on free ports, with its own
+/// history file unless the tables name a `[store]`.
 pub fn spawn_gate(services_toml: &str) -> GateHandle {
-    let text = format!("{}{services_toml}", server_table());
+    let store = if services_toml.contains("[store]") {
+        String::new()
+    } else {
+        format!("[store]\nurl = \"{}\"\n", scratch_db())
+    };
+    let text = format!("{}{store}{services_toml}", server_table());
     let config = Config::parse(&text, "test.toml").expect("test config is valid");
     gate::start(config).expect("gate starts")
 }
@@ -138,3 +154,4 @@ pub async fn admin_raw(
     let status = resp.status().as_u16();
     (status, resp.json().await.unwrap_or(Value::Null))
 }
+pub mod pg;

@@ -5,8 +5,10 @@
 #   nginx      wrk -> nginx (proxy_pass, upstream keepalive)         -> upstream
 #   sluice     wrk -> sluice (stable only)                           -> upstream
 #   sluice-10  wrk -> sluice (10 % canary on a second upstream port) -> upstream
-# and the ratios that matter: sluice req/s / nginx req/s, and the latency each proxy adds
-# over direct (p50 at one connection, where latency is service time, not queueing).
+#   no-store   wrk -> sluice (stable only, history store off)       -> upstream
+# and the ratios that matter: sluice req/s / nginx req/s, the latency each proxy adds over
+# direct (p50 at one connection, where latency is service time, not queueing), and sluice
+# with its history store (SQLite, the default) against sluice without it.
 #
 # The proxies are pinned to one core (PROXY_CPU), the upstream and wrk to the other. Only
 # ratios are meaningful: these machines are shared and noisy.
@@ -48,6 +50,7 @@ trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 UP=$(free_port); UP2=$(free_port); NGX=$(free_port); SLU=$(free_port); SLU_ADMIN=$(free_port)
 SLU10=$(free_port); SLU10_ADMIN=$(free_port)
+NOS=$(free_port); NOS_ADMIN=$(free_port)
 
 mkdir -p "$work/up" "$work/ngx"
 cat > "$work/up/nginx.conf" <<EOF
@@ -101,6 +104,17 @@ threads = 1
 name = "bench"
 stable = ["127.0.0.1:$UP"]
 EOF
+cat > "$work/nostore.toml" <<EOF
+[server]
+listen = "127.0.0.1:$NOS"
+admin_listen = "127.0.0.1:$NOS_ADMIN"
+threads = 1
+[store]
+enabled = false
+[[services]]
+name = "bench"
+stable = ["127.0.0.1:$UP"]
+EOF
 cat > "$work/sluice10.toml" <<EOF
 [server]
 listen = "127.0.0.1:$SLU10"
@@ -117,9 +131,10 @@ taskset -c "$OTHER_CPU" "$NGINX" -p "$work/up" -c "$work/up/nginx.conf" & pids+=
 taskset -c "$PROXY_CPU" "$NGINX" -p "$work/ngx" -c "$work/ngx/nginx.conf" & pids+=($!)
 SLUICE_LOG=warn taskset -c "$PROXY_CPU" "$SLUICE" run --config "$work/sluice.toml" & pids+=($!)
 SLUICE_LOG=warn taskset -c "$PROXY_CPU" "$SLUICE" run --config "$work/sluice10.toml" & pids+=($!)
+SLUICE_LOG=warn taskset -c "$PROXY_CPU" "$SLUICE" run --config "$work/nostore.toml" & pids+=($!)
 sluice_pid=${pids[2]}
 
-for port in $UP $NGX $SLU $SLU10; do
+for port in $UP $NGX $SLU $SLU10 $NOS; do
   for _ in $(seq 100); do
     curl -fsS -o /dev/null "http://127.0.0.1:$port/" 2>/dev/null && break
     sleep 0.1
@@ -148,8 +163,8 @@ run_wrk() { # port conns duration -> "rps p50us p99us"
 }
 
 declare -A RPS P50 P99 L50
-targets=(direct nginx sluice sluice-10)
-declare -A PORT=([direct]=$UP [nginx]=$NGX [sluice]=$SLU [sluice-10]=$SLU10)
+targets=(direct nginx sluice sluice-10 no-store)
+declare -A PORT=([direct]=$UP [nginx]=$NGX [sluice]=$SLU [sluice-10]=$SLU10 [no-store]=$NOS)
 for t in "${targets[@]}"; do RPS[$t]=0; P50[$t]=0; P99[$t]=0; L50[$t]=0; done
 
 echo "warming up..." >&2
@@ -185,8 +200,9 @@ for t in "${targets[@]}"; do
       'BEGIN { printf "%-10s %12.0f %10.0f %10.0f %14.1f %11.2fx\n", t, r/n, a/n, b/n, l/n, r/ng }'
 done
 awk -v s="${RPS[sluice]}" -v n="${RPS[nginx]}" -v ls="${L50[sluice]}" -v ln="${L50[nginx]}" \
-    -v ld="${L50[direct]}" -v r="$ROUNDS" 'BEGIN {
+    -v ld="${L50[direct]}" -v r="$ROUNDS" -v ns="${RPS[no-store]}" 'BEGIN {
   printf "\nthroughput ratio sluice/nginx: %.2f (target >= 1.00)\n", s / n
+  printf "throughput with the history store / without: %.3f (target within 2 %%)\n", s / ns
   printf "added p50 latency at 1 connection: nginx %.1f us, sluice %.1f us, difference %.1f us (target <= 20)\n",
     (ln - ld) / r, (ls - ld) / r, (ls - ln) / r
 }'

@@ -396,3 +396,70 @@ async fn cli_follows_events_and_status_shows_the_last_decision() {
     assert_eq!(code, 0);
     assert!(out.contains("judge   inconclusive"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_reads_history_and_migrate_reports_the_tables() {
+    let (s, c) = (spawn_upstream("stable"), spawn_upstream("canary"));
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        dir.path(),
+        &format!(
+            "[[services]]\nname = \"web\"\nstable = [\"{}\"]\ncanary = [\"{}\"]\ncanary_weight = 5.0\n",
+            s.addr, c.addr
+        ),
+    );
+    let out = Command::new(BIN)
+        .args(["migrate", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("migrated (sqlite)") && text.contains("events"),
+        "{text}"
+    );
+
+    let gate = spawn_gate_from_file(&path);
+    let admin = gate.admin_addr;
+    let (code, _, err) = cli(admin, None, &["weight", "web", "20"]).await;
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = cli(admin, None, &["rollback", "web", "--reason", "smoke"]).await;
+    assert_eq!(code, 0, "{err}");
+    // The writer moves records within a few milliseconds; poll briefly.
+    let mut out = String::new();
+    for _ in 0..50 {
+        let (code, o, _) = cli(
+            admin,
+            None,
+            &["history", "--service", "web", "--since", "-1h"],
+        )
+        .await;
+        out = o;
+        if code == 0 && out.contains("rolled_back") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        out.contains("rolled_back") && out.contains("smoke") && out.contains("weight_set"),
+        "{out}"
+    );
+    let (code, out, _) = cli(admin, None, &["deployments", "web"]).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("rolled_back"), "{out}");
+    let id = out.split_whitespace().nth(2).unwrap().to_string();
+    let (code, out, _) = cli(admin, None, &["deployment", &id]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("per minute") && out.contains("rolled_back     web          api:cli:"),
+        "{out}"
+    );
+    let (code, _, err) = cli(admin, None, &["history", "--kind", "nonsense"]).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("unknown event kind"), "{err}");
+}

@@ -102,6 +102,21 @@ impl AdminClient {
         (req, url)
     }
 
+    /// Sends a request, waiting at most [`DEFAULT_TIMEOUT`] for the answer's head.
+    async fn send(
+        &self,
+        req: Request<Full<Bytes>>,
+    ) -> Result<http::Response<hyper::body::Incoming>, ClientError> {
+        let unreachable = |why: String| ClientError::Unreachable {
+            url: self.base.clone(),
+            why,
+        };
+        tokio::time::timeout(DEFAULT_TIMEOUT, self.client.request(req))
+            .await
+            .map_err(|_| unreachable(format!("no answer within {DEFAULT_TIMEOUT:?}")))?
+            .map_err(|e| unreachable(format!("{e:#}")))
+    }
+
     /// Follows the live event stream at `path` (SSE), calling `each` with every event until
     /// the gate closes the stream.
     pub async fn follow(&self, path: &str, mut each: impl FnMut(Value)) -> Result<(), ClientError> {
@@ -117,10 +132,7 @@ impl AdminClient {
             url: self.base.clone(),
             why,
         };
-        let resp = tokio::time::timeout(DEFAULT_TIMEOUT, self.client.request(req))
-            .await
-            .map_err(|_| unreachable(format!("no answer within {DEFAULT_TIMEOUT:?}")))?
-            .map_err(|e| unreachable(format!("{e:#}")))?;
+        let resp = self.send(req).await?;
         let status = resp.status();
         let mut body = resp.into_body();
         if !status.is_success() {
@@ -175,10 +187,7 @@ impl AdminClient {
             url: self.base.clone(),
             why,
         };
-        let resp = tokio::time::timeout(DEFAULT_TIMEOUT, self.client.request(req))
-            .await
-            .map_err(|_| unreachable(format!("no answer within {DEFAULT_TIMEOUT:?}")))?
-            .map_err(|e| unreachable(format!("{e:#}")))?;
+        let resp = self.send(req).await?;
         let status = resp.status();
         let bytes = tokio::time::timeout(DEFAULT_TIMEOUT, resp.into_body().collect())
             .await

@@ -243,30 +243,34 @@ impl Keeper {
         }
     }
 
+    /// The table as history keeps it, with each service's open deployment.
+    pub fn table_snapshot(&self, table: &RoutingTable) -> TableSnapshot {
+        TableSnapshot {
+            version: table.version,
+            services: table
+                .services
+                .iter()
+                .map(|s| ServiceSnapshot {
+                    name: s.name().to_string(),
+                    file: s.config.routing_fingerprint(),
+                    stable: specs(&s.stable),
+                    canary: s.canary.as_ref().map(specs),
+                    weight: s.weight.percent(),
+                    state: s.state,
+                    generation: s.generation,
+                    held_weight: s.held_weight.percent(),
+                    deployment: self.open.get(s.name()).map(|o| o.row.clone()),
+                })
+                .collect(),
+        }
+    }
+
     /// Records a published table.
     pub fn snapshot(&self, table: &RoutingTable, cause: &str) {
         if self.recorder.is_none() {
             return;
         }
-        let services: Vec<ServiceSnapshot> = table
-            .services
-            .iter()
-            .map(|s| ServiceSnapshot {
-                name: s.name().to_string(),
-                file: s.config.routing_fingerprint(),
-                stable: specs(&s.stable),
-                canary: s.canary.as_ref().map(specs),
-                weight: s.weight.percent(),
-                state: s.state,
-                generation: s.generation,
-                held_weight: s.held_weight.percent(),
-                deployment: self.open.get(s.name()).map(|o| o.row.clone()),
-            })
-            .collect();
-        let snapshot = TableSnapshot {
-            version: table.version,
-            services,
-        };
+        let snapshot = self.table_snapshot(table);
         self.record(Record::Snapshot(SnapshotRow {
             id: format!("{}-{:010}", self.run, table.version),
             run: self.run.clone(),
@@ -492,27 +496,6 @@ canary = ["127.0.0.1:1002"]
 canary_weight = 10.0
 "#;
 
-    fn snapshot_of(table: &RoutingTable, keeper: &Keeper) -> TableSnapshot {
-        TableSnapshot {
-            version: table.version,
-            services: table
-                .services
-                .iter()
-                .map(|s| ServiceSnapshot {
-                    name: s.name().to_string(),
-                    file: s.config.routing_fingerprint(),
-                    stable: specs(&s.stable),
-                    canary: s.canary.as_ref().map(specs),
-                    weight: s.weight.percent(),
-                    state: s.state,
-                    generation: s.generation,
-                    held_weight: s.held_weight.percent(),
-                    deployment: keeper.open_deployment(s.name()).cloned(),
-                })
-                .collect(),
-        }
-    }
-
     #[test]
     fn a_hold_survives_a_restart_even_when_the_file_changes_its_weight() {
         let metrics = Metrics::new();
@@ -524,7 +507,7 @@ canary_weight = 10.0
         let (held, kind, _) = ops::rollback(web, "bad").unwrap();
         keeper.follow(&held, kind, "judge", None, json!({}));
         let table = table.next(vec![Arc::new(held)], None);
-        let snap = snapshot_of(&table, &keeper);
+        let snap = keeper.table_snapshot(&table);
         let json = serde_json::to_string(&snap).unwrap();
         let snap: TableSnapshot = serde_json::from_str(&json).unwrap();
 

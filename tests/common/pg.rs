@@ -86,18 +86,24 @@ impl PgServer {
         self.dir.path().join("data")
     }
 
-    fn run(&self, tool: &str, args: &[&str]) {
+    /// A PostgreSQL tool, run as the `postgres` user when we are root.
+    fn command(&self, tool: &str) -> Command {
         let program = self.bin.join(tool);
-        let status = if self.as_postgres {
-            Command::new("runuser")
-                .args(["-u", "postgres", "--"])
-                .arg(&program)
-                .args(args)
-                .output()
+        if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(program);
+            c
         } else {
-            Command::new(&program).args(args).output()
+            Command::new(program)
         }
-        .unwrap_or_else(|e| panic!("{tool}: {e}"));
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) {
+        let status = self
+            .command(tool)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("{tool}: {e}"));
         assert!(
             status.status.success(),
             "{tool} failed: {}{}",
@@ -179,17 +185,10 @@ impl PgServer {
 impl Drop for PgServer {
     fn drop(&mut self) {
         let data = self.data().display().to_string();
-        let args = ["-D", data.as_str(), "-m", "immediate", "-w", "stop"];
-        let program = self.bin.join("pg_ctl");
-        let _ = if self.as_postgres {
-            Command::new("runuser")
-                .args(["-u", "postgres", "--"])
-                .arg(&program)
-                .args(args)
-                .output()
-        } else {
-            Command::new(&program).args(args).output()
-        };
+        let _ = self
+            .command("pg_ctl")
+            .args(["-D", data.as_str(), "-m", "immediate", "-w", "stop"])
+            .output();
     }
 }
 

@@ -142,6 +142,8 @@ fn simulate(rng: &mut fastrand::Rng, policy: &Policy, seconds: u64) -> bool {
             canary: canary.snapshot_at(at),
             canary_consecutive_failures: canary.consecutive_failures(),
             stable_consecutive_failures: stable.consecutive_failures(),
+            probe_failures: Vec::new(),
+            stable_probes_failing: Vec::new(),
         };
         let verdict = decide(&e, policy);
         if hysteresis.observe(&verdict, tick * step as u32, policy.breach_for) == Action::CutBack {

@@ -221,6 +221,10 @@ impl<S: Send + Sync> FromRequestParts<S> for ServiceName {
 pub struct ArmView {
     /// Upstreams as given.
     pub upstreams: Vec<String>,
+    /// Upstreams their probes took out.
+    pub down: Vec<String>,
+    /// Every upstream is down and the arm sends to them anyway.
+    pub panic: bool,
     /// The live window.
     pub stats: StatsSummary,
     /// Failures in a row up to the latest request.
@@ -257,11 +261,21 @@ pub struct ServiceView {
     pub arms: ArmsView,
     /// The judge's latest verdict on the canary and the last decision about this service.
     pub judge: Option<JudgeStatus>,
+    /// Every probe on every upstream: health, counts and latest results.
+    pub probes: Vec<crate::rollout::probing::ProbeView>,
 }
 
 fn arm_view(arm: &Arm) -> ArmView {
     ArmView {
         upstreams: arm.upstreams.iter().map(|u| u.spec.clone()).collect(),
+        down: arm
+            .upstreams
+            .iter()
+            .zip(arm.down.iter())
+            .filter(|(_, d)| **d)
+            .map(|(u, _)| u.spec.clone())
+            .collect(),
+        panic: arm.panic(),
         stats: arm.stats.snapshot().summary(),
         consecutive_failures: arm.stats.consecutive_failures(),
     }
@@ -286,6 +300,10 @@ pub fn service_view(
             canary: s.canary.as_ref().map(arm_view),
         },
         judge: board.get(s.name()).cloned(),
+        probes: board
+            .get(s.name())
+            .map(|b| b.probes.clone())
+            .unwrap_or_default(),
     }
 }
 

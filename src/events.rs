@@ -45,11 +45,15 @@ pub enum EventKind {
     ShuttingDown,
     /// Routing state was restored from history at start.
     Restored,
+    /// An upstream's probe fails by its policy.
+    ProbeFailed,
+    /// An upstream's probe passes again.
+    ProbeRecovered,
 }
 
 impl EventKind {
     /// Every kind, for filters and docs.
-    pub const ALL: [EventKind; 12] = [
+    pub const ALL: [EventKind; 14] = [
         EventKind::Started,
         EventKind::CanarySet,
         EventKind::WeightSet,
@@ -62,6 +66,8 @@ impl EventKind {
         EventKind::ReloadFailed,
         EventKind::ShuttingDown,
         EventKind::Restored,
+        EventKind::ProbeFailed,
+        EventKind::ProbeRecovered,
     ];
 
     /// Parses a kind name.
@@ -84,6 +90,8 @@ impl EventKind {
             EventKind::ReloadFailed => "reload_failed",
             EventKind::ShuttingDown => "shutting_down",
             EventKind::Restored => "restored",
+            EventKind::ProbeFailed => "probe_failed",
+            EventKind::ProbeRecovered => "probe_recovered",
         }
     }
 }

@@ -3,6 +3,9 @@
 //! Evidence is the two arms' windows over the same time span plus the canary's run of
 //! failures. Rules, in order (the first that holds is the verdict):
 //!
+//! 0. **Probes.** A canary upstream whose active probes fail by their policy breaches at
+//!    once, traffic or not (a canary at 1 % at night gets almost none). Not when the same
+//!    probe fails on every stable upstream too (shared cause).
 //! 1. **Consecutive failures.** `max_consecutive_failures` canary failures in a row (5xx or
 //!    no response) breach at once, before `min_requests`: a dead canary needs no statistics.
 //!    Not when stable is failing the same way (a shared outage is not the canary's fault).
@@ -85,7 +88,7 @@ pub struct Policy {
     pub window: Duration,
 }
 
-mod ms {
+pub(crate) mod ms {
     pub fn serialize<S: serde::Serializer>(
         d: &std::time::Duration,
         s: S,
@@ -125,6 +128,21 @@ impl Default for Policy {
     }
 }
 
+/// A canary upstream its probes found failing, with the results that say so.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProbeFailure {
+    /// The probe's name.
+    pub probe: String,
+    /// The upstream.
+    pub upstream: String,
+    /// Failures in a row.
+    pub failures: u32,
+    /// Failing since (epoch ms).
+    pub since_ms: u64,
+    /// The latest results, newest last.
+    pub results: Vec<crate::probes::RecentResult>,
+}
+
 /// What the judge looks at.
 #[derive(Debug, Clone)]
 pub struct Evidence {
@@ -136,12 +154,18 @@ pub struct Evidence {
     pub canary_consecutive_failures: u32,
     /// Stable failures in a row.
     pub stable_consecutive_failures: u32,
+    /// Canary upstreams failing their probes by policy.
+    pub probe_failures: Vec<ProbeFailure>,
+    /// Probes failing on every stable upstream.
+    pub stable_probes_failing: Vec<String>,
 }
 
 /// Which rule breached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Rule {
+    /// Active probes fail on a canary upstream.
+    ProbeFailed,
     /// A run of failures.
     ConsecutiveFailures,
     /// Failure ratio over the ceiling.
@@ -158,6 +182,7 @@ impl Rule {
     /// The label used in metrics and events.
     pub fn as_str(self) -> &'static str {
         match self {
+            Rule::ProbeFailed => "probe_failed",
             Rule::ConsecutiveFailures => "consecutive_failures",
             Rule::ErrorRate => "error_rate",
             Rule::ErrorRateIncrease => "error_rate_increase",
@@ -168,7 +193,7 @@ impl Rule {
 
     /// Hard failures act at once; soft regressions wait `breach_for`.
     pub fn is_immediate(self) -> bool {
-        matches!(self, Rule::ConsecutiveFailures)
+        matches!(self, Rule::ConsecutiveFailures | Rule::ProbeFailed)
     }
 }
 
@@ -250,6 +275,9 @@ pub enum Verdict {
         stable: ArmFigures,
         /// The canary's numbers.
         canary: ArmFigures,
+        /// For a probe breach: the failing probes and their results.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        probes: Vec<ProbeFailure>,
     },
 }
 
@@ -305,7 +333,56 @@ pub fn decide(e: &Evidence, p: &Policy) -> Verdict {
         breach: b,
         stable: stable.clone(),
         canary: canary.clone(),
+        probes: Vec::new(),
     };
+
+    // 0. Active probes.
+    if !e.probe_failures.is_empty() {
+        let own: Vec<&ProbeFailure> = e
+            .probe_failures
+            .iter()
+            .filter(|f| !e.stable_probes_failing.contains(&f.probe))
+            .collect();
+        if own.is_empty() {
+            return Verdict::Healthy {
+                note: Some(format!(
+                    "probe(s) {} fail on stable too: shared cause",
+                    e.stable_probes_failing.join(", ")
+                )),
+                stable,
+                canary,
+            };
+        }
+        let first = own[0];
+        let last = first
+            .results
+            .last()
+            .map(|r| r.outcome.detail.clone())
+            .unwrap_or_default();
+        return Verdict::Breach {
+            breach: Breach {
+                rule: Rule::ProbeFailed,
+                reason: format!(
+                    "probe '{}' fails on canary {} ({} in a row: {last}){}",
+                    first.probe,
+                    first.upstream,
+                    first.failures,
+                    if own.len() > 1 {
+                        format!(" and {} more", own.len() - 1)
+                    } else {
+                        String::new()
+                    }
+                ),
+                threshold: 0.0,
+                observed: first.failures as f64,
+                p_value: None,
+                confidence: p.confidence,
+            },
+            stable,
+            canary,
+            probes: own.into_iter().cloned().collect(),
+        };
+    }
 
     // 1. A run of failures.
     let run = e.canary_consecutive_failures;
@@ -795,7 +872,27 @@ mod tests {
             canary,
             canary_consecutive_failures: 0,
             stable_consecutive_failures: 0,
+            probe_failures: Vec::new(),
+            stable_probes_failing: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_failing_probe_breaches_without_any_traffic() {
+        let mut e = evidence(window(0, 0, MS), window(0, 0, MS));
+        e.probe_failures = vec![ProbeFailure {
+            probe: "health".into(),
+            upstream: "127.0.0.1:3001".into(),
+            failures: 3,
+            since_ms: 0,
+            results: vec![],
+        }];
+        let v = decide(&e, &Policy::default());
+        assert_eq!(v.breach().map(|b| b.rule), Some(Rule::ProbeFailed), "{v:?}");
+        assert!(Rule::ProbeFailed.is_immediate());
+        // The same probe failing on every stable upstream: shared cause.
+        e.stable_probes_failing = vec!["health".into()];
+        assert_eq!(decide(&e, &Policy::default()).name(), "healthy");
     }
 
     const MS: Duration = Duration::from_millis(10);
@@ -1009,6 +1106,7 @@ mod tests {
             },
             stable: ArmFigures::of(&WindowSnapshot::empty(MS), 0),
             canary: ArmFigures::of(&WindowSnapshot::empty(MS), 0),
+            probes: Vec::new(),
         };
         let healthy = Verdict::Healthy {
             note: None,

@@ -13,6 +13,7 @@ pub mod events;
 pub mod gate;
 pub mod judge;
 pub mod metrics;
+pub mod probes;
 pub mod proxy;
 pub mod rollout;
 pub mod routing;

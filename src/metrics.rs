@@ -33,6 +33,9 @@ pub struct Metrics {
     unrouted: IntCounter,
     /// History store gauges and counters.
     pub store: StoreMetrics,
+    probe_results: IntCounterVec,
+    probe_duration: HistogramVec,
+    upstream_healthy: prometheus::IntGaugeVec,
 }
 
 /// The history store's health: `sluice_store_up`, `sluice_store_pending_bytes`,
@@ -238,7 +241,41 @@ impl Metrics {
                 ),
             ),
         };
+        let probe_results = build(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "sluice_probe_results_total",
+                    "Active probe results, by service, probe and result (success, failure, timeout, error).",
+                ),
+                &["service", "probe", "result"],
+            ),
+        );
+        let probe_duration = build(
+            &registry,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "sluice_probe_duration_seconds",
+                    "How long active probes took, by service and probe.",
+                )
+                .buckets(DURATION_BUCKETS.to_vec()),
+                &["service", "probe"],
+            ),
+        );
+        let upstream_healthy = build(
+            &registry,
+            prometheus::IntGaugeVec::new(
+                Opts::new(
+                    "sluice_upstream_healthy",
+                    "1 when an upstream passes its probes (or has none yet), 0 when they fail.",
+                ),
+                &["service", "arm", "upstream"],
+            ),
+        );
         Metrics {
+            probe_results,
+            probe_duration,
+            upstream_healthy,
             store,
             unrouted,
             registry,
@@ -276,6 +313,23 @@ impl Metrics {
     /// Sets the routing table version gauge.
     pub fn set_table_version(&self, version: u64) {
         self.table_version.set(version as i64);
+    }
+
+    /// Counts one probe result.
+    pub fn probe_result(&self, service: &str, probe: &str, result: &str, seconds: f64) {
+        self.probe_results
+            .with_label_values(&[service, probe, result])
+            .inc();
+        self.probe_duration
+            .with_label_values(&[service, probe])
+            .observe(seconds);
+    }
+
+    /// Sets an upstream's health gauge.
+    pub fn upstream_healthy(&self, service: &str, arm: &str, upstream: &str, healthy: bool) {
+        self.upstream_healthy
+            .with_label_values(&[service, arm, upstream])
+            .set(i64::from(healthy));
     }
 
     /// Counts a request no service matched.

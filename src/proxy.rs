@@ -253,7 +253,7 @@ impl ProxyHttp for GateProxy {
             e.set_retry(true);
             return e;
         }
-        let upstreams = arm.upstreams.len();
+        let upstreams = arm.serving();
         ctx.attempt += 1;
         // Try each upstream of the arm once; a connect error never reached the app, so
         // this is safe for any method.

@@ -84,13 +84,19 @@ impl ServiceState {
     }
 }
 
-/// One arm: a set of upstreams of one version, chosen round robin.
+/// One arm: a set of upstreams of one version, chosen round robin among those its probes
+/// did not take out. When the probes take out every one, the arm keeps sending to all of
+/// them (panic mode): a failing health check is better than no traffic path at all.
 #[derive(Debug, Clone)]
 pub struct Arm {
     /// Stable or canary.
     pub role: ArmRole,
     /// The upstreams, in the order given.
     pub upstreams: Arc<[UpstreamAddr]>,
+    /// Upstreams taken out by their probes (same order as `upstreams`).
+    pub down: Arc<[bool]>,
+    /// Indexes of the upstreams that get requests.
+    serving: Arc<[usize]>,
     cursor: Arc<AtomicUsize>,
     /// The sliding window this arm's requests are recorded in.
     pub stats: Arc<ArmStats>,
@@ -106,13 +112,42 @@ impl Arm {
         upstreams: Vec<UpstreamAddr>,
         metrics: &Metrics,
     ) -> Arm {
+        let n = upstreams.len();
         Arm {
             role,
             upstreams: upstreams.into(),
+            down: vec![false; n].into(),
+            serving: (0..n).collect(),
             cursor: Arc::new(AtomicUsize::new(0)),
             stats: Arc::new(ArmStats::new(service.cutback.window)),
             metrics: metrics.arm(&service.name, role.as_str()),
         }
+    }
+
+    /// The same arm with these upstreams taken out (`down[i]` for `upstreams[i]`).
+    pub fn with_down(&self, down: Vec<bool>) -> Arm {
+        let mut serving: Vec<usize> = (0..self.upstreams.len())
+            .filter(|i| !down.get(*i).copied().unwrap_or(false))
+            .collect();
+        if serving.is_empty() {
+            serving = (0..self.upstreams.len()).collect();
+        }
+        Arm {
+            down: down.into(),
+            serving: serving.into(),
+            ..self.clone()
+        }
+    }
+
+    /// Whether every upstream is down and the arm sends to them anyway.
+    pub fn panic(&self) -> bool {
+        !self.down.is_empty() && self.down.iter().all(|d| *d)
+    }
+
+    /// How many upstreams get requests.
+    #[inline]
+    pub fn serving(&self) -> usize {
+        self.serving.len()
     }
 
     /// The same upstreams with a fresh window (a resumed canary starts clean).
@@ -138,7 +173,8 @@ impl Arm {
     /// The upstream for the `attempt`-th try of a request that started at `start`.
     #[inline]
     pub fn upstream(&self, start: usize, attempt: usize) -> &UpstreamAddr {
-        &self.upstreams[(start.wrapping_add(attempt)) % self.upstreams.len()]
+        let i = self.serving[start.wrapping_add(attempt) % self.serving.len()];
+        &self.upstreams[i]
     }
 
     /// Whether the two arms route to the same upstreams.
@@ -641,6 +677,26 @@ stable = ["127.0.0.1:4"]
         assert_eq!(opts.sticky_seed(&h), Some(0xdead_beef));
         h.insert(http::header::COOKIE, "sluice_id=zz".parse().unwrap());
         assert_eq!(opts.sticky_seed(&h), None);
+    }
+
+    #[test]
+    fn down_upstreams_are_skipped_until_all_are_down() {
+        let t = table(
+            "[[services]]\nname=\"a\"\nstable=[\"127.0.0.1:1\",\"127.0.0.1:2\",\"127.0.0.1:3\"]",
+        );
+        let arm = t.services[0].stable.with_down(vec![false, true, false]);
+        let ports: std::collections::HashSet<u16> =
+            (0..30).map(|a| arm.upstream(0, a).addr.port()).collect();
+        assert_eq!(ports, [1, 3].into_iter().collect());
+        assert_eq!(arm.serving(), 2);
+        assert!(!arm.panic());
+        let all_down = arm.with_down(vec![true, true, true]);
+        assert!(all_down.panic());
+        assert_eq!(
+            all_down.serving(),
+            3,
+            "panic mode: send to all rather than to nothing"
+        );
     }
 
     #[test]

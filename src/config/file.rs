@@ -22,6 +22,9 @@ pub struct FileConfig {
     /// History store.
     #[serde(default)]
     pub store: StoreFile,
+    /// The Docker engine.
+    #[serde(default)]
+    pub docker: DockerFile,
     /// The services behind the gate.
     #[serde(default)]
     pub services: Vec<ServiceFile>,
@@ -62,6 +65,13 @@ pub struct StoreFile {
     pub sample_retention: Option<String>,
 }
 
+/// `[docker]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DockerFile {
+    pub socket: Option<String>,
+}
+
 /// `[routing]`
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -92,6 +102,47 @@ pub struct ServiceFile {
     pub shield_methods: Option<Vec<String>>,
     #[serde(default)]
     pub cutback: CutbackFile,
+    pub probe_combine: Option<String>,
+    #[serde(default)]
+    pub probes: Vec<ProbeFile>,
+}
+
+/// A status code in `expect_status`: a number or a string (`"2xx"`, `"200-299"`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum StatusItem {
+    Code(i64),
+    Text(String),
+}
+
+/// One `[[services.probes]]` table. Keys of other kinds are refused at validation.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeFile {
+    pub name: Option<String>,
+    pub kind: Option<String>,
+    pub interval: Option<String>,
+    pub initial_delay: Option<String>,
+    pub timeout: Option<String>,
+    pub success_threshold: Option<i64>,
+    pub failure_threshold: Option<i64>,
+    pub monitor_for: Option<String>,
+    pub retry_interval: Option<String>,
+    // http
+    pub method: Option<String>,
+    pub path: Option<String>,
+    pub host: Option<String>,
+    pub headers: Option<std::collections::BTreeMap<String, String>>,
+    pub expect_status: Option<Vec<StatusItem>>,
+    pub body_contains: Option<String>,
+    pub max_response_time: Option<String>,
+    // tcp
+    pub send: Option<String>,
+    pub expect: Option<String>,
+    // script
+    pub command: Option<Vec<String>>,
+    pub env: Option<std::collections::BTreeMap<String, String>>,
+    pub expect_exit: Option<i64>,
 }
 
 /// `[services.cutback]`

@@ -52,6 +52,7 @@ struct MinuteAcc {
 pub struct Keeper {
     recorder: Option<Recorder>,
     run: String,
+    probes_seen: u64,
     open: HashMap<String, Open>,
     minutes: HashMap<(String, ArmRole), MinuteAcc>,
 }
@@ -74,6 +75,7 @@ impl Keeper {
         Keeper {
             recorder,
             run,
+            probes_seen: 0,
             open: HashMap::new(),
             minutes: HashMap::new(),
         }
@@ -223,6 +225,24 @@ impl Keeper {
         }
         self.minutes
             .retain(|(name, _), _| table.service(name).is_some());
+    }
+
+    /// Records a probe result (with the deployment the service is running).
+    pub fn probe(&mut self, obs: &crate::probes::Observation) {
+        self.probes_seen += 1;
+        let deployment_id = self.deployment_of(&obs.key.service);
+        self.record(Record::Probe(crate::store::ProbeRow {
+            id: format!("{}-p{:010}", self.run, self.probes_seen),
+            at_ms: obs.at_ms as i64,
+            service: obs.key.service.clone(),
+            probe: obs.key.probe.clone(),
+            target: obs.key.upstream.clone(),
+            arm: obs.key.role.as_str().to_string(),
+            status: obs.outcome.status.as_str().to_string(),
+            latency_us: Some(obs.outcome.latency.as_micros() as i64),
+            detail: obs.outcome.detail.clone(),
+            deployment_id,
+        }));
     }
 
     /// Records the config of every service (new config versions only add rows).

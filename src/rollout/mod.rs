@@ -9,6 +9,7 @@
 
 pub mod history;
 pub mod ops;
+pub mod probing;
 pub mod watch;
 
 use std::collections::HashMap;
@@ -186,6 +187,8 @@ pub struct Controller {
     last_judged: Option<tokio::time::Instant>,
     keeper: Keeper,
     restored: Option<RestoreReport>,
+    probing: probing::Probing,
+    probe_rx: mpsc::Receiver<crate::probes::Observation>,
 }
 
 /// Where the first table of a run comes from.
@@ -285,6 +288,8 @@ impl Controller {
         ));
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         let (wake, wake_rx) = Wake::channel();
+        let (probing, probe_rx) =
+            probing::Probing::new(Arc::new(crate::probes::check::RealChecker::new()));
         let controller = Controller {
             config,
             table: table.clone(),
@@ -300,6 +305,8 @@ impl Controller {
             last_judged: None,
             keeper,
             restored,
+            probing,
+            probe_rx,
         };
         controller.update_gauges(&controller.table.load());
         let handle = ControlHandle {
@@ -360,6 +367,7 @@ impl Controller {
             }),
         });
         self.started = tokio::time::Instant::now();
+        self.probing.reconcile(&self.table.load());
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
@@ -368,6 +376,7 @@ impl Controller {
                     Some(cmd) => self.handle(cmd).await,
                     None => break,
                 },
+                Some(obs) = self.probe_rx.recv() => self.on_probe(obs),
                 Some(()) = self.wake_rx.recv() => {
                     let now = tokio::time::Instant::now();
                     if self.last_judged.is_none_or(|t| now - t >= MIN_WAKE_INTERVAL) {
@@ -387,6 +396,93 @@ impl Controller {
             }
         }
         self.keeper.sample(&self.table.load(), true);
+        self.probing.stop();
+    }
+
+    /// A probe result: record it, apply it, and act when a target's health changed (take a
+    /// stable upstream out of its arm or put it back; let the judge see a failing canary).
+    fn on_probe(&mut self, obs: crate::probes::Observation) {
+        self.metrics.probe_result(
+            &obs.key.service,
+            &obs.key.probe,
+            obs.outcome.status.as_str(),
+            obs.outcome.latency.as_secs_f64(),
+        );
+        self.keeper.probe(&obs);
+        let table = self.table.load_full();
+        let Some(service) = table.service(&obs.key.service).cloned() else {
+            return;
+        };
+        let Some(change) = self.probing.observe(&obs) else {
+            return;
+        };
+        let after = self
+            .probing
+            .upstream_health(&service, obs.key.role, &obs.key.upstream);
+        self.metrics.upstream_healthy(
+            &obs.key.service,
+            obs.key.role.as_str(),
+            &obs.key.upstream,
+            after != crate::probes::Health::Unhealthy,
+        );
+        use crate::probes::Health;
+        // A first success is not news; failing, and recovering from it, are.
+        let kind = match (change.from, change.health) {
+            (_, Health::Unhealthy) => Some(EventKind::ProbeFailed),
+            (Health::Unhealthy, Health::Healthy) => Some(EventKind::ProbeRecovered),
+            _ => None,
+        };
+        if let Some(kind) = kind {
+            let policy = self.probing.spec(&obs.key).map(|s| s.policy.clone());
+            let recent: Vec<_> = self
+                .probing
+                .views(&service)
+                .into_iter()
+                .filter(|v| {
+                    v.probe == obs.key.probe
+                        && v.upstream == obs.key.upstream
+                        && v.arm == obs.key.role
+                })
+                .collect();
+            let event = self.bus.publish(NewEvent {
+                kind,
+                service: Some(obs.key.service.clone()),
+                deployment: self.keeper.deployment_of(&obs.key.service),
+                actor: format!("probe:{}", obs.key.probe),
+                message: format!(
+                    "probe '{}' {} on {} upstream {} (upstream now {:?}): {}",
+                    obs.key.probe,
+                    if kind == EventKind::ProbeFailed {
+                        "fails"
+                    } else {
+                        "passes again"
+                    },
+                    obs.key.role.as_str(),
+                    obs.key.upstream,
+                    after,
+                    obs.outcome.detail
+                ),
+                table: None,
+                evidence: json!({ "probe": recent, "policy": policy, "upstream_health": after }),
+            });
+            self.remember(&event);
+        }
+        // Routing follows the stable arm's health at once.
+        let next = self.probing.apply(&service);
+        let moved = |a: &Arm, b: &Arm| a.down != b.down;
+        let changed = moved(&service.stable, &next.stable)
+            || match (&service.canary, &next.canary) {
+                (Some(a), Some(b)) => moved(a, b),
+                _ => false,
+            };
+        if changed {
+            if let Some(index) = table.position(service.name()) {
+                let mut services = table.services.clone();
+                services[index] = Arc::new(next);
+                self.publish(table.next(services, None), "probe");
+            }
+        }
+        self.judge_all();
     }
 
     fn maintain_windows(&self) {
@@ -410,7 +506,7 @@ impl Controller {
         let mut board = Board::with_capacity(table.services.len());
         for service in &table.services {
             let name = service.name().to_string();
-            let verdict = match (service.state, watch::evidence(service, at)) {
+            let verdict = match (service.state, watch::evidence(service, at, &self.probing)) {
                 (ServiceState::Canary, Some(e)) => {
                     let policy = &service.config.cutback;
                     let verdict = decide(&e, policy);
@@ -437,6 +533,8 @@ impl Controller {
                     at_ms: now_ms(),
                     watching,
                     last_decision: self.last_decision.get(&name).cloned(),
+                    probes: self.probing.views(service),
+                    canary_healthy_since_ms: self.probing.canary_healthy_since(service),
                 },
             );
         }
@@ -514,14 +612,18 @@ impl Controller {
         let _ = reply.send(result);
     }
 
-    /// Publishes `table` as the next version (and keeps it in history); returns the change.
-    fn publish(&self, table: RoutingTable, cause: &str) -> TableChange {
+    /// Publishes `table` as the next version (and keeps it in history); the probes follow
+    /// its upstreams. Returns the change.
+    fn publish(&mut self, table: RoutingTable, cause: &str) -> TableChange {
         let from = self.table.load().version;
         let to = table.version;
         self.update_gauges(&table);
         let table = Arc::new(table);
         self.table.store(table.clone());
         self.keeper.snapshot(&table, cause);
+        if tokio::runtime::Handle::try_current().is_ok() {
+            self.probing.reconcile(&table);
+        }
         TableChange { from, to }
     }
 
@@ -589,6 +691,8 @@ impl Controller {
             .ok_or_else(|| ControlError::NotFound(name.to_string()))?;
         let old = &current.services[index];
         let (next, kind, message) = f(old, &self.metrics)?;
+        // New arms start with every upstream up; the probes' view applies at once.
+        let next = self.probing.apply(&next);
         let mut evidence = json!({
             "before": service_evidence(old),
             "after": service_evidence(&next),
@@ -667,6 +771,10 @@ impl Controller {
         ));
         self.admin_token
             .store(new.admin.token.clone().map(Arc::new));
+        let services = services
+            .iter()
+            .map(|s| Arc::new(self.probing.apply(s)))
+            .collect();
         let next = current.next(services, Some(options));
         for s in &next.services {
             self.keeper.follow(

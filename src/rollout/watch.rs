@@ -24,6 +24,12 @@ pub struct JudgeStatus {
     pub watching: bool,
     /// The last change of state of this service (cut-back, breach, promote, new canary...).
     pub last_decision: Option<Arc<Event>>,
+    /// Every probe on every upstream: state and latest results (shown at the service's
+    /// top level by the API).
+    #[serde(skip)]
+    pub probes: Vec<super::probing::ProbeView>,
+    /// Since when every canary upstream passes its probes (epoch ms), if they all do.
+    pub canary_healthy_since_ms: Option<u64>,
 }
 
 /// Every service's status, replaced as a whole by the controller.
@@ -50,13 +56,21 @@ impl Wake {
     }
 }
 
-/// The evidence for a service's canary at `at`: both windows over the same span.
-pub fn evidence(service: &Service, at: Instant) -> Option<Evidence> {
+/// The evidence for a service's canary at `at`: both windows over the same span, and what
+/// the probes say.
+pub fn evidence(
+    service: &Service,
+    at: Instant,
+    probing: &super::probing::Probing,
+) -> Option<Evidence> {
     let canary = service.canary.as_ref()?;
+    let (probe_failures, stable_probes_failing) = probing.canary_failures(service);
     Some(Evidence {
         stable: service.stable.stats.snapshot_at(at),
         canary: canary.stats.snapshot_at(at),
         canary_consecutive_failures: canary.stats.consecutive_failures(),
         stable_consecutive_failures: service.stable.stats.consecutive_failures(),
+        probe_failures,
+        stable_probes_failing,
     })
 }

@@ -381,6 +381,41 @@ pub fn render_service(s: &Value) -> String {
     if !s["arms"]["canary"].is_null() {
         render_arm(&mut out, "canary", &s["arms"]["canary"]);
     }
+    for (arm, label) in [("stable", "stable"), ("canary", "canary")] {
+        if let Some(down) = s["arms"][arm]["down"].as_array().filter(|d| !d.is_empty()) {
+            let list: Vec<&str> = down.iter().filter_map(Value::as_str).collect();
+            let panic = if s["arms"][arm]["panic"] == true {
+                " (all down: panic mode, sending to all)"
+            } else {
+                ""
+            };
+            let _ = writeln!(out, "  down    {label}: {}{panic}", list.join(", "));
+        }
+    }
+    for p in s["probes"].as_array().into_iter().flatten() {
+        let last = p["recent"]
+            .as_array()
+            .and_then(|r| r.last())
+            .map(|r| {
+                format!(
+                    "{} {:.1}ms {}",
+                    r["status"].as_str().unwrap_or("?"),
+                    r["latency_ms"].as_f64().unwrap_or(0.0),
+                    r["detail"].as_str().unwrap_or("")
+                )
+            })
+            .unwrap_or_else(|| "no result yet".into());
+        let _ = writeln!(
+            out,
+            "  probe   {:<12} {:<6} {:<6} {:<22} {:<9} {}",
+            p["probe"].as_str().unwrap_or("?"),
+            p["kind"].as_str().unwrap_or("?"),
+            p["arm"].as_str().unwrap_or("?"),
+            p["upstream"].as_str().unwrap_or("?"),
+            p["health"].as_str().unwrap_or("?"),
+            last
+        );
+    }
     let judge = &s["judge"];
     if let Some(verdict) = judge["verdict"].as_object() {
         let name = verdict

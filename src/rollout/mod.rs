@@ -9,6 +9,7 @@
 
 pub mod history;
 pub mod ops;
+pub mod plan;
 pub mod probing;
 pub mod watch;
 

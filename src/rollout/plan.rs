@@ -1,0 +1,920 @@
+//! Deployment plans: what each strategy does next, as pure state machines of their inputs
+//! and a clock (tested with virtual time).
+//!
+//! Every strategy keeps the new version in the canary arm, so the judge, the shield and the
+//! one-swap cut-back protect all of them the same way:
+//! - **canary**: steps of weight, bake time and minimum samples (or a pause for a manual
+//!   decision); after the last step the canary is promoted.
+//! - **blue-green**: green sits at 0 % (reachable with the tester header: the preview) until
+//!   its probes have passed for `verify_for`; then all traffic switches to it in one swap
+//!   while blue stays in the stable arm, warm, for `keep_blue_for` (a breach swaps back);
+//!   then green is promoted.
+//! - **rolling**: the N stable instances are replaced by N new ones in batches: a batch's old
+//!   instances leave the stable arm (drained: no new requests, those in flight finish, at
+//!   most `drain_timeout`), its new ones join the canary arm, whose weight is the share of
+//!   instances replaced; each batch is health-gated (`health_wait`, probes) before the next.
+//!   On a breach traffic goes back to the old instances at once, then the replaced old
+//!   instances rejoin the stable arm in reverse order.
+//!
+//! The controller feeds [`Inputs`] every tick and applies the [`Want`]s.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::config::Weight;
+
+/// One step of a canary plan.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Step {
+    /// Weight for this step.
+    pub weight: Weight,
+    /// How long to stay before moving on.
+    #[serde(with = "crate::judge::ms")]
+    pub bake: Duration,
+    /// Canary requests needed during the bake (with a healthy judge) to move on.
+    pub min_samples: u64,
+    /// Wait here for an operator (resume moves on, promote finishes).
+    pub pause: bool,
+}
+
+/// What to do on a soft (latency) breach during a canary plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SoftRollback {
+    /// Cut back at once, like any breach (the default).
+    #[default]
+    Instant,
+    /// Go back one step and pause; hard failures are still instant.
+    StepBack,
+}
+
+/// A strategy and its settings.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "strategy", rename_all = "snake_case")]
+pub enum Spec {
+    /// Weight steps.
+    Canary {
+        /// The steps.
+        steps: Vec<Step>,
+        /// Latency regressions step back instead of cutting back.
+        soft_rollback: SoftRollback,
+    },
+    /// Preview, verify, switch, keep blue warm.
+    BlueGreen {
+        /// Green's probes must pass this long before the switch.
+        #[serde(with = "crate::judge::ms")]
+        verify_for: Duration,
+        /// Blue stays ready this long after the switch.
+        #[serde(with = "crate::judge::ms")]
+        keep_blue_for: Duration,
+        /// Switch by itself once verified (else wait for promote).
+        auto_switch: bool,
+    },
+    /// Instance by instance.
+    Rolling {
+        /// Instances in all (old and new alike).
+        instances: usize,
+        /// Instances replaced per batch.
+        batch_size: usize,
+        /// Instances out of service at once (a batch never exceeds it).
+        max_unavailable: usize,
+        /// Wait between batches.
+        #[serde(with = "crate::judge::ms")]
+        pause_between: Duration,
+        /// Longest wait for a batch's old instances to finish their requests.
+        #[serde(with = "crate::judge::ms")]
+        drain_timeout: Duration,
+        /// How long new instances must stay healthy before the next batch.
+        #[serde(with = "crate::judge::ms")]
+        health_wait: Duration,
+    },
+}
+
+impl Spec {
+    /// `canary`, `blue_green` or `rolling`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Spec::Canary { .. } => "canary",
+            Spec::BlueGreen { .. } => "blue_green",
+            Spec::Rolling { .. } => "rolling",
+        }
+    }
+}
+
+/// The judge's current view, as a plan needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Judged {
+    /// Nothing wrong.
+    Healthy,
+    /// Too little canary traffic.
+    Inconclusive,
+    /// A breach (the controller acts on it; plans only wait).
+    Breach,
+}
+
+/// What a plan sees each tick.
+#[derive(Debug, Clone)]
+pub struct Inputs {
+    /// The plan's clock.
+    pub now: Duration,
+    /// The judge's view.
+    pub judged: Judged,
+    /// Canary requests since the current phase began.
+    pub samples: u64,
+    /// Probes: `None` when the service has none; else since when every canary upstream
+    /// passes them (`Some(None)`: not all pass now).
+    pub probes: Option<Option<Duration>>,
+    /// Requests routed by the tables before the last change of arms have all finished.
+    pub drained: bool,
+}
+
+/// What a plan asks the controller to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Want {
+    /// Set the canary weight.
+    Weight(Weight),
+    /// Rolling: the first `replaced` old instances are out of the stable arm and the first
+    /// `replaced` new ones are in the canary arm, at `weight`.
+    Reshape {
+        /// Instances replaced so far.
+        replaced: usize,
+        /// Canary weight.
+        weight: Weight,
+    },
+    /// Rolling revert: old instances `keep..` are back in the stable arm.
+    Restore {
+        /// Old instances still out.
+        out: usize,
+    },
+    /// Make the canary the new stable.
+    Promote,
+    /// Cut the canary back to 0 (the judge usually has already).
+    CutBack(String),
+    /// The deployment is over.
+    Finish(Outcome, String),
+}
+
+/// How a deployment ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Promoted.
+    Succeeded,
+    /// Cut back (by the judge, or an operator's rollback).
+    RolledBack,
+    /// Stopped by an operator (an instant rollback).
+    Aborted,
+}
+
+impl Outcome {
+    /// The stored outcome name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Succeeded => "succeeded",
+            Outcome::RolledBack => "rolled_back",
+            Outcome::Aborted => "aborted",
+        }
+    }
+}
+
+/// Where a plan is.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "phase", rename_all = "snake_case")]
+pub enum Phase {
+    /// Canary step `index`.
+    Step {
+        /// Which step.
+        index: usize,
+    },
+    /// Blue-green: green at 0 %, waiting for its probes.
+    Verify,
+    /// Blue-green: green has all traffic, blue is warm.
+    KeepBlue,
+    /// Rolling: waiting for a batch's old instances to drain.
+    Drain {
+        /// Instances replaced including this batch.
+        replaced: usize,
+    },
+    /// Rolling: health gate of a batch.
+    Gate {
+        /// Instances replaced including this batch.
+        replaced: usize,
+    },
+    /// Rolling: pause before the next batch.
+    Between {
+        /// Instances replaced so far.
+        replaced: usize,
+    },
+    /// Rolling: putting old instances back after a failure.
+    Reverting {
+        /// Old instances still out.
+        out: usize,
+    },
+    /// Over.
+    Done,
+}
+
+/// A running plan.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    spec: Spec,
+    phase: Phase,
+    /// When the current phase began (plan clock, pauses excluded).
+    entered: Duration,
+    /// Paused since (wall of the plan clock), if paused.
+    paused_at: Option<Duration>,
+    /// Time spent paused in the current phase.
+    paused_for: Duration,
+    /// Why it is paused or waiting, for people.
+    waiting: Option<String>,
+    outcome: Option<Outcome>,
+    /// Rolling: instances replaced when a failure began.
+    replaced_at_failure: Option<usize>,
+}
+
+/// The plan's state for the API.
+#[derive(Debug, Clone, Serialize)]
+pub struct Progress {
+    /// Strategy and settings.
+    pub spec: Spec,
+    /// Phase.
+    pub phase: Phase,
+    /// Time in this phase (pauses excluded), ms.
+    pub in_phase_ms: u64,
+    /// Paused by an operator (or a step-back).
+    pub paused: bool,
+    /// What it waits for.
+    pub waiting: Option<String>,
+    /// Canary steps: which of how many.
+    pub step: Option<(usize, usize)>,
+    /// Rolling: instances replaced so far.
+    pub replaced: Option<usize>,
+    /// Rolling: instances replaced when it failed.
+    pub replaced_at_failure: Option<usize>,
+    /// How it ended.
+    pub outcome: Option<Outcome>,
+}
+
+fn weight_of(replaced: usize, instances: usize) -> Weight {
+    let p = 100.0 * replaced as f64 / instances.max(1) as f64;
+    Weight::from_percent(p.clamp(0.0, 100.0)).unwrap_or(Weight::FULL)
+}
+
+impl Plan {
+    /// Starts a plan at `now`; returns what to do first.
+    pub fn start(spec: Spec, now: Duration) -> (Plan, Vec<Want>) {
+        let (phase, wants) = match &spec {
+            Spec::Canary { steps, .. } => (
+                Phase::Step { index: 0 },
+                vec![Want::Weight(
+                    steps.first().map(|s| s.weight).unwrap_or(Weight::ZERO),
+                )],
+            ),
+            Spec::BlueGreen { .. } => (Phase::Verify, vec![Want::Weight(Weight::ZERO)]),
+            Spec::Rolling {
+                instances,
+                batch_size,
+                ..
+            } => {
+                let replaced = (*batch_size).min(*instances);
+                (
+                    Phase::Drain { replaced },
+                    vec![Want::Reshape {
+                        replaced,
+                        weight: weight_of(replaced, *instances),
+                    }],
+                )
+            }
+        };
+        let plan = Plan {
+            spec,
+            phase,
+            entered: now,
+            paused_at: None,
+            paused_for: Duration::ZERO,
+            waiting: None,
+            outcome: None,
+            replaced_at_failure: None,
+        };
+        (plan, wants)
+    }
+
+    /// The strategy.
+    pub fn spec(&self) -> &Spec {
+        &self.spec
+    }
+
+    /// Where it is.
+    pub fn phase(&self) -> &Phase {
+        &self.phase
+    }
+
+    /// Whether it is over.
+    pub fn done(&self) -> bool {
+        self.phase == Phase::Done
+    }
+
+    /// Whether an operator (or a step-back) paused it.
+    pub fn paused(&self) -> bool {
+        self.paused_at.is_some()
+    }
+
+    fn in_phase(&self, now: Duration) -> Duration {
+        let paused_now = self
+            .paused_at
+            .map(|p| now.saturating_sub(p))
+            .unwrap_or_default();
+        now.saturating_sub(self.entered)
+            .saturating_sub(self.paused_for + paused_now)
+    }
+
+    fn enter(&mut self, phase: Phase, now: Duration) {
+        self.phase = phase;
+        self.entered = now;
+        self.paused_for = Duration::ZERO;
+        if let Some(p) = self.paused_at.as_mut() {
+            *p = now;
+        }
+        self.waiting = None;
+    }
+
+    fn finish(&mut self, outcome: Outcome, why: String) -> Want {
+        self.phase = Phase::Done;
+        self.outcome = Some(outcome);
+        self.paused_at = None;
+        self.waiting = None;
+        Want::Finish(outcome, why)
+    }
+
+    /// One tick: moves on when the current phase is satisfied.
+    pub fn tick(&mut self, i: &Inputs) -> Vec<Want> {
+        if self.done() || self.paused() {
+            return Vec::new();
+        }
+        let elapsed = self.in_phase(i.now);
+        match self.phase.clone() {
+            Phase::Step { index } => {
+                let Spec::Canary { steps, .. } = &self.spec else {
+                    return Vec::new();
+                };
+                let step = steps[index].clone();
+                let last = index + 1 == steps.len();
+                if step.pause {
+                    self.paused_at = Some(i.now);
+                    self.waiting = Some(format!(
+                        "step {} of {} waits for an operator: resume to continue, promote to finish",
+                        index + 1,
+                        steps.len()
+                    ));
+                    return Vec::new();
+                }
+                if elapsed < step.bake {
+                    self.waiting = Some(format!(
+                        "baking at {}: {}s of {}s",
+                        step.weight,
+                        elapsed.as_secs(),
+                        step.bake.as_secs()
+                    ));
+                    return Vec::new();
+                }
+                if i.judged != Judged::Healthy || i.samples < step.min_samples {
+                    self.waiting = Some(format!(
+                        "baked; waiting for a healthy judge with {} canary samples (have {}, judge {:?})",
+                        step.min_samples, i.samples, i.judged
+                    ));
+                    return Vec::new();
+                }
+                if last {
+                    let done = self.finish(Outcome::Succeeded, "every step passed".into());
+                    return vec![Want::Promote, done];
+                }
+                let next = steps[index + 1].weight;
+                self.enter(Phase::Step { index: index + 1 }, i.now);
+                vec![Want::Weight(next)]
+            }
+            Phase::Verify => {
+                let Spec::BlueGreen {
+                    verify_for,
+                    auto_switch,
+                    ..
+                } = self.spec
+                else {
+                    return Vec::new();
+                };
+                let verified = match i.probes {
+                    Some(Some(since)) => {
+                        i.now.saturating_sub(since.max(self.entered)) >= verify_for
+                    }
+                    _ => false,
+                };
+                if !verified {
+                    self.waiting = Some(match i.probes {
+                        None => "green has no probes to verify it: promote to switch".into(),
+                        Some(None) => "green's probes do not all pass yet".into(),
+                        Some(Some(_)) => format!(
+                            "green's probes pass; verifying for {}s",
+                            verify_for.as_secs()
+                        ),
+                    });
+                    return Vec::new();
+                }
+                if !auto_switch {
+                    self.waiting = Some("green verified: promote to switch".into());
+                    return Vec::new();
+                }
+                self.enter(Phase::KeepBlue, i.now);
+                vec![Want::Weight(Weight::FULL)]
+            }
+            Phase::KeepBlue => {
+                let Spec::BlueGreen { keep_blue_for, .. } = self.spec else {
+                    return Vec::new();
+                };
+                if elapsed < keep_blue_for {
+                    self.waiting = Some(format!(
+                        "all traffic on green; blue warm for {}s more",
+                        keep_blue_for.saturating_sub(elapsed).as_secs()
+                    ));
+                    return Vec::new();
+                }
+                let done = self.finish(Outcome::Succeeded, "green kept all traffic".into());
+                vec![Want::Promote, done]
+            }
+            Phase::Drain { replaced } => {
+                let Spec::Rolling { drain_timeout, .. } = self.spec else {
+                    return Vec::new();
+                };
+                if !i.drained && elapsed < drain_timeout {
+                    self.waiting = Some("draining the batch's old instances".into());
+                    return Vec::new();
+                }
+                self.enter(Phase::Gate { replaced }, i.now);
+                Vec::new()
+            }
+            Phase::Gate { replaced } => {
+                let Spec::Rolling {
+                    instances,
+                    health_wait,
+                    pause_between,
+                    ..
+                } = self.spec
+                else {
+                    return Vec::new();
+                };
+                let probes_ok = match i.probes {
+                    None => true,
+                    Some(Some(since)) => i.now.saturating_sub(since) >= health_wait,
+                    Some(None) => false,
+                };
+                if elapsed < health_wait || !probes_ok || i.judged == Judged::Breach {
+                    self.waiting = Some(format!(
+                        "health gate: {replaced} of {instances} new instances must stay healthy for {}s",
+                        health_wait.as_secs()
+                    ));
+                    return Vec::new();
+                }
+                if replaced >= instances {
+                    let done = self.finish(Outcome::Succeeded, "every instance replaced".into());
+                    return vec![Want::Promote, done];
+                }
+                if pause_between.is_zero() {
+                    return self.next_batch(replaced, i.now);
+                }
+                self.enter(Phase::Between { replaced }, i.now);
+                Vec::new()
+            }
+            Phase::Between { replaced } => {
+                let Spec::Rolling { pause_between, .. } = self.spec else {
+                    return Vec::new();
+                };
+                if elapsed < pause_between {
+                    self.waiting = Some("pause between batches".into());
+                    return Vec::new();
+                }
+                self.next_batch(replaced, i.now)
+            }
+            Phase::Reverting { out } => {
+                if out == 0 {
+                    let updated = self.replaced_at_failure.unwrap_or(0);
+                    let done = self.finish(
+                        Outcome::RolledBack,
+                        format!("{updated} updated instance(s) reverted; every old instance serves again"),
+                    );
+                    return vec![done];
+                }
+                // One old instance back per tick: the most recently replaced first.
+                self.phase = Phase::Reverting { out: out - 1 };
+                vec![Want::Restore { out: out - 1 }]
+            }
+            Phase::Done => Vec::new(),
+        }
+    }
+
+    fn next_batch(&mut self, replaced: usize, now: Duration) -> Vec<Want> {
+        let Spec::Rolling {
+            instances,
+            batch_size,
+            ..
+        } = self.spec
+        else {
+            return Vec::new();
+        };
+        let next = (replaced + batch_size).min(instances);
+        self.enter(Phase::Drain { replaced: next }, now);
+        vec![Want::Reshape {
+            replaced: next,
+            weight: weight_of(next, instances),
+        }]
+    }
+
+    /// Instances replaced so far (rolling).
+    pub fn replaced(&self) -> Option<usize> {
+        match self.phase {
+            Phase::Drain { replaced } | Phase::Gate { replaced } | Phase::Between { replaced } => {
+                Some(replaced)
+            }
+            _ => None,
+        }
+    }
+
+    /// The judge found a breach. `soft`: a latency regression. Returns what to do (the
+    /// controller has not cut back yet when a step-back is wanted).
+    pub fn breached(&mut self, soft: bool, now: Duration, reason: &str) -> Vec<Want> {
+        if self.done() {
+            return Vec::new();
+        }
+        if let (
+            Spec::Canary {
+                steps,
+                soft_rollback: SoftRollback::StepBack,
+            },
+            Phase::Step { index },
+            true,
+        ) = (&self.spec, &self.phase, soft)
+        {
+            if *index > 0 {
+                let back = index - 1;
+                let w = steps[back].weight;
+                self.enter(Phase::Step { index: back }, now);
+                self.paused_at = Some(now);
+                self.waiting = Some(format!(
+                    "stepped back to {w} after a latency regression ({reason}): resume to retry, abort to roll back"
+                ));
+                return vec![Want::Weight(w)];
+            }
+        }
+        self.fail(Outcome::RolledBack, now, reason)
+    }
+
+    /// An operator aborts: an instant rollback.
+    pub fn abort(&mut self, now: Duration) -> Vec<Want> {
+        if self.done() {
+            return Vec::new();
+        }
+        self.fail(Outcome::Aborted, now, "aborted by an operator")
+    }
+
+    fn fail(&mut self, outcome: Outcome, now: Duration, reason: &str) -> Vec<Want> {
+        let mut wants = vec![Want::CutBack(reason.to_string())];
+        if let Spec::Rolling { .. } = self.spec {
+            let replaced = self.replaced().unwrap_or(0);
+            self.replaced_at_failure = Some(replaced);
+            if replaced > 0 {
+                self.outcome = Some(outcome);
+                self.enter(Phase::Reverting { out: replaced }, now);
+                self.paused_at = None;
+                self.waiting = Some("reverting: old instances rejoin, most recent first".into());
+                return wants;
+            }
+        }
+        wants.push(self.finish(outcome, reason.to_string()));
+        wants
+    }
+
+    /// An operator pauses it.
+    pub fn pause(&mut self, now: Duration) -> bool {
+        if self.done() || self.paused() {
+            return false;
+        }
+        self.paused_at = Some(now);
+        self.waiting = Some("paused by an operator".into());
+        true
+    }
+
+    /// An operator resumes it (a paused canary step then moves on).
+    pub fn resume(&mut self, now: Duration) -> Vec<Want> {
+        let Some(at) = self.paused_at.take() else {
+            return Vec::new();
+        };
+        self.paused_for += now.saturating_sub(at);
+        self.waiting = None;
+        // A manual-decision step is passed by resuming it.
+        if let (Spec::Canary { steps, .. }, Phase::Step { index }) = (&self.spec, &self.phase) {
+            if steps[*index].pause {
+                if *index + 1 == steps.len() {
+                    let done = self.finish(Outcome::Succeeded, "resumed past the last step".into());
+                    return vec![Want::Promote, done];
+                }
+                let next = steps[index + 1].weight;
+                self.enter(Phase::Step { index: index + 1 }, now);
+                return vec![Want::Weight(next)];
+            }
+        }
+        Vec::new()
+    }
+
+    /// An operator promotes: skip what is left. For rolling, every remaining instance is
+    /// replaced at once.
+    pub fn promote(&mut self) -> Vec<Want> {
+        if self.done() || matches!(self.phase, Phase::Reverting { .. }) {
+            return Vec::new();
+        }
+        let mut wants = Vec::new();
+        if let Spec::Rolling { instances, .. } = self.spec {
+            wants.push(Want::Reshape {
+                replaced: instances,
+                weight: Weight::FULL,
+            });
+        }
+        wants.push(Want::Promote);
+        wants.push(self.finish(Outcome::Succeeded, "promoted by an operator".into()));
+        wants
+    }
+
+    /// The state for the API.
+    pub fn progress(&self, now: Duration) -> Progress {
+        let step = match (&self.spec, &self.phase) {
+            (Spec::Canary { steps, .. }, Phase::Step { index }) => Some((index + 1, steps.len())),
+            _ => None,
+        };
+        Progress {
+            spec: self.spec.clone(),
+            phase: self.phase.clone(),
+            in_phase_ms: self.in_phase(now).as_millis() as u64,
+            paused: self.paused(),
+            waiting: self.waiting.clone(),
+            step,
+            replaced: self.replaced(),
+            replaced_at_failure: self.replaced_at_failure,
+            outcome: self.outcome,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn w(p: f64) -> Weight {
+        Weight::from_percent(p).unwrap()
+    }
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    fn inputs(now: u64) -> Inputs {
+        Inputs {
+            now: secs(now),
+            judged: Judged::Healthy,
+            samples: 1000,
+            probes: None,
+            drained: true,
+        }
+    }
+
+    fn canary(steps: &[(f64, u64)], soft: SoftRollback) -> Spec {
+        Spec::Canary {
+            steps: steps
+                .iter()
+                .map(|(weight, bake)| Step {
+                    weight: w(*weight),
+                    bake: secs(*bake),
+                    min_samples: 50,
+                    pause: false,
+                })
+                .collect(),
+            soft_rollback: soft,
+        }
+    }
+
+    #[test]
+    fn a_canary_plan_bakes_each_step_then_promotes() {
+        let (mut p, first) = Plan::start(
+            canary(&[(10.0, 30), (50.0, 30)], SoftRollback::Instant),
+            secs(0),
+        );
+        assert_eq!(first, vec![Want::Weight(w(10.0))]);
+        assert!(p.tick(&inputs(29)).is_empty(), "still baking");
+        // Baked but too few samples: waits.
+        let mut few = inputs(30);
+        few.samples = 10;
+        assert!(p.tick(&few).is_empty());
+        assert!(p
+            .progress(secs(30))
+            .waiting
+            .unwrap()
+            .contains("50 canary samples"));
+        assert_eq!(p.tick(&inputs(31)), vec![Want::Weight(w(50.0))]);
+        assert!(p.tick(&inputs(60)).is_empty());
+        let end = p.tick(&inputs(62));
+        assert_eq!(end[0], Want::Promote);
+        assert!(matches!(end[1], Want::Finish(Outcome::Succeeded, _)));
+        assert!(p.done());
+    }
+
+    #[test]
+    fn pauses_stop_the_clock_and_manual_steps_wait_for_an_operator() {
+        let spec = Spec::Canary {
+            steps: vec![
+                Step {
+                    weight: w(10.0),
+                    bake: secs(10),
+                    min_samples: 0,
+                    pause: false,
+                },
+                Step {
+                    weight: w(10.0),
+                    bake: Duration::ZERO,
+                    min_samples: 0,
+                    pause: true,
+                },
+                Step {
+                    weight: w(100.0),
+                    bake: secs(10),
+                    min_samples: 0,
+                    pause: false,
+                },
+            ],
+            soft_rollback: SoftRollback::Instant,
+        };
+        let (mut p, _) = Plan::start(spec, secs(0));
+        assert!(p.pause(secs(5)));
+        assert!(p.tick(&inputs(100)).is_empty(), "paused");
+        assert!(p.resume(secs(100)).is_empty());
+        // 5 s baked before the pause, 5 more needed.
+        assert!(p.tick(&inputs(104)).is_empty());
+        assert_eq!(p.tick(&inputs(105)), vec![Want::Weight(w(10.0))]);
+        // The manual step waits however long.
+        assert!(p.tick(&inputs(106)).is_empty());
+        assert!(p.paused());
+        assert!(p.tick(&inputs(10_000)).is_empty());
+        assert_eq!(p.resume(secs(10_000)), vec![Want::Weight(w(100.0))]);
+        assert!(p.tick(&inputs(10_005)).is_empty());
+        assert_eq!(p.tick(&inputs(10_010))[0], Want::Promote);
+    }
+
+    #[test]
+    fn hard_breaches_are_instant_and_soft_ones_may_step_back() {
+        let (mut p, _) = Plan::start(
+            canary(&[(10.0, 1), (50.0, 1)], SoftRollback::StepBack),
+            secs(0),
+        );
+        p.tick(&inputs(2));
+        assert_eq!(p.phase(), &Phase::Step { index: 1 });
+        // A latency regression at 50 %: back to 10 % and paused.
+        assert_eq!(
+            p.breached(true, secs(3), "p95"),
+            vec![Want::Weight(w(10.0))]
+        );
+        assert!(p.paused() && !p.done());
+        // A hard failure is a cut-back whatever the setting.
+        let out = p.breached(false, secs(4), "5xx");
+        assert_eq!(out[0], Want::CutBack("5xx".into()));
+        assert!(matches!(out[1], Want::Finish(Outcome::RolledBack, _)));
+        let (mut q, _) = Plan::start(canary(&[(10.0, 1)], SoftRollback::Instant), secs(0));
+        assert!(matches!(
+            q.breached(true, secs(1), "p95")[1],
+            Want::Finish(Outcome::RolledBack, _)
+        ));
+    }
+
+    #[test]
+    fn blue_green_verifies_switches_and_keeps_blue_warm() {
+        let spec = Spec::BlueGreen {
+            verify_for: secs(60),
+            keep_blue_for: secs(600),
+            auto_switch: true,
+        };
+        let (mut p, first) = Plan::start(spec, secs(0));
+        assert_eq!(first, vec![Want::Weight(Weight::ZERO)]);
+        let mut i = inputs(10);
+        i.probes = Some(None);
+        assert!(p.tick(&i).is_empty());
+        i.probes = Some(Some(secs(20)));
+        i.now = secs(79);
+        assert!(p.tick(&i).is_empty(), "passing for 59 s only");
+        i.now = secs(80);
+        assert_eq!(p.tick(&i), vec![Want::Weight(Weight::FULL)]);
+        assert_eq!(p.phase(), &Phase::KeepBlue);
+        i.now = secs(679);
+        assert!(p.tick(&i).is_empty());
+        i.now = secs(680);
+        assert_eq!(p.tick(&i)[0], Want::Promote);
+        // A breach while blue is warm swaps back.
+        let (mut q, _) = Plan::start(
+            Spec::BlueGreen {
+                verify_for: Duration::ZERO,
+                keep_blue_for: secs(600),
+                auto_switch: true,
+            },
+            secs(0),
+        );
+        let mut j = inputs(1);
+        j.probes = Some(Some(secs(0)));
+        q.tick(&j);
+        assert_eq!(q.phase(), &Phase::KeepBlue);
+        assert_eq!(
+            q.breached(false, secs(2), "5xx")[0],
+            Want::CutBack("5xx".into())
+        );
+    }
+
+    fn rolling(n: usize, batch: usize) -> Spec {
+        Spec::Rolling {
+            instances: n,
+            batch_size: batch,
+            max_unavailable: batch,
+            pause_between: secs(5),
+            drain_timeout: secs(30),
+            health_wait: secs(10),
+        }
+    }
+
+    #[test]
+    fn rolling_drains_gates_and_moves_batch_by_batch() {
+        let (mut p, first) = Plan::start(rolling(3, 1), secs(0));
+        assert_eq!(
+            first,
+            vec![Want::Reshape {
+                replaced: 1,
+                weight: w(33.333)
+            }]
+        );
+        let mut i = inputs(1);
+        i.drained = false;
+        assert!(p.tick(&i).is_empty(), "draining");
+        i.drained = true;
+        assert!(p.tick(&i).is_empty());
+        assert_eq!(p.phase(), &Phase::Gate { replaced: 1 });
+        assert!(p.tick(&inputs(10)).is_empty(), "health wait");
+        assert!(p.tick(&inputs(11)).is_empty());
+        assert_eq!(p.phase(), &Phase::Between { replaced: 1 });
+        assert_eq!(
+            p.tick(&inputs(16)),
+            vec![Want::Reshape {
+                replaced: 2,
+                weight: w(66.667)
+            }]
+        );
+        // A drain that never completes ends at the timeout.
+        let mut stuck = inputs(46);
+        stuck.drained = false;
+        assert!(p.tick(&stuck).is_empty());
+        assert_eq!(p.phase(), &Phase::Gate { replaced: 2 });
+        p.tick(&inputs(56));
+        assert_eq!(
+            p.tick(&inputs(61)),
+            vec![Want::Reshape {
+                replaced: 3,
+                weight: Weight::FULL
+            }]
+        );
+        p.tick(&inputs(61));
+        let end = p.tick(&inputs(72));
+        assert_eq!(end[0], Want::Promote);
+    }
+
+    #[test]
+    fn a_rolling_failure_reverts_in_reverse_order_and_reports() {
+        let (mut p, _) = Plan::start(rolling(4, 2), secs(0));
+        p.tick(&inputs(1));
+        let out = p.breached(false, secs(2), "probe down");
+        assert_eq!(out, vec![Want::CutBack("probe down".into())]);
+        assert_eq!(p.tick(&inputs(3)), vec![Want::Restore { out: 1 }]);
+        assert_eq!(p.tick(&inputs(4)), vec![Want::Restore { out: 0 }]);
+        let end = p.tick(&inputs(5));
+        assert!(
+            matches!(&end[0], Want::Finish(Outcome::RolledBack, why) if why.contains("2 updated"))
+        );
+        assert_eq!(p.progress(secs(5)).replaced_at_failure, Some(2));
+    }
+
+    #[test]
+    fn promote_and_abort_end_it() {
+        let (mut p, _) = Plan::start(rolling(4, 1), secs(0));
+        let out = p.promote();
+        assert_eq!(
+            out[0],
+            Want::Reshape {
+                replaced: 4,
+                weight: Weight::FULL
+            }
+        );
+        assert_eq!(out[1], Want::Promote);
+        let (mut q, _) = Plan::start(canary(&[(10.0, 100)], SoftRollback::Instant), secs(0));
+        let out = q.abort(secs(1));
+        assert!(matches!(out[1], Want::Finish(Outcome::Aborted, _)));
+        assert!(q.abort(secs(2)).is_empty());
+    }
+}

@@ -49,11 +49,31 @@ pub enum EventKind {
     ProbeFailed,
     /// An upstream's probe passes again.
     ProbeRecovered,
+    /// A held or idle canary was removed.
+    CanaryRemoved,
+    /// A deployment started (its plan and who asked).
+    DeploymentStarted,
+    /// A deployment moved on (a step, a switch, a batch).
+    DeploymentStep,
+    /// A deployment was paused.
+    DeploymentPaused,
+    /// A deployment was resumed.
+    DeploymentResumed,
+    /// A deployment ended with the new version serving.
+    DeploymentSucceeded,
+    /// A deployment ended rolled back (the previous version serves).
+    DeploymentFailed,
+    /// An operator aborted a deployment (an instant rollback).
+    DeploymentAborted,
+    /// A rollback was refused: the previous version is gone, the current one keeps serving.
+    RollbackRefused,
+    /// Deployments were frozen or unfrozen.
+    FreezeChanged,
 }
 
 impl EventKind {
     /// Every kind, for filters and docs.
-    pub const ALL: [EventKind; 14] = [
+    pub const ALL: [EventKind; 24] = [
         EventKind::Started,
         EventKind::CanarySet,
         EventKind::WeightSet,
@@ -68,6 +88,16 @@ impl EventKind {
         EventKind::Restored,
         EventKind::ProbeFailed,
         EventKind::ProbeRecovered,
+        EventKind::CanaryRemoved,
+        EventKind::DeploymentStarted,
+        EventKind::DeploymentStep,
+        EventKind::DeploymentPaused,
+        EventKind::DeploymentResumed,
+        EventKind::DeploymentSucceeded,
+        EventKind::DeploymentFailed,
+        EventKind::DeploymentAborted,
+        EventKind::RollbackRefused,
+        EventKind::FreezeChanged,
     ];
 
     /// Parses a kind name.
@@ -92,6 +122,16 @@ impl EventKind {
             EventKind::Restored => "restored",
             EventKind::ProbeFailed => "probe_failed",
             EventKind::ProbeRecovered => "probe_recovered",
+            EventKind::CanaryRemoved => "canary_removed",
+            EventKind::DeploymentStarted => "deployment_started",
+            EventKind::DeploymentStep => "deployment_step",
+            EventKind::DeploymentPaused => "deployment_paused",
+            EventKind::DeploymentResumed => "deployment_resumed",
+            EventKind::DeploymentSucceeded => "deployment_succeeded",
+            EventKind::DeploymentFailed => "deployment_failed",
+            EventKind::DeploymentAborted => "deployment_aborted",
+            EventKind::RollbackRefused => "rollback_refused",
+            EventKind::FreezeChanged => "freeze_changed",
         }
     }
 }

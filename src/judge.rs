@@ -191,6 +191,11 @@ impl Rule {
         }
     }
 
+    /// Latency regressions (a deployment may step back from them instead).
+    pub fn is_soft(self) -> bool {
+        matches!(self, Rule::Latency | Rule::LatencyIncrease)
+    }
+
     /// Hard failures act at once; soft regressions wait `breach_for`.
     pub fn is_immediate(self) -> bool {
         matches!(self, Rule::ConsecutiveFailures | Rule::ProbeFailed)

@@ -155,6 +155,18 @@ impl Arm {
         Arm::new(self.role, service, self.upstreams.to_vec(), metrics)
     }
 
+    /// The same version (numbers, cursor, metrics) over another set of upstreams, all up
+    /// (rolling updates move instances between arms).
+    pub fn with_upstreams(&self, upstreams: Vec<UpstreamAddr>) -> Arm {
+        let n = upstreams.len();
+        Arm {
+            upstreams: upstreams.into(),
+            down: vec![false; n].into(),
+            serving: (0..n).collect(),
+            ..self.clone()
+        }
+    }
+
     /// The same upstreams and numbers serving as another role (promotion).
     pub fn into_role(self, role: ArmRole, service: &str, metrics: &Metrics) -> Arm {
         Arm {

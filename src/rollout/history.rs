@@ -25,6 +25,8 @@ use crate::store::{ArmMinuteRow, DeploymentRow, Record, Recorder, ServiceRow, Sn
 pub mod outcome {
     /// Receiving traffic.
     pub const RUNNING: &str = "running";
+    /// A planned deployment waiting for an operator.
+    pub const PAUSED: &str = "paused";
     /// Promoted to stable.
     pub const SUCCEEDED: &str = "succeeded";
     /// Cut back (by the judge or an operator) and held.
@@ -49,12 +51,31 @@ struct MinuteAcc {
 }
 
 /// Bookkeeping that outlives single commands.
+/// A planned deployment about to open: the id and strategy its history row gets.
+#[derive(Debug, Clone)]
+pub struct Planned {
+    /// The deployment id.
+    pub id: String,
+    /// `canary`, `blue_green`, `rolling`.
+    pub strategy: String,
+    /// Version label.
+    pub label: Option<String>,
+    /// The plan, JSON.
+    pub plan: serde_json::Value,
+}
+
 pub struct Keeper {
     recorder: Option<Recorder>,
     run: String,
     probes_seen: u64,
+    planned: HashMap<String, Planned>,
     open: HashMap<String, Open>,
     minutes: HashMap<(String, ArmRole), MinuteAcc>,
+}
+
+/// A new deployment id: the service, the time, a little randomness.
+pub fn new_deployment_id(service: &str) -> String {
+    format!("{service}-{:x}-{:04x}", now_ms(), fastrand::u16(..))
 }
 
 fn minute_of(ms: u64) -> i64 {
@@ -76,6 +97,7 @@ impl Keeper {
             recorder,
             run,
             probes_seen: 0,
+            planned: HashMap::new(),
             open: HashMap::new(),
             minutes: HashMap::new(),
         }
@@ -95,6 +117,25 @@ impl Keeper {
     /// The open deployment rows (for snapshots and the API).
     pub fn open_deployment(&self, service: &str) -> Option<&DeploymentRow> {
         self.open.get(service).map(|o| &o.row)
+    }
+
+    /// The next deployment opened for `service` is this planned one.
+    pub fn expect(&mut self, service: &str, planned: Planned) {
+        self.planned.insert(service.to_string(), planned);
+    }
+
+    /// Records a deployment's progress or end (its outcome and detail).
+    pub fn update(&mut self, service: &str, outcome: &str, detail: serde_json::Value, finished: bool) {
+        let Some(open) = self.open.get_mut(service) else {
+            return;
+        };
+        open.row.outcome = outcome.to_string();
+        open.row.detail = detail.to_string();
+        if finished {
+            open.row.finished_ms = open.row.finished_ms.or(Some(now_ms() as i64));
+        }
+        let row = open.row.clone();
+        self.record(Record::Deployment(row));
     }
 
     /// Takes over deployments restored from a snapshot.
@@ -128,17 +169,31 @@ impl Keeper {
                             json!({ "replaced_by_generation": after.generation }),
                         );
                     }
+                    let planned = self.planned.remove(&name);
                     let row = DeploymentRow {
-                        id: format!("{}-{:x}-{:04x}", name, now, fastrand::u16(..)),
+                        id: planned
+                            .as_ref()
+                            .map(|p| p.id.clone())
+                            .unwrap_or_else(|| new_deployment_id(&name)),
                         service: name.clone(),
-                        label: label.map(str::to_string),
-                        strategy: "canary".into(),
+                        label: planned
+                            .as_ref()
+                            .and_then(|p| p.label.clone())
+                            .or(label.map(str::to_string)),
+                        strategy: planned
+                            .as_ref()
+                            .map(|p| p.strategy.clone())
+                            .unwrap_or_else(|| "canary".into()),
                         canary: json!({ "upstreams": specs(canary) }).to_string(),
                         started_by: actor.to_string(),
                         started_ms: now,
                         finished_ms: None,
                         outcome: outcome::RUNNING.into(),
-                        detail: json!({ "weight": after.weight.percent() }).to_string(),
+                        detail: match &planned {
+                            Some(p) => json!({ "plan": p.plan }),
+                            None => json!({ "weight": after.weight.percent() }),
+                        }
+                        .to_string(),
                     };
                     self.record(Record::Deployment(row.clone()));
                     self.open.insert(

@@ -7,6 +7,7 @@
 //! canary; a breach that holds (see [`crate::judge::Hysteresis`]) is cut back at once:
 //! weight 0, state `rolled_back`, one swap.
 
+pub mod deploy;
 pub mod history;
 pub mod ops;
 pub mod plan;
@@ -82,6 +83,36 @@ pub enum Op {
     },
     /// Re-read the config file and apply it.
     Reload,
+    /// Remove a held or idle canary.
+    ClearCanary {
+        /// Service name.
+        service: String,
+    },
+    /// Start a deployment.
+    Deploy {
+        /// Service name.
+        service: String,
+        /// Strategy and settings.
+        spec: plan::Spec,
+        /// The new version's upstreams.
+        upstreams: Vec<UpstreamAddr>,
+        /// Version label.
+        label: Option<String>,
+    },
+    /// Pause, resume, abort or promote a deployment.
+    Deployment {
+        /// Deployment id.
+        id: String,
+        /// What to do.
+        control: deploy::Control,
+    },
+    /// Freeze (with a reason) or unfreeze (`None`) deployments of a service or all.
+    Freeze {
+        /// One service, or all.
+        service: Option<String>,
+        /// Why; `None` lifts the freeze.
+        reason: Option<String>,
+    },
 }
 
 /// A command: what, who asked, and where to send the answer.
@@ -132,6 +163,7 @@ pub struct ControlHandle {
     tx: mpsc::Sender<Command>,
     table: SharedTable,
     board: SharedBoard,
+    deployments: Arc<ArcSwap<HashMap<String, deploy::DeploymentView>>>,
 }
 
 impl ControlHandle {
@@ -143,6 +175,16 @@ impl ControlHandle {
     /// The judge's status board.
     pub fn board(&self) -> Arc<Board> {
         self.board.load_full()
+    }
+
+    /// A live (running, paused or recently finished) deployment.
+    pub fn deployment(&self, id: &str) -> Option<deploy::DeploymentView> {
+        self.deployments.load().get(id).cloned()
+    }
+
+    /// Every live deployment.
+    pub fn deployments(&self) -> Arc<HashMap<String, deploy::DeploymentView>> {
+        self.deployments.load_full()
     }
 
     /// Sends a command and waits for its answer.
@@ -190,6 +232,10 @@ pub struct Controller {
     restored: Option<RestoreReport>,
     probing: probing::Probing,
     probe_rx: mpsc::Receiver<crate::probes::Observation>,
+    deployments: deploy::Deployments,
+    deployment_views: Arc<ArcSwap<HashMap<String, deploy::DeploymentView>>>,
+    pending_wants: HashMap<String, Vec<plan::Want>>,
+    refused: HashMap<String, tokio::time::Instant>,
 }
 
 /// Where the first table of a run comes from.
@@ -245,8 +291,9 @@ fn service_name(op: &Op) -> Option<&str> {
         | Op::SetWeight { service, .. }
         | Op::Promote { service }
         | Op::Rollback { service, .. }
-        | Op::Resume { service, .. } => Some(service),
-        Op::Reload => None,
+        | Op::Resume { service, .. }
+        | Op::ClearCanary { service } => Some(service),
+        Op::Reload | Op::Deploy { .. } | Op::Deployment { .. } | Op::Freeze { .. } => None,
     }
 }
 
@@ -291,6 +338,7 @@ impl Controller {
         let (wake, wake_rx) = Wake::channel();
         let (probing, probe_rx) =
             probing::Probing::new(Arc::new(crate::probes::check::RealChecker::new()));
+        let deployment_views = Arc::new(ArcSwap::from_pointee(HashMap::new()));
         let controller = Controller {
             config,
             table: table.clone(),
@@ -308,12 +356,17 @@ impl Controller {
             restored,
             probing,
             probe_rx,
+            deployments: deploy::Deployments::default(),
+            deployment_views: deployment_views.clone(),
+            pending_wants: HashMap::new(),
+            refused: HashMap::new(),
         };
         controller.update_gauges(&controller.table.load());
         let handle = ControlHandle {
             tx,
             table: table.clone(),
             board,
+            deployments: deployment_views,
         };
         let wiring = Wiring {
             handle,
@@ -387,6 +440,7 @@ impl Controller {
                 _ = tick.tick() => {
                     self.maintain_windows();
                     self.judge_all();
+                    self.drive_deployments();
                     self.keeper.sample(&self.table.load(), false);
                 }
                 changed = shutdown.changed() => {
@@ -516,7 +570,7 @@ impl Controller {
                         Action::None => {}
                         Action::Watch => self.report_breach(service, &verdict, false),
                         Action::Cleared => self.report_cleared(service, &verdict),
-                        Action::CutBack if policy.enabled => self.cut_back(service, &verdict),
+                        Action::CutBack if policy.enabled => self.breach_acted(service, &verdict),
                         Action::CutBack => self.report_breach(service, &verdict, true),
                     }
                     Some(verdict)
@@ -540,6 +594,31 @@ impl Controller {
             );
         }
         self.board.store(Arc::new(board));
+        self.deployment_views.store(Arc::new(self.deployment_views()));
+    }
+
+    /// A breach that holds: a deployment may step back (soft regressions, when asked);
+    /// otherwise the canary is cut back, unless the previous version is gone.
+    fn breach_acted(&mut self, service: &Service, verdict: &Verdict) {
+        let Some(b) = verdict.breach() else {
+            return;
+        };
+        let name = service.name().to_string();
+        if self.deployment_breached(&name, b.rule.is_soft(), &b.reason) {
+            return;
+        }
+        if let Some(why) = self.previous_version_gone(&name) {
+            // Say it once a minute at most; the canary keeps serving.
+            let now = tokio::time::Instant::now();
+            if self.refused.get(&name).is_none_or(|t| now - *t > Duration::from_secs(60)) {
+                self.refused.insert(name.clone(), now);
+                self.refuse_rollback(&name, &why, "judge");
+            }
+            self.pending_wants.remove(&name);
+            return;
+        }
+        self.cut_back(service, verdict);
+        self.after_cut_back(&name);
     }
 
     fn remember(&mut self, event: &Arc<Event>) {
@@ -605,6 +684,14 @@ impl Controller {
         let Command { op, actor, reply } = cmd;
         let result = match op {
             Op::Reload => self.reload(&actor).await,
+            Op::Deploy {
+                service,
+                spec,
+                upstreams,
+                label,
+            } => self.start_deployment(&service, spec, upstreams, label, &actor),
+            Op::Deployment { id, control } => self.control_deployment(&id, control, &actor),
+            Op::Freeze { service, reason } => self.set_freeze(service, reason, &actor),
             op => self.apply(op, &actor),
         };
         // The board shows the change at once, not at the next tick.
@@ -641,25 +728,45 @@ impl Controller {
             .ok_or_else(|| ControlError::Invalid("reload is not a service change".into()))?
             .to_string();
         let manual_rollback = matches!(op, Op::Rollback { .. });
-        let applied = self.change(
-            &name,
-            actor,
-            serde_json::Value::Null,
-            |old, metrics| match op {
-                Op::SetCanary {
-                    upstreams, weight, ..
-                } => ops::set_canary(old, upstreams, weight, metrics),
-                Op::SetWeight { weight, .. } => ops::set_weight(old, weight),
-                Op::Promote { .. } => ops::promote(old, metrics),
-                Op::Rollback { reason, .. } => ops::rollback(old, &reason),
-                Op::Resume { weight, .. } => ops::resume(old, weight, metrics),
-                Op::Reload => Err(ControlError::Invalid(
-                    "reload is not a service change".into(),
-                )),
-            },
-        )?;
+        if let Some(active) = self.deployments.active.get(&name) {
+            if !manual_rollback {
+                return Err(ControlError::Conflict(format!(
+                    "deployment {} ({}) started by {} is running on '{name}'; control it through /api/v1/deployments/{} (pause, resume, promote, abort) or roll back",
+                    active.id,
+                    active.plan.spec().name(),
+                    active.started_by,
+                    active.id
+                )));
+            }
+        }
+        if manual_rollback {
+            if let Some(why) = self.previous_version_gone(&name) {
+                self.refuse_rollback(&name, &why, actor);
+                return Err(ControlError::Conflict(format!("rollback refused: {why}")));
+            }
+        }
+        let label = match &op {
+            Op::SetCanary { label, .. } => label.clone(),
+            _ => None,
+        };
+        let extra = match &label {
+            Some(l) => json!({ "label": l }),
+            None => serde_json::Value::Null,
+        };
+        let applied = self.change_labelled(&name, actor, extra, label.as_deref(), |old, metrics| match op {
+            Op::SetCanary {
+                upstreams, weight, ..
+            } => ops::set_canary(old, upstreams, weight, metrics),
+            Op::SetWeight { weight, .. } => ops::set_weight(old, weight),
+            Op::Promote { .. } => ops::promote(old, metrics),
+            Op::Rollback { reason, .. } => ops::rollback(old, &reason),
+            Op::Resume { weight, .. } => ops::resume(old, weight, metrics),
+            Op::ClearCanary { .. } => ops::clear_canary(old),
+            _ => Err(ControlError::Invalid("not a service change".into())),
+        })?;
         if manual_rollback {
             self.metrics.rollback(&name, "manual");
+            self.manual_rollback_during_deployment(&name, "rolled back by an operator");
         }
         // Any operator change starts the judge's watch afresh.
         self.hysteresis.remove(&name);

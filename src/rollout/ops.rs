@@ -164,6 +164,121 @@ pub fn resume(
     Ok((next, EventKind::Resumed, message))
 }
 
+/// A plan's weight change: like [`set_weight`], but also from a step-back hold.
+pub fn plan_weight(old: &Service, weight: Weight) -> Result<Change, ControlError> {
+    if old.canary.is_none() {
+        return Err(ControlError::Conflict(format!(
+            "service '{}' has no canary",
+            old.name()
+        )));
+    }
+    let next = Service {
+        weight,
+        state: ServiceState::Canary,
+        ..old.clone()
+    };
+    let message = format!("canary weight {} -> {weight}", old.weight);
+    Ok((next, EventKind::WeightSet, message))
+}
+
+/// A rolling update's arms: the first `replaced` old instances are out of the stable arm
+/// and the first `replaced` new ones in the canary arm, at `weight`. Once all are
+/// replaced, the stable arm keeps every old instance (no traffic at 100 %) so a cut-back
+/// has somewhere to go. The first reshape starts a new canary generation.
+pub fn reshape(
+    old: &Service,
+    old_instances: &[UpstreamAddr],
+    new_instances: &[UpstreamAddr],
+    replaced: usize,
+    weight: Weight,
+    metrics: &Metrics,
+) -> Result<Change, ControlError> {
+    let n = old_instances.len();
+    let replaced = replaced.min(n).min(new_instances.len());
+    let stable_now: Vec<UpstreamAddr> = if replaced >= n {
+        old_instances.to_vec()
+    } else {
+        old_instances[replaced..].to_vec()
+    };
+    let canary_now = new_instances[..replaced].to_vec();
+    let (canary, generation) = match &old.canary {
+        Some(arm) if old.state != ServiceState::Stable => {
+            (arm.with_upstreams(canary_now.clone()), old.generation)
+        }
+        _ => (
+            Arm::new(ArmRole::Canary, &old.config, canary_now.clone(), metrics),
+            old.generation + 1,
+        ),
+    };
+    let next = Service {
+        stable: old.stable.with_upstreams(stable_now),
+        canary: Some(canary),
+        weight,
+        state: ServiceState::Canary,
+        generation,
+        held_weight: Weight::ZERO,
+        ..old.clone()
+    };
+    let kind = if generation != old.generation {
+        EventKind::CanarySet
+    } else {
+        EventKind::WeightSet
+    };
+    let message = format!(
+        "rolling: {replaced} of {n} instance(s) replaced ({}), canary at {weight}",
+        canary_now.iter().map(|u| u.spec.as_str()).collect::<Vec<_>>().join(", ")
+    );
+    Ok((next, kind, message))
+}
+
+/// A rolling revert: old instances `out..` are back in the stable arm (the canary keeps
+/// the new ones, held, for inspection).
+pub fn restore_old(old: &Service, old_instances: &[UpstreamAddr], out: usize) -> Result<Change, ControlError> {
+    let out = out.min(old_instances.len().saturating_sub(1));
+    let back = &old_instances[out..];
+    let next = Service {
+        stable: old.stable.with_upstreams(back.to_vec()),
+        ..old.clone()
+    };
+    let message = format!(
+        "rolling revert: old instance {} serves again ({} of {} back)",
+        back[0].spec,
+        back.len(),
+        old_instances.len()
+    );
+    Ok((next, EventKind::WeightSet, message))
+}
+
+/// Removes a held or idle canary (kept for inspection after a rollback).
+pub fn clear_canary(old: &Service) -> Result<Change, ControlError> {
+    let Some(canary) = &old.canary else {
+        return Err(ControlError::Conflict(format!(
+            "service '{}' has no canary to remove",
+            old.name()
+        )));
+    };
+    if !old.weight.is_zero() {
+        return Err(ControlError::Conflict(format!(
+            "the canary of '{}' still gets {} of the traffic; roll it back first",
+            old.name(),
+            old.weight
+        )));
+    }
+    let specs: Vec<_> = canary.upstreams.iter().map(|u| u.spec.clone()).collect();
+    let next = Service {
+        canary: None,
+        weight: Weight::ZERO,
+        state: ServiceState::Stable,
+        held_weight: Weight::ZERO,
+        ..old.clone()
+    };
+    Ok((
+        next,
+        EventKind::CanaryRemoved,
+        format!("canary {} removed", specs.join(", ")),
+    ))
+}
+
 /// What a reload changed.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ReloadReport {

@@ -1,0 +1,730 @@
+//! Deployments in the controller: starting one (per-service lock, freezes), driving its
+//! plan every tick, applying what the plan wants to the table, operator control
+//! (pause, resume, abort, promote), and the progress the API shows.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::json;
+
+use super::history::{outcome, Planned};
+use super::plan::{Inputs, Judged, Outcome, Plan, Progress, Spec, Want};
+use super::{ops, Applied, ControlError, Controller};
+use crate::config::UpstreamAddr;
+use crate::events::{now_ms, EventKind, NewEvent};
+use crate::routing::{RoutingTable, ServiceState};
+
+/// A freeze: new deployments are refused until it is lifted.
+#[derive(Debug, Clone, Serialize)]
+pub struct Freeze {
+    /// Why.
+    pub reason: String,
+    /// Who froze.
+    pub by: String,
+    /// Since (epoch ms).
+    pub at_ms: u64,
+}
+
+/// An operator's control of a running deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// Stop moving on (traffic stays as it is; the judge still acts).
+    Pause,
+    /// Move on again.
+    Resume,
+    /// Roll back at once.
+    Abort,
+    /// Skip what is left and promote.
+    Promote,
+}
+
+/// A deployment in progress.
+pub struct Active {
+    /// Its id.
+    pub id: String,
+    /// The service.
+    pub service: String,
+    /// Version label.
+    pub label: Option<String>,
+    /// Who started it.
+    pub started_by: String,
+    /// When (epoch ms).
+    pub started_ms: u64,
+    /// The new version's upstreams.
+    pub new: Vec<UpstreamAddr>,
+    /// The stable upstreams it started from (rolling: the instances being replaced).
+    pub old: Vec<UpstreamAddr>,
+    /// The plan.
+    pub plan: Plan,
+    /// Canary requests counted when the current phase began.
+    phase_requests: u64,
+    /// The phase (and pause state) last recorded.
+    last_seen: String,
+    /// The table routing before the last change of arms: drained when no request holds it.
+    before_reshape: Option<Weak<RoutingTable>>,
+}
+
+/// A deployment as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeploymentView {
+    /// Id.
+    pub id: String,
+    /// Service.
+    pub service: String,
+    /// `canary`, `blue_green`, `rolling`.
+    pub strategy: &'static str,
+    /// `running`, `paused`, `succeeded`, `rolled_back`, `aborted`.
+    pub state: &'static str,
+    /// Version label.
+    pub label: Option<String>,
+    /// Who started it.
+    pub started_by: String,
+    /// Epoch ms.
+    pub started_ms: u64,
+    /// The new version's upstreams.
+    pub upstreams: Vec<String>,
+    /// Canary weight now.
+    pub weight: f64,
+    /// Plan state: phase, step, what it waits for.
+    pub progress: Progress,
+    /// Instances: total, updated (in the canary arm), healthy and failing by their probes.
+    pub instances: Instances,
+    /// The judge's current view, one line.
+    pub judge: Option<String>,
+}
+
+/// Instance counts of a deployment.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Instances {
+    /// New instances in all.
+    pub total: usize,
+    /// New instances receiving traffic (in the canary arm).
+    pub updated: usize,
+    /// Updated instances passing their probes.
+    pub healthy: usize,
+    /// Updated instances failing their probes.
+    pub failed: Vec<String>,
+}
+
+/// The deployments of a gate.
+#[derive(Default)]
+pub struct Deployments {
+    /// Running or paused, by service (the lock).
+    pub active: HashMap<String, Active>,
+    /// All services frozen.
+    pub frozen_all: Option<Freeze>,
+    /// Frozen services.
+    pub frozen: HashMap<String, Freeze>,
+    /// Recently finished, newest last (for the API when history is off).
+    pub finished: Vec<DeploymentView>,
+}
+
+fn state_of(plan: &Plan) -> &'static str {
+    if let Some(o) = plan.progress(Duration::ZERO).outcome {
+        if plan.done() {
+            return o.as_str();
+        }
+    }
+    if plan.paused() {
+        "paused"
+    } else {
+        "running"
+    }
+}
+
+impl Controller {
+    fn plan_now(active: &Active) -> Duration {
+        Duration::from_millis(now_ms().saturating_sub(active.started_ms))
+    }
+
+    /// Starts a deployment: refused when frozen, when another holds the service's lock, or
+    /// when the request does not fit the service.
+    pub(super) fn start_deployment(
+        &mut self,
+        service: &str,
+        spec: Spec,
+        upstreams: Vec<UpstreamAddr>,
+        label: Option<String>,
+        actor: &str,
+    ) -> Result<Applied, ControlError> {
+        let table = self.table.load_full();
+        let current = table
+            .service(service)
+            .ok_or_else(|| ControlError::NotFound(service.to_string()))?
+            .clone();
+        if let Some(f) = self
+            .deployments
+            .frozen
+            .get(service)
+            .or(self.deployments.frozen_all.as_ref())
+        {
+            return Err(ControlError::Conflict(format!(
+                "deployments of '{service}' are frozen by {} since {}: {}",
+                f.by,
+                crate::client::format_time(f.at_ms),
+                f.reason
+            )));
+        }
+        if let Some(a) = self.deployments.active.get(service) {
+            return Err(ControlError::Conflict(format!(
+                "deployment {} ({}) started by {} holds the lock on '{service}'; pause, promote or abort it first",
+                a.id,
+                a.plan.spec().name(),
+                a.started_by
+            )));
+        }
+        let old: Vec<UpstreamAddr> = current.stable.upstreams.to_vec();
+        if let Spec::Rolling {
+            instances,
+            batch_size,
+            max_unavailable,
+            ..
+        } = &spec
+        {
+            if upstreams.len() != old.len() || *instances != old.len() {
+                return Err(ControlError::Invalid(format!(
+                    "upstreams: a rolling update replaces each of the {} stable instance(s) with a new one; got {}",
+                    old.len(),
+                    upstreams.len()
+                )));
+            }
+            if batch_size > max_unavailable {
+                return Err(ControlError::Invalid(format!(
+                    "batch_size: {batch_size} is more than max_unavailable ({max_unavailable})"
+                )));
+            }
+        } else if let Some(u) = upstreams.iter().find(|u| old.iter().any(|o| o.addr == u.addr)) {
+            return Err(ControlError::Invalid(format!(
+                "upstreams: '{}' already serves the stable arm",
+                u.spec
+            )));
+        }
+        let id = super::history::new_deployment_id(service);
+        let started_ms = now_ms();
+        let (plan, wants) = Plan::start(spec.clone(), Duration::ZERO);
+        self.keeper.expect(
+            service,
+            Planned {
+                id: id.clone(),
+                strategy: spec.name().to_string(),
+                label: label.clone(),
+                plan: serde_json::to_value(&spec).unwrap_or_default(),
+            },
+        );
+        let event = self.bus.publish(NewEvent {
+            kind: EventKind::DeploymentStarted,
+            service: Some(service.to_string()),
+            deployment: Some(id.clone()),
+            actor: actor.to_string(),
+            message: format!(
+                "{} deployment of {} started{}",
+                spec.name(),
+                upstreams.iter().map(|u| u.spec.as_str()).collect::<Vec<_>>().join(", "),
+                label.as_deref().map(|l| format!(" ({l})")).unwrap_or_default()
+            ),
+            table: None,
+            evidence: json!({ "plan": spec, "upstreams": upstreams.iter().map(|u| u.spec.clone()).collect::<Vec<_>>() }),
+        });
+        self.deployments.active.insert(
+            service.to_string(),
+            Active {
+                id: id.clone(),
+                service: service.to_string(),
+                label,
+                started_by: actor.to_string(),
+                started_ms,
+                new: upstreams,
+                old,
+                plan,
+                phase_requests: 0,
+                last_seen: String::new(),
+                before_reshape: None,
+            },
+        );
+        // The first step: the new version's arm (at 0 % for blue-green).
+        let first = match &spec {
+            Spec::Rolling { .. } => wants,
+            _ => {
+                let weight = match wants.first() {
+                    Some(Want::Weight(w)) => *w,
+                    _ => crate::config::Weight::ZERO,
+                };
+                let new = self.deployments.active[service].new.clone();
+                let result = self.change_labelled(service, actor, json!({ "deployment": id }), None, |old, metrics| {
+                    ops::set_canary(old, new, Some(weight), metrics)
+                });
+                if let Err(e) = result {
+                    self.deployments.active.remove(service);
+                    return Err(e);
+                }
+                Vec::new()
+            }
+        };
+        self.apply_wants(service, first, actor);
+        self.record_progress(service);
+        Ok(Applied {
+            table_version: self.table.load().version,
+            event,
+            reload: None,
+        })
+    }
+
+    /// Applies what a plan wants, in order; ends the deployment on `Finish`.
+    pub(super) fn apply_wants(&mut self, service: &str, wants: Vec<Want>, actor: &str) {
+        for want in wants {
+            let Some(active) = self.deployments.active.get(service) else {
+                return;
+            };
+            let (id, old, new) = (active.id.clone(), active.old.clone(), active.new.clone());
+            let extra = json!({ "deployment": id });
+            let result = match want {
+                Want::Weight(w) => self.change(service, actor, extra, |s, _| ops::plan_weight(s, w)),
+                Want::Reshape { replaced, weight } => {
+                    let before = Arc::downgrade(&self.table.load_full());
+                    let r = self.change(service, actor, extra, |s, m| {
+                        ops::reshape(s, &old, &new, replaced, weight, m)
+                    });
+                    if let Some(a) = self.deployments.active.get_mut(service) {
+                        a.before_reshape = Some(before);
+                    }
+                    r
+                }
+                Want::Restore { out } => self.change(service, actor, extra, |s, _| ops::restore_old(s, &old, out)),
+                Want::Promote => self.change(service, actor, extra, |s, m| ops::promote(s, m)),
+                Want::CutBack(reason) => {
+                    let held = self
+                        .table
+                        .load()
+                        .service(service)
+                        .is_some_and(|s| s.state == ServiceState::RolledBack);
+                    if held {
+                        continue;
+                    }
+                    if let Some(why) = self.previous_version_gone(service) {
+                        self.refuse_rollback(service, &why, actor);
+                        if let Some(a) = self.deployments.active.get_mut(service) {
+                            a.plan.pause(Self::plan_now(a));
+                        }
+                        return;
+                    }
+                    let r = self.change(service, actor, extra, |s, _| ops::rollback(s, &reason));
+                    if r.is_ok() {
+                        self.metrics.rollback(service, "deployment");
+                    }
+                    r
+                }
+                Want::Finish(end, why) => {
+                    self.finish_deployment(service, end, &why, actor);
+                    return;
+                }
+            };
+            if let Err(e) = result {
+                tracing::warn!(service, deployment = %id, error = %e, "a deployment step was refused");
+            }
+        }
+    }
+
+    fn finish_deployment(&mut self, service: &str, end: Outcome, why: &str, actor: &str) {
+        let Some(active) = self.deployments.active.remove(service) else {
+            return;
+        };
+        let view = self.view(&active);
+        self.keeper.update(
+            service,
+            end.as_str(),
+            json!({ "progress": view.progress, "instances": view.instances, "why": why }),
+            true,
+        );
+        let kind = match end {
+            Outcome::Succeeded => EventKind::DeploymentSucceeded,
+            Outcome::RolledBack => EventKind::DeploymentFailed,
+            Outcome::Aborted => EventKind::DeploymentAborted,
+        };
+        let event = self.bus.publish(NewEvent {
+            kind,
+            service: Some(service.to_string()),
+            deployment: Some(active.id.clone()),
+            actor: actor.to_string(),
+            message: format!("{} deployment {} {}: {why}", active.plan.spec().name(), active.id, end.as_str()),
+            table: None,
+            evidence: serde_json::to_value(&view).unwrap_or_default(),
+        });
+        self.remember(&event);
+        let mut view = view;
+        view.state = end.as_str();
+        self.deployments.finished.push(view);
+        if self.deployments.finished.len() > 50 {
+            self.deployments.finished.remove(0);
+        }
+    }
+
+    /// Drives every running deployment one tick.
+    pub(super) fn drive_deployments(&mut self) {
+        let services: Vec<String> = self.deployments.active.keys().cloned().collect();
+        for name in services {
+            let table = self.table.load_full();
+            let Some(service) = table.service(&name).cloned() else {
+                self.finish_deployment(&name, Outcome::Aborted, "the service left the config", "config");
+                continue;
+            };
+            let board = self.board.load();
+            let judged = match board.get(&name).and_then(|b| b.verdict.as_ref()) {
+                Some(crate::judge::Verdict::Healthy { .. }) => Judged::Healthy,
+                Some(crate::judge::Verdict::Breach { .. }) => Judged::Breach,
+                _ => Judged::Inconclusive,
+            };
+            let canary_requests: u64 = service
+                .canary
+                .as_ref()
+                .map(|c| c.stats.totals().iter().sum())
+                .unwrap_or(0);
+            let has_probes = !service.config.probes.is_empty();
+            let healthy_since = self.probing.canary_healthy_since(&service);
+            let Some(active) = self.deployments.active.get_mut(&name) else {
+                continue;
+            };
+            let phase_key = format!("{:?}", active.plan.phase());
+            if phase_key != active.last_seen {
+                active.phase_requests = canary_requests;
+            }
+            let started = active.started_ms;
+            let inputs = Inputs {
+                now: Self::plan_now(active),
+                judged,
+                samples: canary_requests.saturating_sub(active.phase_requests),
+                probes: has_probes.then(|| {
+                    healthy_since.map(|ms| Duration::from_millis(ms.saturating_sub(started)))
+                }),
+                drained: active
+                    .before_reshape
+                    .as_ref()
+                    .is_none_or(|w| w.strong_count() == 0),
+            };
+            let wants = active.plan.tick(&inputs);
+            if !wants.is_empty() {
+                self.apply_wants(&name, wants, "deployment");
+            }
+            self.record_progress(&name);
+        }
+    }
+
+    /// Records (history, events) a deployment's move to another phase or pause state.
+    fn record_progress(&mut self, service: &str) {
+        let Some(active) = self.deployments.active.get(service) else {
+            return;
+        };
+        let seen = format!("{:?}/{}", active.plan.phase(), active.plan.paused());
+        if seen == active.last_seen {
+            return;
+        }
+        let view = self.view(active);
+        let first = active.last_seen.is_empty();
+        let id = active.id.clone();
+        if let Some(a) = self.deployments.active.get_mut(service) {
+            a.last_seen = seen;
+        }
+        self.keeper.update(
+            service,
+            if view.progress.paused { outcome::PAUSED } else { outcome::RUNNING },
+            json!({ "progress": view.progress, "instances": view.instances }),
+            false,
+        );
+        if !first {
+            let event = self.bus.publish(NewEvent {
+                kind: EventKind::DeploymentStep,
+                service: Some(service.to_string()),
+                deployment: Some(id),
+                actor: "deployment".into(),
+                message: format!(
+                    "{}: {}{}",
+                    view.strategy,
+                    phase_text(&view),
+                    view.progress
+                        .waiting
+                        .as_deref()
+                        .map(|w| format!(" ({w})"))
+                        .unwrap_or_default()
+                ),
+                table: None,
+                evidence: serde_json::to_value(&view).unwrap_or_default(),
+            });
+            self.remember(&event);
+        }
+    }
+
+    /// Operator control of the deployment `id`.
+    pub(super) fn control_deployment(&mut self, id: &str, control: Control, actor: &str) -> Result<Applied, ControlError> {
+        let Some(service) = self
+            .deployments
+            .active
+            .values()
+            .find(|a| a.id == id)
+            .map(|a| a.service.clone())
+        else {
+            let finished = self.deployments.finished.iter().any(|d| d.id == id);
+            return Err(if finished {
+                ControlError::Conflict(format!("deployment {id} is over"))
+            } else {
+                ControlError::NotFound(format!("deployment {id}"))
+            });
+        };
+        let active = self.deployments.active.get_mut(&service).expect("found above");
+        let now = Self::plan_now(active);
+        let (kind, wants) = match control {
+            Control::Pause => {
+                if !active.plan.pause(now) {
+                    return Err(ControlError::Conflict(format!("deployment {id} is already paused")));
+                }
+                (EventKind::DeploymentPaused, Vec::new())
+            }
+            Control::Resume => {
+                if !active.plan.paused() {
+                    return Err(ControlError::Conflict(format!("deployment {id} is not paused")));
+                }
+                (EventKind::DeploymentResumed, active.plan.resume(now))
+            }
+            Control::Abort => (EventKind::DeploymentAborted, active.plan.abort(now)),
+            Control::Promote => (EventKind::DeploymentStep, active.plan.promote()),
+        };
+        let message = match control {
+            Control::Pause => format!("deployment {id} paused"),
+            Control::Resume => format!("deployment {id} resumed"),
+            Control::Abort => format!("deployment {id} aborted: rolling back"),
+            Control::Promote => format!("deployment {id} promoted: skipping the rest"),
+        };
+        let event = if matches!(control, Control::Pause | Control::Resume | Control::Promote) {
+            let e = self.bus.publish(NewEvent {
+                kind,
+                service: Some(service.clone()),
+                deployment: Some(id.to_string()),
+                actor: actor.to_string(),
+                message,
+                table: None,
+                evidence: serde_json::Value::Null,
+            });
+            self.remember(&e);
+            Some(e)
+        } else {
+            None
+        };
+        self.apply_wants(&service, wants, actor);
+        self.record_progress(&service);
+        let event = match event {
+            Some(e) => e,
+            None => self
+                .last_decision
+                .get(&service)
+                .cloned()
+                .unwrap_or_else(|| {
+                    self.bus.publish(NewEvent {
+                        kind,
+                        service: Some(service.clone()),
+                        deployment: Some(id.to_string()),
+                        actor: actor.to_string(),
+                        message: format!("deployment {id} aborted"),
+                        table: None,
+                        evidence: serde_json::Value::Null,
+                    })
+                }),
+        };
+        Ok(Applied {
+            table_version: self.table.load().version,
+            event,
+            reload: None,
+        })
+    }
+
+    /// The judge found a breach on `service`. Returns true when a running deployment chose
+    /// to step back (no cut-back then).
+    pub(super) fn deployment_breached(&mut self, service: &str, soft: bool, reason: &str) -> bool {
+        let Some(active) = self.deployments.active.get_mut(service) else {
+            return false;
+        };
+        let now = Self::plan_now(active);
+        let wants = active.plan.breached(soft, now, reason);
+        let step_back = matches!(wants.first(), Some(Want::Weight(_)));
+        if step_back {
+            self.apply_wants(service, wants, "judge");
+            self.record_progress(service);
+            return true;
+        }
+        // The judge cuts back; the plan's own cut-back is then a no-op. Its revert steps
+        // (rolling) follow on the next ticks.
+        self.pending_wants.insert(service.to_string(), wants);
+        false
+    }
+
+    /// After a cut-back the judge made, the plan's own follow-up.
+    pub(super) fn after_cut_back(&mut self, service: &str) {
+        if let Some(wants) = self.pending_wants.remove(service) {
+            self.apply_wants(service, wants, "judge");
+            self.record_progress(service);
+        }
+    }
+
+    /// An operator rolled the service back by hand during a deployment: it has failed.
+    pub(super) fn manual_rollback_during_deployment(&mut self, service: &str, reason: &str) {
+        let Some(active) = self.deployments.active.get_mut(service) else {
+            return;
+        };
+        let now = Self::plan_now(active);
+        let wants = active.plan.breached(false, now, reason);
+        self.apply_wants(service, wants, "api");
+        self.record_progress(service);
+    }
+
+    /// Why the previous version cannot take the traffic back, if it cannot: every stable
+    /// upstream fails its probes (the version is gone).
+    pub(super) fn previous_version_gone(&self, service: &str) -> Option<String> {
+        let table = self.table.load();
+        let s = table.service(service)?;
+        if s.config.probes.is_empty() || s.stable.upstreams.is_empty() {
+            return None;
+        }
+        let all_down = s.stable.upstreams.iter().all(|u| {
+            self.probing.upstream_health(s, crate::routing::ArmRole::Stable, &u.spec)
+                == crate::probes::Health::Unhealthy
+        });
+        all_down.then(|| {
+            format!(
+                "every stable upstream of '{service}' ({}) fails its probes: the previous version is gone",
+                s.stable.upstreams.iter().map(|u| u.spec.as_str()).collect::<Vec<_>>().join(", ")
+            )
+        })
+    }
+
+    /// Warns that a rollback was refused (the current version keeps serving).
+    pub(super) fn refuse_rollback(&mut self, service: &str, why: &str, actor: &str) {
+        let event = self.bus.publish(NewEvent {
+            kind: EventKind::RollbackRefused,
+            service: Some(service.to_string()),
+            deployment: self.keeper.deployment_of(service),
+            actor: actor.to_string(),
+            message: format!("rollback refused, the current version keeps serving: {why}"),
+            table: None,
+            evidence: json!({ "why": why }),
+        });
+        tracing::warn!(service, "{}", event.message);
+        self.remember(&event);
+    }
+
+    /// Freezes (or unfreezes) deployments of one service or all.
+    pub(super) fn set_freeze(&mut self, service: Option<String>, freeze: Option<String>, actor: &str) -> Result<Applied, ControlError> {
+        if let Some(name) = &service {
+            if self.table.load().service(name).is_none() {
+                return Err(ControlError::NotFound(name.clone()));
+            }
+        }
+        let what = service.clone().unwrap_or_else(|| "every service".into());
+        let message = match (&service, freeze) {
+            (Some(name), Some(reason)) => {
+                self.deployments.frozen.insert(
+                    name.clone(),
+                    Freeze { reason: reason.clone(), by: actor.to_string(), at_ms: now_ms() },
+                );
+                format!("deployments of {what} frozen: {reason}")
+            }
+            (None, Some(reason)) => {
+                self.deployments.frozen_all = Some(Freeze { reason: reason.clone(), by: actor.to_string(), at_ms: now_ms() });
+                format!("deployments of {what} frozen: {reason}")
+            }
+            (Some(name), None) => {
+                self.deployments.frozen.remove(name);
+                format!("deployments of {what} unfrozen")
+            }
+            (None, None) => {
+                self.deployments.frozen_all = None;
+                self.deployments.frozen.clear();
+                format!("deployments of {what} unfrozen")
+            }
+        };
+        let event = self.bus.publish(NewEvent {
+            kind: EventKind::FreezeChanged,
+            service,
+            deployment: None,
+            actor: actor.to_string(),
+            message,
+            table: None,
+            evidence: json!({ "all": self.deployments.frozen_all, "services": self.deployments.frozen }),
+        });
+        Ok(Applied {
+            table_version: self.table.load().version,
+            event,
+            reload: None,
+        })
+    }
+
+    /// A running deployment as the API shows it.
+    pub(super) fn view(&self, active: &Active) -> DeploymentView {
+        let table = self.table.load();
+        let service = table.service(&active.service);
+        let board = self.board.load();
+        let mut instances = Instances {
+            total: active.new.len(),
+            ..Default::default()
+        };
+        if let Some(canary) = service.and_then(|s| s.canary.as_ref()) {
+            instances.updated = canary
+                .upstreams
+                .iter()
+                .filter(|u| active.new.iter().any(|n| n.addr == u.addr))
+                .count();
+            if let Some(s) = service {
+                for u in canary.upstreams.iter() {
+                    match self.probing.upstream_health(s, crate::routing::ArmRole::Canary, &u.spec) {
+                        crate::probes::Health::Healthy => instances.healthy += 1,
+                        crate::probes::Health::Unhealthy => instances.failed.push(u.spec.clone()),
+                        crate::probes::Health::Unknown => {}
+                    }
+                }
+            }
+        }
+        DeploymentView {
+            id: active.id.clone(),
+            service: active.service.clone(),
+            strategy: active.plan.spec().name(),
+            state: state_of(&active.plan),
+            label: active.label.clone(),
+            started_by: active.started_by.clone(),
+            started_ms: active.started_ms,
+            upstreams: active.new.iter().map(|u| u.spec.clone()).collect(),
+            weight: service.map(|s| s.weight.percent()).unwrap_or(0.0),
+            progress: active.plan.progress(Self::plan_now(active)),
+            instances,
+            judge: board
+                .get(&active.service)
+                .and_then(|b| b.verdict.as_ref())
+                .map(|v| v.summary()),
+        }
+    }
+
+    /// Every live view, for the board.
+    pub(super) fn deployment_views(&self) -> HashMap<String, DeploymentView> {
+        let mut views: HashMap<String, DeploymentView> = self
+            .deployments
+            .finished
+            .iter()
+            .map(|v| (v.id.clone(), v.clone()))
+            .collect();
+        for a in self.deployments.active.values() {
+            views.insert(a.id.clone(), self.view(a));
+        }
+        views
+    }
+}
+
+fn phase_text(v: &DeploymentView) -> String {
+    use super::plan::Phase;
+    match &v.progress.phase {
+        Phase::Step { index } => format!("step {} at {}%", index + 1, v.weight),
+        Phase::Verify => "verifying green (0 %, preview only)".into(),
+        Phase::KeepBlue => "switched: all traffic on green, blue warm".into(),
+        Phase::Drain { replaced } => format!("batch to {replaced} instance(s): draining old ones"),
+        Phase::Gate { replaced } => format!("{replaced} instance(s) replaced: health gate"),
+        Phase::Between { replaced } => format!("{replaced} instance(s) replaced: pause"),
+        Phase::Reverting { out } => format!("reverting: {out} old instance(s) still out"),
+        Phase::Done => "done".into(),
+    }
+}

@@ -16,6 +16,10 @@
 //! | POST | `/api/v1/services/{name}/resume` | `{"weight": N}` lifts a rolled-back hold |
 //! | POST | `/api/v1/reload` | re-reads the config file; an invalid file is refused (422) |
 //! | GET | `/api/v1/events` | live events: WebSocket when asked to upgrade, else SSE; `?service=a,b&kind=breach,rolled_back&since=SEQ` |
+//! | POST | `/api/v1/services/{name}/deployments` | starts a deployment (`canary`, `blue_green`, `rolling`): `201 {"id"}` |
+//! | DELETE | `/api/v1/services/{name}/canary` | removes a held or idle canary |
+//! | POST | `/api/v1/deployments/{id}/pause\|resume\|abort\|promote` | controls a running deployment |
+//! | GET/POST | `/api/v1/freeze`, `POST /api/v1/unfreeze` | freezes (refuses new deployments) for one service or all |
 //! | GET | `/api/v1/history` | stored events, newest first: `?service=&kind=a,b&deployment=&since=&until=&limit=&cursor=` |
 //! | GET | `/api/v1/deployments` | deployments, newest first: `?service=&limit=&cursor=` |
 //! | GET | `/api/v1/deployments/{id}` | one deployment with its events, probe results and health trend |
@@ -312,7 +316,14 @@ pub fn router(state: AdminState) -> Router {
     let api = Router::new()
         .route("/services", get(list_services))
         .route("/services/{name}", get(show_service))
-        .route("/services/{name}/canary", put(set_canary))
+        .route(
+            "/services/{name}/canary",
+            put(set_canary).delete(clear_canary),
+        )
+        .route("/services/{name}/deployments", post(start_deployment))
+        .route("/deployments/{id}/{action}", post(control_deployment))
+        .route("/freeze", get(freezes).post(freeze))
+        .route("/unfreeze", post(unfreeze))
         .route("/services/{name}/weight", post(set_weight))
         .route("/services/{name}/promote", post(promote))
         .route("/services/{name}/rollback", post(rollback))
@@ -1009,12 +1020,34 @@ async fn deployment(
     State(state): State<AdminState>,
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> Result<Response, ApiError> {
-    let store = store_of(&state)?;
-    let trend = store
-        .trend(&id)
-        .await
-        .map_err(|e| store_failed(&state, e))?
-        .ok_or_else(|| no_deployment(&id))?;
+    let live = state.control.deployment(&id);
+    let store = match (store_of(&state), &live) {
+        (Ok(s), _) => s,
+        // History unavailable: the live view alone still answers.
+        (Err(_), Some(view)) => {
+            return Ok(axum::Json(
+                json!({ "live": view, "state": view.state, "events": [], "probe_results": [] }),
+            )
+            .into_response())
+        }
+        (Err(e), None) => return Err(e),
+    };
+    let trend =
+        match store
+            .trend(&id)
+            .await
+            .map_err(|e| store_failed(&state, e))?
+        {
+            Some(t) => t,
+            // Just started: its history row is on its way.
+            None => match &live {
+                Some(view) => return Ok(axum::Json(
+                    json!({ "live": view, "state": view.state, "events": [], "probe_results": [] }),
+                )
+                .into_response()),
+                None => return Err(no_deployment(&id)),
+            },
+        };
     let filter = crate::store::query::HistoryFilter {
         deployment: Some(id.clone()),
         limit: crate::store::query::MAX_LIMIT,
@@ -1028,7 +1061,13 @@ async fn deployment(
         .probe_results(&id, 200)
         .await
         .map_err(|e| store_failed(&state, e))?;
+    let state_name = live
+        .as_ref()
+        .map(|v| v.state.to_string())
+        .unwrap_or_else(|| trend.deployment.outcome.clone());
     Ok(axum::Json(json!({
+        "state": state_name,
+        "live": live,
         "deployment": trend.deployment.to_json(),
         "events": events.items.iter().map(|e| e.to_json()).collect::<Vec<_>>(),
         "probe_results": probes,
@@ -1070,6 +1109,334 @@ async fn deployment_trend(
             .into_response());
     }
     Ok(axum::Json(trend_json(&trend)).into_response())
+}
+
+async fn clear_canary(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    ServiceName(name): ServiceName,
+) -> Result<Response, ApiError> {
+    let done = state
+        .control
+        .send(
+            Op::ClearCanary {
+                service: name.clone(),
+            },
+            actor(&headers),
+        )
+        .await?;
+    Ok(applied(&state, &name, done))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct StepBody {
+    #[serde(default)]
+    weight: Option<f64>,
+    #[serde(default)]
+    bake: Option<String>,
+    #[serde(default)]
+    min_samples: Option<u64>,
+    #[serde(default)]
+    pause: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeployBody {
+    strategy: String,
+    upstreams: Vec<String>,
+    #[serde(default)]
+    label: Option<String>,
+    #[serde(default)]
+    steps: Option<Vec<StepBody>>,
+    #[serde(default)]
+    soft_rollback: Option<String>,
+    #[serde(default)]
+    verify_for: Option<String>,
+    #[serde(default)]
+    keep_blue_for: Option<String>,
+    #[serde(default)]
+    auto_switch: Option<bool>,
+    #[serde(default)]
+    batch_size: Option<usize>,
+    #[serde(default)]
+    max_unavailable: Option<usize>,
+    #[serde(default)]
+    pause_between: Option<String>,
+    #[serde(default)]
+    drain_timeout: Option<String>,
+    #[serde(default)]
+    health_wait: Option<String>,
+}
+
+/// Step bake time when a step names none.
+pub const DEFAULT_BAKE: &str = "30s";
+
+fn duration_field(
+    name: &str,
+    value: Option<&str>,
+    default: &str,
+) -> Result<std::time::Duration, ApiError> {
+    crate::config::parse_duration(value.unwrap_or(default))
+        .map_err(|m| ApiError::bad_request(format!("{name}: {m}")))
+}
+
+fn deploy_spec(
+    b: &DeployBody,
+    stable_instances: usize,
+    min_requests: u64,
+) -> Result<crate::rollout::plan::Spec, ApiError> {
+    use crate::rollout::plan::{SoftRollback, Spec, Step};
+    let only = |field: &str, present: bool, strategy: &str| {
+        if present {
+            Err(ApiError::bad_request(format!(
+                "{field}: only applies to the {strategy} strategy"
+            )))
+        } else {
+            Ok(())
+        }
+    };
+    match b.strategy.as_str() {
+        "canary" => {
+            only("verify_for", b.verify_for.is_some(), "blue_green")?;
+            only("keep_blue_for", b.keep_blue_for.is_some(), "blue_green")?;
+            only("batch_size", b.batch_size.is_some(), "rolling")?;
+            let steps = b.steps.as_ref().filter(|s| !s.is_empty()).ok_or_else(|| {
+                ApiError::bad_request("steps: a canary deployment needs at least one step")
+            })?;
+            let mut out = Vec::new();
+            let mut last = crate::config::Weight::ZERO;
+            for (i, st) in steps.iter().enumerate() {
+                let pause = st.pause.unwrap_or(false);
+                let w = match st.weight {
+                    Some(p) => crate::config::Weight::from_percent(p)
+                        .map_err(|m| ApiError::bad_request(format!("steps[{i}].weight: {m}")))?,
+                    None if pause => last,
+                    None => {
+                        return Err(ApiError::bad_request(format!(
+                            "steps[{i}].weight: required"
+                        )))
+                    }
+                };
+                last = w;
+                out.push(Step {
+                    weight: w,
+                    bake: duration_field(
+                        &format!("steps[{i}].bake"),
+                        st.bake.as_deref(),
+                        if pause { "0s" } else { DEFAULT_BAKE },
+                    )?,
+                    min_samples: st
+                        .min_samples
+                        .unwrap_or(if pause { 0 } else { min_requests }),
+                    pause,
+                });
+            }
+            let soft_rollback = match b.soft_rollback.as_deref() {
+                None | Some("instant") => SoftRollback::Instant,
+                Some("step_back") => SoftRollback::StepBack,
+                Some(o) => {
+                    return Err(ApiError::bad_request(format!(
+                        "soft_rollback: '{o}' is not instant or step_back"
+                    )))
+                }
+            };
+            Ok(Spec::Canary {
+                steps: out,
+                soft_rollback,
+            })
+        }
+        "blue_green" => {
+            only("steps", b.steps.is_some(), "canary")?;
+            only("batch_size", b.batch_size.is_some(), "rolling")?;
+            Ok(Spec::BlueGreen {
+                verify_for: duration_field("verify_for", b.verify_for.as_deref(), "1m")?,
+                keep_blue_for: duration_field("keep_blue_for", b.keep_blue_for.as_deref(), "10m")?,
+                auto_switch: b.auto_switch.unwrap_or(true),
+            })
+        }
+        "rolling" => {
+            only("steps", b.steps.is_some(), "canary")?;
+            only("verify_for", b.verify_for.is_some(), "blue_green")?;
+            let batch_size = b.batch_size.unwrap_or(1);
+            if batch_size == 0 {
+                return Err(ApiError::bad_request("batch_size: must be at least 1"));
+            }
+            let max_unavailable = b.max_unavailable.unwrap_or(batch_size);
+            if batch_size > max_unavailable {
+                return Err(ApiError::bad_request(format!(
+                    "batch_size: {batch_size} is more than max_unavailable ({max_unavailable})"
+                )));
+            }
+            Ok(Spec::Rolling {
+                instances: stable_instances,
+                batch_size,
+                max_unavailable,
+                pause_between: duration_field("pause_between", b.pause_between.as_deref(), "0s")?,
+                drain_timeout: duration_field("drain_timeout", b.drain_timeout.as_deref(), "30s")?,
+                health_wait: duration_field("health_wait", b.health_wait.as_deref(), "10s")?,
+            })
+        }
+        other => Err(ApiError::bad_request(format!(
+            "strategy: '{other}' is not canary, blue_green or rolling"
+        ))),
+    }
+}
+
+async fn start_deployment(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    ServiceName(name): ServiceName,
+    JsonBody(body): JsonBody<DeployBody>,
+) -> Result<Response, ApiError> {
+    let table = state.control.table();
+    let service = table
+        .service(&name)
+        .ok_or_else(|| ControlError::NotFound(name.clone()))?;
+    let spec = deploy_spec(
+        &body,
+        service.stable.upstreams.len(),
+        service.config.cutback.min_requests,
+    )?;
+    if body.upstreams.is_empty() || body.upstreams.len() > 256 {
+        return Err(ApiError::bad_request("upstreams: 1 to 256 upstreams"));
+    }
+    let label = body
+        .label
+        .clone()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty());
+    if label
+        .as_ref()
+        .is_some_and(|l| l.len() > 128 || l.chars().any(char::is_control))
+    {
+        return Err(ApiError::bad_request(
+            "label: at most 128 characters, no control characters",
+        ));
+    }
+    let list = body.upstreams.clone();
+    let upstreams = tokio::task::spawn_blocking(move || parse_upstreams(&list))
+        .await
+        .map_err(|_| ApiError::bad_request("upstreams: could not be resolved"))?
+        .map_err(|errors| {
+            let (j, m) = &errors[0];
+            ApiError::bad_request(format!("upstreams[{j}]: {m}"))
+        })?;
+    let done = state
+        .control
+        .send(
+            Op::Deploy {
+                service: name.clone(),
+                spec,
+                upstreams,
+                label,
+            },
+            actor(&headers),
+        )
+        .await?;
+    let id = done.event.deployment.clone().unwrap_or_default();
+    let view = state.control.deployment(&id);
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, format!("/api/v1/deployments/{id}"))],
+        axum::Json(json!({ "id": id, "deployment": view, "event": done.event })),
+    )
+        .into_response())
+}
+
+async fn control_deployment(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    axum::extract::Path((id, action)): axum::extract::Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    use crate::rollout::deploy::Control;
+    let control = match action.as_str() {
+        "pause" => Control::Pause,
+        "resume" => Control::Resume,
+        "abort" => Control::Abort,
+        "promote" => Control::Promote,
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no action '{action}' (use pause, resume, abort, promote)"),
+            ))
+        }
+    };
+    let done = state
+        .control
+        .send(
+            Op::Deployment {
+                id: id.clone(),
+                control,
+            },
+            actor(&headers),
+        )
+        .await?;
+    Ok(axum::Json(json!({
+        "table_version": done.table_version,
+        "event": done.event,
+        "deployment": state.control.deployment(&id),
+    }))
+    .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FreezeBody {
+    #[serde(default)]
+    service: Option<String>,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+async fn freeze(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<FreezeBody>,
+) -> Result<Response, ApiError> {
+    let reason = body
+        .reason
+        .map(|r| r.trim().to_string())
+        .filter(|r| !r.is_empty())
+        .ok_or_else(|| ApiError::bad_request("reason: say why deployments are frozen"))?;
+    if reason.len() > 1024 {
+        return Err(ApiError::bad_request("reason: at most 1024 characters"));
+    }
+    let done = state
+        .control
+        .send(
+            Op::Freeze {
+                service: body.service,
+                reason: Some(reason),
+            },
+            actor(&headers),
+        )
+        .await?;
+    Ok(axum::Json(json!({ "event": done.event })).into_response())
+}
+
+async fn unfreeze(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<FreezeBody>,
+) -> Result<Response, ApiError> {
+    let done = state
+        .control
+        .send(
+            Op::Freeze {
+                service: body.service,
+                reason: None,
+            },
+            actor(&headers),
+        )
+        .await?;
+    Ok(axum::Json(json!({ "event": done.event })).into_response())
+}
+
+async fn freezes(State(state): State<AdminState>) -> Response {
+    axum::Json(state.control.freezes()).into_response()
 }
 
 async fn reload(

@@ -62,6 +62,10 @@ pub struct Active {
     phase_requests: u64,
     /// The phase (and pause state) last recorded.
     last_seen: String,
+    /// The phase the sample count belongs to.
+    samples_phase: String,
+    /// The plan before a failing transition, in case the rollback is refused.
+    before_failure: Option<Plan>,
     /// The table routing before the last change of arms: drained when no request holds it.
     before_reshape: Option<Weak<RoutingTable>>,
 }
@@ -195,7 +199,10 @@ impl Controller {
                     "batch_size: {batch_size} is more than max_unavailable ({max_unavailable})"
                 )));
             }
-        } else if let Some(u) = upstreams.iter().find(|u| old.iter().any(|o| o.addr == u.addr)) {
+        } else if let Some(u) = upstreams
+            .iter()
+            .find(|u| old.iter().any(|o| o.addr == u.addr))
+        {
             return Err(ControlError::Invalid(format!(
                 "upstreams: '{}' already serves the stable arm",
                 u.spec
@@ -240,6 +247,8 @@ impl Controller {
                 plan,
                 phase_requests: 0,
                 last_seen: String::new(),
+                samples_phase: String::new(),
+                before_failure: None,
                 before_reshape: None,
             },
         );
@@ -252,9 +261,13 @@ impl Controller {
                     _ => crate::config::Weight::ZERO,
                 };
                 let new = self.deployments.active[service].new.clone();
-                let result = self.change_labelled(service, actor, json!({ "deployment": id }), None, |old, metrics| {
-                    ops::set_canary(old, new, Some(weight), metrics)
-                });
+                let result = self.change_labelled(
+                    service,
+                    actor,
+                    json!({ "deployment": id }),
+                    None,
+                    |old, metrics| ops::set_canary(old, new, Some(weight), metrics),
+                );
                 if let Err(e) = result {
                     self.deployments.active.remove(service);
                     return Err(e);
@@ -280,7 +293,9 @@ impl Controller {
             let (id, old, new) = (active.id.clone(), active.old.clone(), active.new.clone());
             let extra = json!({ "deployment": id });
             let result = match want {
-                Want::Weight(w) => self.change(service, actor, extra, |s, _| ops::plan_weight(s, w)),
+                Want::Weight(w) => {
+                    self.change(service, actor, extra, |s, _| ops::plan_weight(s, w))
+                }
                 Want::Reshape { replaced, weight } => {
                     let before = Arc::downgrade(&self.table.load_full());
                     let r = self.change(service, actor, extra, |s, m| {
@@ -291,8 +306,10 @@ impl Controller {
                     }
                     r
                 }
-                Want::Restore { out } => self.change(service, actor, extra, |s, _| ops::restore_old(s, &old, out)),
-                Want::Promote => self.change(service, actor, extra, |s, m| ops::promote(s, m)),
+                Want::Restore { out } => {
+                    self.change(service, actor, extra, |s, _| ops::restore_old(s, &old, out))
+                }
+                Want::Promote => self.change(service, actor, extra, ops::promote),
                 Want::CutBack(reason) => {
                     let held = self
                         .table
@@ -304,8 +321,14 @@ impl Controller {
                     }
                     if let Some(why) = self.previous_version_gone(service) {
                         self.refuse_rollback(service, &why, actor);
+                        // The deployment does not end: it waits, paused, where it was.
                         if let Some(a) = self.deployments.active.get_mut(service) {
-                            a.plan.pause(Self::plan_now(a));
+                            let now = Self::plan_now(a);
+                            if let Some(before) = a.before_failure.take() {
+                                a.plan = before;
+                            }
+                            a.plan
+                                .pause_because(now, &format!("rollback refused: {why}"));
                         }
                         return;
                     }
@@ -347,7 +370,12 @@ impl Controller {
             service: Some(service.to_string()),
             deployment: Some(active.id.clone()),
             actor: actor.to_string(),
-            message: format!("{} deployment {} {}: {why}", active.plan.spec().name(), active.id, end.as_str()),
+            message: format!(
+                "{} deployment {} {}: {why}",
+                active.plan.spec().name(),
+                active.id,
+                end.as_str()
+            ),
             table: None,
             evidence: serde_json::to_value(&view).unwrap_or_default(),
         });
@@ -366,7 +394,12 @@ impl Controller {
         for name in services {
             let table = self.table.load_full();
             let Some(service) = table.service(&name).cloned() else {
-                self.finish_deployment(&name, Outcome::Aborted, "the service left the config", "config");
+                self.finish_deployment(
+                    &name,
+                    Outcome::Aborted,
+                    "the service left the config",
+                    "config",
+                );
                 continue;
             };
             let board = self.board.load();
@@ -386,7 +419,8 @@ impl Controller {
                 continue;
             };
             let phase_key = format!("{:?}", active.plan.phase());
-            if phase_key != active.last_seen {
+            if phase_key != active.samples_phase {
+                active.samples_phase = phase_key;
                 active.phase_requests = canary_requests;
             }
             let started = active.started_ms;
@@ -427,7 +461,11 @@ impl Controller {
         }
         self.keeper.update(
             service,
-            if view.progress.paused { outcome::PAUSED } else { outcome::RUNNING },
+            if view.progress.paused {
+                outcome::PAUSED
+            } else {
+                outcome::RUNNING
+            },
             json!({ "progress": view.progress, "instances": view.instances }),
             false,
         );
@@ -455,7 +493,12 @@ impl Controller {
     }
 
     /// Operator control of the deployment `id`.
-    pub(super) fn control_deployment(&mut self, id: &str, control: Control, actor: &str) -> Result<Applied, ControlError> {
+    pub(super) fn control_deployment(
+        &mut self,
+        id: &str,
+        control: Control,
+        actor: &str,
+    ) -> Result<Applied, ControlError> {
         let Some(service) = self
             .deployments
             .active
@@ -470,22 +513,33 @@ impl Controller {
                 ControlError::NotFound(format!("deployment {id}"))
             });
         };
-        let active = self.deployments.active.get_mut(&service).expect("found above");
+        let active = self
+            .deployments
+            .active
+            .get_mut(&service)
+            .expect("found above");
         let now = Self::plan_now(active);
         let (kind, wants) = match control {
             Control::Pause => {
                 if !active.plan.pause(now) {
-                    return Err(ControlError::Conflict(format!("deployment {id} is already paused")));
+                    return Err(ControlError::Conflict(format!(
+                        "deployment {id} is already paused"
+                    )));
                 }
                 (EventKind::DeploymentPaused, Vec::new())
             }
             Control::Resume => {
                 if !active.plan.paused() {
-                    return Err(ControlError::Conflict(format!("deployment {id} is not paused")));
+                    return Err(ControlError::Conflict(format!(
+                        "deployment {id} is not paused"
+                    )));
                 }
                 (EventKind::DeploymentResumed, active.plan.resume(now))
             }
-            Control::Abort => (EventKind::DeploymentAborted, active.plan.abort(now)),
+            Control::Abort => {
+                active.before_failure = Some(active.plan.clone());
+                (EventKind::DeploymentAborted, active.plan.abort(now))
+            }
             Control::Promote => (EventKind::DeploymentStep, active.plan.promote()),
         };
         let message = match control {
@@ -543,6 +597,7 @@ impl Controller {
             return false;
         };
         let now = Self::plan_now(active);
+        active.before_failure = Some(active.plan.clone());
         let wants = active.plan.breached(soft, now, reason);
         let step_back = matches!(wants.first(), Some(Want::Weight(_)));
         if step_back {
@@ -570,6 +625,7 @@ impl Controller {
             return;
         };
         let now = Self::plan_now(active);
+        active.before_failure = Some(active.plan.clone());
         let wants = active.plan.breached(false, now, reason);
         self.apply_wants(service, wants, "api");
         self.record_progress(service);
@@ -584,7 +640,8 @@ impl Controller {
             return None;
         }
         let all_down = s.stable.upstreams.iter().all(|u| {
-            self.probing.upstream_health(s, crate::routing::ArmRole::Stable, &u.spec)
+            self.probing
+                .upstream_health(s, crate::routing::ArmRole::Stable, &u.spec)
                 == crate::probes::Health::Unhealthy
         });
         all_down.then(|| {
@@ -611,7 +668,12 @@ impl Controller {
     }
 
     /// Freezes (or unfreezes) deployments of one service or all.
-    pub(super) fn set_freeze(&mut self, service: Option<String>, freeze: Option<String>, actor: &str) -> Result<Applied, ControlError> {
+    pub(super) fn set_freeze(
+        &mut self,
+        service: Option<String>,
+        freeze: Option<String>,
+        actor: &str,
+    ) -> Result<Applied, ControlError> {
         if let Some(name) = &service {
             if self.table.load().service(name).is_none() {
                 return Err(ControlError::NotFound(name.clone()));
@@ -622,12 +684,20 @@ impl Controller {
             (Some(name), Some(reason)) => {
                 self.deployments.frozen.insert(
                     name.clone(),
-                    Freeze { reason: reason.clone(), by: actor.to_string(), at_ms: now_ms() },
+                    Freeze {
+                        reason: reason.clone(),
+                        by: actor.to_string(),
+                        at_ms: now_ms(),
+                    },
                 );
                 format!("deployments of {what} frozen: {reason}")
             }
             (None, Some(reason)) => {
-                self.deployments.frozen_all = Some(Freeze { reason: reason.clone(), by: actor.to_string(), at_ms: now_ms() });
+                self.deployments.frozen_all = Some(Freeze {
+                    reason: reason.clone(),
+                    by: actor.to_string(),
+                    at_ms: now_ms(),
+                });
                 format!("deployments of {what} frozen: {reason}")
             }
             (Some(name), None) => {
@@ -640,6 +710,10 @@ impl Controller {
                 format!("deployments of {what} unfrozen")
             }
         };
+        self.freezes.store(Arc::new(json!({
+            "all": self.deployments.frozen_all,
+            "services": self.deployments.frozen,
+        })));
         let event = self.bus.publish(NewEvent {
             kind: EventKind::FreezeChanged,
             service,
@@ -673,7 +747,10 @@ impl Controller {
                 .count();
             if let Some(s) = service {
                 for u in canary.upstreams.iter() {
-                    match self.probing.upstream_health(s, crate::routing::ArmRole::Canary, &u.spec) {
+                    match self
+                        .probing
+                        .upstream_health(s, crate::routing::ArmRole::Canary, &u.spec)
+                    {
                         crate::probes::Health::Healthy => instances.healthy += 1,
                         crate::probes::Health::Unhealthy => instances.failed.push(u.spec.clone()),
                         crate::probes::Health::Unknown => {}

@@ -125,7 +125,13 @@ impl Keeper {
     }
 
     /// Records a deployment's progress or end (its outcome and detail).
-    pub fn update(&mut self, service: &str, outcome: &str, detail: serde_json::Value, finished: bool) {
+    pub fn update(
+        &mut self,
+        service: &str,
+        outcome: &str,
+        detail: serde_json::Value,
+        finished: bool,
+    ) {
         let Some(open) = self.open.get_mut(service) else {
             return;
         };

@@ -164,9 +164,15 @@ pub struct ControlHandle {
     table: SharedTable,
     board: SharedBoard,
     deployments: Arc<ArcSwap<HashMap<String, deploy::DeploymentView>>>,
+    freezes: Arc<ArcSwap<serde_json::Value>>,
 }
 
 impl ControlHandle {
+    /// The freezes in force (`{"all": ..., "services": {...}}`).
+    pub fn freezes(&self) -> serde_json::Value {
+        (**self.freezes.load()).clone()
+    }
+
     /// The table serving now.
     pub fn table(&self) -> Arc<RoutingTable> {
         self.table.load_full()
@@ -236,6 +242,7 @@ pub struct Controller {
     deployment_views: Arc<ArcSwap<HashMap<String, deploy::DeploymentView>>>,
     pending_wants: HashMap<String, Vec<plan::Want>>,
     refused: HashMap<String, tokio::time::Instant>,
+    freezes: Arc<ArcSwap<serde_json::Value>>,
 }
 
 /// Where the first table of a run comes from.
@@ -339,6 +346,9 @@ impl Controller {
         let (probing, probe_rx) =
             probing::Probing::new(Arc::new(crate::probes::check::RealChecker::new()));
         let deployment_views = Arc::new(ArcSwap::from_pointee(HashMap::new()));
+        let freezes = Arc::new(ArcSwap::from_pointee(
+            json!({ "all": null, "services": {} }),
+        ));
         let controller = Controller {
             config,
             table: table.clone(),
@@ -360,6 +370,7 @@ impl Controller {
             deployment_views: deployment_views.clone(),
             pending_wants: HashMap::new(),
             refused: HashMap::new(),
+            freezes: freezes.clone(),
         };
         controller.update_gauges(&controller.table.load());
         let handle = ControlHandle {
@@ -367,6 +378,7 @@ impl Controller {
             table: table.clone(),
             board,
             deployments: deployment_views,
+            freezes: freezes.clone(),
         };
         let wiring = Wiring {
             handle,
@@ -377,9 +389,9 @@ impl Controller {
         (controller, wiring)
     }
 
-    /// Applies commands, judges and ticks until `shutdown` turns true; then writes the
-    /// minutes in progress.
-    pub async fn run(mut self, mut shutdown: tokio_watch::Receiver<bool>) {
+    /// The `restored` and `started` events. Holds the first table only while it speaks: a
+    /// table kept alive would look like requests still in flight to a drain.
+    fn announce_start(&mut self) {
         let table = self.table.load_full();
         if let Some(report) = self.restored.take() {
             self.bus.publish(NewEvent {
@@ -420,6 +432,12 @@ impl Controller {
                 "services": table.services.iter().map(|s| service_evidence(s)).collect::<Vec<_>>(),
             }),
         });
+    }
+
+    /// Applies commands, judges and ticks until `shutdown` turns true; then writes the
+    /// minutes in progress.
+    pub async fn run(mut self, mut shutdown: tokio_watch::Receiver<bool>) {
+        self.announce_start();
         self.started = tokio::time::Instant::now();
         self.probing.reconcile(&self.table.load());
         let mut tick = tokio::time::interval(TICK);
@@ -441,6 +459,7 @@ impl Controller {
                     self.maintain_windows();
                     self.judge_all();
                     self.drive_deployments();
+                    self.deployment_views.store(Arc::new(self.deployment_views()));
                     self.keeper.sample(&self.table.load(), false);
                 }
                 changed = shutdown.changed() => {
@@ -594,7 +613,8 @@ impl Controller {
             );
         }
         self.board.store(Arc::new(board));
-        self.deployment_views.store(Arc::new(self.deployment_views()));
+        self.deployment_views
+            .store(Arc::new(self.deployment_views()));
     }
 
     /// A breach that holds: a deployment may step back (soft regressions, when asked);
@@ -610,7 +630,11 @@ impl Controller {
         if let Some(why) = self.previous_version_gone(&name) {
             // Say it once a minute at most; the canary keeps serving.
             let now = tokio::time::Instant::now();
-            if self.refused.get(&name).is_none_or(|t| now - *t > Duration::from_secs(60)) {
+            if self
+                .refused
+                .get(&name)
+                .is_none_or(|t| now - *t > Duration::from_secs(60))
+            {
                 self.refused.insert(name.clone(), now);
                 self.refuse_rollback(&name, &why, "judge");
             }
@@ -696,6 +720,8 @@ impl Controller {
         };
         // The board shows the change at once, not at the next tick.
         self.judge_all();
+        self.deployment_views
+            .store(Arc::new(self.deployment_views()));
         // The asker may have gone (client disconnected); the change stands either way.
         let _ = reply.send(result);
     }
@@ -753,17 +779,23 @@ impl Controller {
             Some(l) => json!({ "label": l }),
             None => serde_json::Value::Null,
         };
-        let applied = self.change_labelled(&name, actor, extra, label.as_deref(), |old, metrics| match op {
-            Op::SetCanary {
-                upstreams, weight, ..
-            } => ops::set_canary(old, upstreams, weight, metrics),
-            Op::SetWeight { weight, .. } => ops::set_weight(old, weight),
-            Op::Promote { .. } => ops::promote(old, metrics),
-            Op::Rollback { reason, .. } => ops::rollback(old, &reason),
-            Op::Resume { weight, .. } => ops::resume(old, weight, metrics),
-            Op::ClearCanary { .. } => ops::clear_canary(old),
-            _ => Err(ControlError::Invalid("not a service change".into())),
-        })?;
+        let applied = self.change_labelled(
+            &name,
+            actor,
+            extra,
+            label.as_deref(),
+            |old, metrics| match op {
+                Op::SetCanary {
+                    upstreams, weight, ..
+                } => ops::set_canary(old, upstreams, weight, metrics),
+                Op::SetWeight { weight, .. } => ops::set_weight(old, weight),
+                Op::Promote { .. } => ops::promote(old, metrics),
+                Op::Rollback { reason, .. } => ops::rollback(old, &reason),
+                Op::Resume { weight, .. } => ops::resume(old, weight, metrics),
+                Op::ClearCanary { .. } => ops::clear_canary(old),
+                _ => Err(ControlError::Invalid("not a service change".into())),
+            },
+        )?;
         if manual_rollback {
             self.metrics.rollback(&name, "manual");
             self.manual_rollback_during_deployment(&name, "rolled back by an operator");

@@ -226,14 +226,22 @@ pub fn reshape(
     };
     let message = format!(
         "rolling: {replaced} of {n} instance(s) replaced ({}), canary at {weight}",
-        canary_now.iter().map(|u| u.spec.as_str()).collect::<Vec<_>>().join(", ")
+        canary_now
+            .iter()
+            .map(|u| u.spec.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     Ok((next, kind, message))
 }
 
 /// A rolling revert: old instances `out..` are back in the stable arm (the canary keeps
 /// the new ones, held, for inspection).
-pub fn restore_old(old: &Service, old_instances: &[UpstreamAddr], out: usize) -> Result<Change, ControlError> {
+pub fn restore_old(
+    old: &Service,
+    old_instances: &[UpstreamAddr],
+    out: usize,
+) -> Result<Change, ControlError> {
     let out = out.min(old_instances.len().saturating_sub(1));
     let back = &old_instances[out..];
     let next = Service {

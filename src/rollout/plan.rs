@@ -231,6 +231,8 @@ pub struct Plan {
     outcome: Option<Outcome>,
     /// Rolling: instances replaced when a failure began.
     replaced_at_failure: Option<usize>,
+    /// The phase it was in when it failed.
+    failed_in: Option<Phase>,
 }
 
 /// The plan's state for the API.
@@ -252,6 +254,8 @@ pub struct Progress {
     pub replaced: Option<usize>,
     /// Rolling: instances replaced when it failed.
     pub replaced_at_failure: Option<usize>,
+    /// The phase it failed in (a canary step, the warm period, a batch).
+    pub failed_in: Option<Phase>,
     /// How it ended.
     pub outcome: Option<Outcome>,
 }
@@ -296,6 +300,7 @@ impl Plan {
             waiting: None,
             outcome: None,
             replaced_at_failure: None,
+            failed_in: None,
         };
         (plan, wants)
     }
@@ -575,6 +580,7 @@ impl Plan {
     }
 
     fn fail(&mut self, outcome: Outcome, now: Duration, reason: &str) -> Vec<Want> {
+        self.failed_in = Some(self.phase.clone());
         let mut wants = vec![Want::CutBack(reason.to_string())];
         if let Spec::Rolling { .. } = self.spec {
             let replaced = self.replaced().unwrap_or(0);
@@ -593,11 +599,16 @@ impl Plan {
 
     /// An operator pauses it.
     pub fn pause(&mut self, now: Duration) -> bool {
+        self.pause_because(now, "paused by an operator")
+    }
+
+    /// Pauses it, saying why.
+    pub fn pause_because(&mut self, now: Duration, why: &str) -> bool {
         if self.done() || self.paused() {
             return false;
         }
         self.paused_at = Some(now);
-        self.waiting = Some("paused by an operator".into());
+        self.waiting = Some(why.to_string());
         true
     }
 
@@ -656,6 +667,7 @@ impl Plan {
             step,
             replaced: self.replaced(),
             replaced_at_failure: self.replaced_at_failure,
+            failed_in: self.failed_in.clone(),
             outcome: self.outcome,
         }
     }

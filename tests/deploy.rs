@@ -1,0 +1,620 @@
+//! Deployment strategies end to end: real upstreams, real load, a real gate.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use reqwest::Method;
+use serde_json::{json, Value};
+use sluice::demo::{DemoUpstream, Load, LoadConfig};
+use sluice::gate::GateHandle;
+
+const PROBE: &str = "[[services.probes]]\nname = \"health\"\nkind = \"http\"\npath = \"/\"\ninterval = \"100ms\"\ntimeout = \"100ms\"\nretry_interval = \"100ms\"\ninitial_delay = \"0s\"\nfailure_threshold = 2\n";
+
+fn gate(stable: &[&DemoUpstream], extra: &str) -> GateHandle {
+    let list: Vec<String> = stable.iter().map(|u| format!("\"{}\"", u.addr)).collect();
+    spawn_gate(&format!(
+        "[[services]]\nname = \"web\"\nstable = [{}]\n{extra}",
+        list.join(", ")
+    ))
+}
+
+async fn deploy(gate: &GateHandle, body: Value) -> (u16, Value) {
+    admin(
+        &client(),
+        gate,
+        Method::POST,
+        "/api/v1/services/web/deployments",
+        None,
+        Some(body),
+    )
+    .await
+}
+
+async fn deployment(gate: &GateHandle, id: &str) -> Value {
+    admin(
+        &client(),
+        gate,
+        Method::GET,
+        &format!("/api/v1/deployments/{id}"),
+        None,
+        None,
+    )
+    .await
+    .1
+}
+
+async fn control(gate: &GateHandle, id: &str, action: &str) -> (u16, Value) {
+    admin(
+        &client(),
+        gate,
+        Method::POST,
+        &format!("/api/v1/deployments/{id}/{action}"),
+        None,
+        None,
+    )
+    .await
+}
+
+/// Polls the deployment until its state is one of `states`.
+async fn wait_state(gate: &GateHandle, id: &str, states: &[&str], limit: Duration) -> Value {
+    let until = Instant::now() + limit;
+    loop {
+        let v = deployment(gate, id).await;
+        let state = v["state"].as_str().unwrap_or("");
+        if states.contains(&state) {
+            return v;
+        }
+        assert!(
+            Instant::now() < until,
+            "deployment stuck in '{state}': {}",
+            v["live"]
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn service(gate: &GateHandle) -> Value {
+    admin(
+        &client(),
+        gate,
+        Method::GET,
+        "/api/v1/services/web",
+        None,
+        None,
+    )
+    .await
+    .1
+}
+
+fn load(gate: &GateHandle) -> Load {
+    Load::start(LoadConfig::new(gate.proxy_addr, 400)).unwrap()
+}
+
+fn canary_body(new: &DemoUpstream, steps: Value) -> Value {
+    json!({ "strategy": "canary", "upstreams": [new.addr.to_string()], "label": "v2", "steps": steps })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_good_canary_plan_runs_to_promotion() {
+    let (old, new) = (spawn_upstream("v1"), spawn_upstream("v2"));
+    let gate = gate(&[&old], "");
+    let traffic = load(&gate);
+    let (status, v) = deploy(
+        &gate,
+        canary_body(&new, json!([{ "weight": 10, "bake": "500ms", "min_samples": 10 }, { "weight": 50, "bake": "500ms", "min_samples": 10 }])),
+    )
+    .await;
+    assert_eq!(status, 201, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    assert_eq!(v["deployment"]["state"], "running");
+    let done = wait_state(
+        &gate,
+        &id,
+        &["succeeded", "rolled_back", "aborted"],
+        Duration::from_secs(15),
+    )
+    .await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let report = traffic.stop();
+    assert_eq!(report.client_errors(), 0);
+    assert!(report.from_upstream("v2") > 0);
+    let s = service(&gate).await;
+    assert_eq!(s["state"], "stable");
+    assert_eq!(
+        s["arms"]["stable"]["upstreams"],
+        json!([new.addr.to_string()])
+    );
+    // Every step is an event of the deployment.
+    let kinds: Vec<String> = done["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap().to_string())
+        .collect();
+    for k in [
+        "deployment_started",
+        "canary_set",
+        "weight_set",
+        "deployment_step",
+        "promoted",
+        "deployment_succeeded",
+    ] {
+        assert!(kinds.iter().any(|x| x == k), "{k} missing in {kinds:?}");
+    }
+    assert_eq!(done["deployment"]["strategy"], "canary");
+    assert_eq!(done["deployment"]["label"], "v2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_canary_is_rolled_back_at_its_first_step() {
+    let (old, new) = (spawn_upstream("v1"), spawn_upstream("v2"));
+    new.set_error_rate(1.0);
+    let gate = gate(&[&old], "");
+    let traffic = load(&gate);
+    let (status, v) = deploy(
+        &gate,
+        canary_body(
+            &new,
+            json!([{ "weight": 20, "bake": "10s" }, { "weight": 100, "bake": "10s" }]),
+        ),
+    )
+    .await;
+    assert_eq!(status, 201, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    let done = wait_state(
+        &gate,
+        &id,
+        &["rolled_back", "succeeded"],
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(done["state"], "rolled_back", "{done}");
+    assert_eq!(
+        done["deployment"]["detail"]["progress"]["failed_in"],
+        json!({"phase": "step", "index": 0}),
+        "failed at the first step"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let hits = new.hits();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(new.hits(), hits, "the new version still gets traffic");
+    let report = traffic.stop();
+    assert_eq!(report.client_errors(), 0, "clients saw errors: {report:?}");
+    let s = service(&gate).await;
+    assert_eq!(s["state"], "rolled_back");
+    assert_eq!(
+        s["arms"]["stable"]["upstreams"],
+        json!([old.addr.to_string()])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blue_green_previews_verifies_switches_and_swaps_back() {
+    let (blue, green) = (spawn_upstream("blue"), spawn_upstream("green"));
+    let gate = gate(&[&blue], PROBE);
+    let c = client();
+    let (status, v) = deploy(
+        &gate,
+        json!({ "strategy": "blue_green", "upstreams": [green.addr.to_string()], "verify_for": "700ms", "keep_blue_for": "30s" }),
+    )
+    .await;
+    assert_eq!(status, 201, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    // Preview: only testers reach green.
+    for _ in 0..10 {
+        assert_eq!(get(&c, &gate, "x", "/", &[]).await.1, "blue");
+    }
+    assert_eq!(
+        get(&c, &gate, "x", "/", &[("x-sluice-arm", "canary")])
+            .await
+            .1,
+        "green"
+    );
+    // Verified by its probes, it takes all traffic in one swap.
+    let until = Instant::now() + Duration::from_secs(10);
+    while service(&gate).await["canary_weight"] != 100.0 {
+        assert!(Instant::now() < until, "never switched");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for _ in 0..10 {
+        assert_eq!(get(&c, &gate, "x", "/", &[]).await.1, "green");
+    }
+    let live = deployment(&gate, &id).await;
+    assert_eq!(live["live"]["progress"]["phase"]["phase"], "keep_blue");
+    // Green goes bad while blue is warm: one swap back, green kept for inspection.
+    let traffic = load(&gate);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    green.set_error_rate(1.0);
+    let done = wait_state(&gate, &id, &["rolled_back"], Duration::from_secs(10)).await;
+    assert_eq!(done["state"], "rolled_back");
+    let report = traffic.stop();
+    assert_eq!(report.client_errors(), 0, "{report:?}");
+    assert_eq!(get(&c, &gate, "x", "/", &[]).await.1, "blue");
+    assert_eq!(
+        get(&c, &gate, "x", "/", &[("x-sluice-arm", "canary")])
+            .await
+            .0,
+        500,
+        "green is kept (held) for inspection"
+    );
+    // The operator removes it.
+    let (status, v) = admin(
+        &c,
+        &gate,
+        Method::DELETE,
+        "/api/v1/services/web/canary",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["service"]["state"], "stable");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_good_blue_green_switch_is_promoted_after_the_warm_period() {
+    let (blue, green) = (spawn_upstream("blue"), spawn_upstream("green"));
+    let gate = gate(&[&blue], PROBE);
+    let (_, v) = deploy(
+        &gate,
+        json!({ "strategy": "blue_green", "upstreams": [green.addr.to_string()], "verify_for": "300ms", "keep_blue_for": "500ms" }),
+    )
+    .await;
+    let id = v["id"].as_str().unwrap().to_string();
+    let done = wait_state(
+        &gate,
+        &id,
+        &["succeeded", "rolled_back"],
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(
+        service(&gate).await["arms"]["stable"]["upstreams"],
+        json!([green.addr.to_string()])
+    );
+}
+
+fn names(ups: &[DemoUpstream]) -> Vec<String> {
+    ups.iter().map(|u| u.addr.to_string()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_update_replaces_instances_batch_by_batch() {
+    let old: Vec<_> = (0..3).map(|i| spawn_upstream(&format!("old{i}"))).collect();
+    let new: Vec<_> = (0..3).map(|i| spawn_upstream(&format!("new{i}"))).collect();
+    let gate = gate(&old.iter().collect::<Vec<_>>(), "");
+    let traffic = load(&gate);
+    let (status, v) = deploy(
+        &gate,
+        json!({ "strategy": "rolling", "upstreams": names(&new), "batch_size": 1, "health_wait": "300ms", "drain_timeout": "2s" }),
+    )
+    .await;
+    assert_eq!(status, 201, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    // Midway: some new instances serve, some old ones are out.
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let live = deployment(&gate, &id).await;
+        if live["live"]["instances"]["updated"].as_u64() == Some(2) {
+            let s = service(&gate).await;
+            assert_eq!(
+                s["arms"]["stable"]["upstreams"].as_array().unwrap().len(),
+                1
+            );
+            assert_eq!(
+                s["arms"]["canary"]["upstreams"].as_array().unwrap().len(),
+                2
+            );
+            break;
+        }
+        assert!(Instant::now() < until, "never reached 2 of 3: {live}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let done = wait_state(
+        &gate,
+        &id,
+        &["succeeded", "rolled_back"],
+        Duration::from_secs(15),
+    )
+    .await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let report = traffic.stop();
+    assert_eq!(report.client_errors(), 0);
+    let s = service(&gate).await;
+    assert_eq!(s["arms"]["stable"]["upstreams"], json!(names(&new)));
+    assert!(new.iter().all(|u| u.hits() > 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_failure_reverts_updated_instances_and_reports_them() {
+    let old: Vec<_> = (0..3).map(|i| spawn_upstream(&format!("old{i}"))).collect();
+    let new: Vec<_> = (0..3).map(|i| spawn_upstream(&format!("new{i}"))).collect();
+    // The second new instance is broken: its probe fails.
+    new[1].set_error_rate(1.0);
+    let gate = gate(&old.iter().collect::<Vec<_>>(), PROBE);
+    let traffic = load(&gate);
+    let (_, v) = deploy(
+        &gate,
+        json!({ "strategy": "rolling", "upstreams": names(&new), "batch_size": 1, "health_wait": "500ms" }),
+    )
+    .await;
+    let id = v["id"].as_str().unwrap().to_string();
+    let done = wait_state(
+        &gate,
+        &id,
+        &["rolled_back", "succeeded"],
+        Duration::from_secs(15),
+    )
+    .await;
+    assert_eq!(done["state"], "rolled_back", "{done}");
+    let progress = &done["deployment"]["detail"]["progress"];
+    assert_eq!(progress["replaced_at_failure"], 2, "{progress}");
+    assert!(done["deployment"]["detail"]["instances"]["failed"]
+        .as_array()
+        .unwrap()
+        .contains(&json!(new[1].addr.to_string())));
+    let report = traffic.stop();
+    assert_eq!(report.client_errors(), 0, "{report:?}");
+    // Every old instance serves again; the new ones are held for inspection.
+    let s = service(&gate).await;
+    assert_eq!(s["state"], "rolled_back");
+    assert_eq!(s["arms"]["stable"]["upstreams"], json!(names(&old)));
+    // The old instances came back most recent first.
+    let reverts: Vec<String> = done["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .filter_map(|e| e["message"].as_str())
+        .filter(|m| m.starts_with("rolling revert"))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(reverts.len(), 2, "{reverts:?}");
+    assert!(reverts[0].contains(&old[1].addr.to_string()), "{reverts:?}");
+    assert!(reverts[1].contains(&old[0].addr.to_string()), "{reverts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_resume_promote_abort_lock_and_freeze() {
+    let (old, new, other) = (
+        spawn_upstream("v1"),
+        spawn_upstream("v2"),
+        spawn_upstream("v3"),
+    );
+    let gate = gate(&[&old], "");
+    let c = client();
+    let long = json!([{ "weight": 10, "bake": "1h" }, { "weight": 50, "bake": "1h" }]);
+    let (_, v) = deploy(&gate, canary_body(&new, long.clone())).await;
+    let id = v["id"].as_str().unwrap().to_string();
+
+    // The lock: a second deployment and manual changes are refused, naming the holder.
+    let (status, err) = deploy(&gate, canary_body(&other, long.clone())).await;
+    assert_eq!(status, 409, "{err}");
+    let msg = err["error"]["message"].as_str().unwrap();
+    assert!(msg.contains(&id) && msg.contains("holds the lock"), "{msg}");
+    let (status, _) = admin(
+        &c,
+        &gate,
+        Method::POST,
+        "/api/v1/services/web/weight",
+        None,
+        Some(json!({"weight": 90})),
+    )
+    .await;
+    assert_eq!(status, 409);
+
+    assert_eq!(control(&gate, &id, "pause").await.0, 200);
+    assert_eq!(deployment(&gate, &id).await["state"], "paused");
+    assert_eq!(control(&gate, &id, "pause").await.0, 409);
+    assert_eq!(control(&gate, &id, "resume").await.0, 200);
+    assert_eq!(deployment(&gate, &id).await["state"], "running");
+    let (status, v) = control(&gate, &id, "promote").await;
+    assert_eq!(status, 200, "{v}");
+    let done = wait_state(&gate, &id, &["succeeded"], Duration::from_secs(5)).await;
+    assert_eq!(done["state"], "succeeded");
+    assert_eq!(
+        service(&gate).await["arms"]["stable"]["upstreams"],
+        json!([new.addr.to_string()])
+    );
+    assert_eq!(
+        control(&gate, &id, "abort").await.0,
+        409,
+        "a finished deployment cannot be aborted"
+    );
+    assert_eq!(control(&gate, "nope", "abort").await.0, 404);
+    assert_eq!(control(&gate, &id, "dance").await.0, 404);
+
+    // Abort: an instant rollback.
+    let (_, v) = deploy(&gate, canary_body(&other, long.clone())).await;
+    let id2 = v["id"].as_str().unwrap().to_string();
+    let (status, _) = control(&gate, &id2, "abort").await;
+    assert_eq!(status, 200);
+    let done = wait_state(&gate, &id2, &["aborted"], Duration::from_secs(5)).await;
+    assert_eq!(done["state"], "aborted");
+    assert_eq!(service(&gate).await["canary_weight"], 0.0);
+    assert_eq!(get(&c, &gate, "x", "/", &[]).await.1, "v2");
+
+    // Freeze: this service, then all.
+    let (status, _) = admin(
+        &c,
+        &gate,
+        Method::POST,
+        "/api/v1/freeze",
+        None,
+        Some(json!({"service": "web", "reason": "black friday"})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, err) = deploy(&gate, canary_body(&other, long.clone())).await;
+    assert_eq!(status, 409);
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("black friday"),
+        "{err}"
+    );
+    let (_, f) = admin(&c, &gate, Method::GET, "/api/v1/freeze", None, None).await;
+    assert_eq!(f["services"]["web"]["reason"], "black friday");
+    admin(
+        &c,
+        &gate,
+        Method::POST,
+        "/api/v1/unfreeze",
+        None,
+        Some(json!({"service": "web"})),
+    )
+    .await;
+    let (status, _) = admin(
+        &c,
+        &gate,
+        Method::POST,
+        "/api/v1/freeze",
+        None,
+        Some(json!({"reason": "audit"})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        deploy(&gate, canary_body(&other, long.clone())).await.0,
+        409
+    );
+    admin(&c, &gate, Method::POST, "/api/v1/unfreeze", None, None).await;
+    let (status, v) = deploy(&gate, canary_body(&other, long.clone())).await;
+    assert_eq!(status, 201, "{v}");
+    // A freeze needs a reason.
+    let (status, _) = admin(
+        &c,
+        &gate,
+        Method::POST,
+        "/api/v1/freeze",
+        None,
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_deployment_requests_are_refused_with_the_field() {
+    let (old, new) = (spawn_upstream("v1"), spawn_upstream("v2"));
+    let gate = gate(&[&old], "");
+    for (body, field) in [
+        (
+            json!({"strategy": "yolo", "upstreams": [new.addr.to_string()]}),
+            "strategy",
+        ),
+        (
+            json!({"strategy": "canary", "upstreams": [new.addr.to_string()]}),
+            "steps",
+        ),
+        (
+            json!({"strategy": "canary", "upstreams": [new.addr.to_string()], "steps": [{"weight": 150}]}),
+            "steps[0].weight",
+        ),
+        (
+            json!({"strategy": "canary", "upstreams": [new.addr.to_string()], "steps": [{"weight": 5, "bake": "soon"}]}),
+            "steps[0].bake",
+        ),
+        (
+            json!({"strategy": "canary", "upstreams": [old.addr.to_string()], "steps": [{"weight": 5}]}),
+            "already serves",
+        ),
+        (
+            json!({"strategy": "rolling", "upstreams": [new.addr.to_string(), dead_addr()]}),
+            "upstreams",
+        ),
+        (
+            json!({"strategy": "rolling", "upstreams": [new.addr.to_string()], "batch_size": 2, "max_unavailable": 1}),
+            "batch_size",
+        ),
+        (
+            json!({"strategy": "blue_green", "upstreams": [new.addr.to_string()], "steps": []}),
+            "steps",
+        ),
+        (
+            json!({"strategy": "canary", "upstreams": [], "steps": [{"weight": 5}]}),
+            "upstreams",
+        ),
+    ] {
+        let (status, v) = deploy(&gate, body.clone()).await;
+        assert_eq!(status, 400, "{body}: {v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(field),
+            "{body}: {v}"
+        );
+    }
+    let (status, _) = admin(&client(), &gate, Method::POST, "/api/v1/services/nope/deployments", None, Some(json!({"strategy": "canary", "upstreams": [new.addr.to_string()], "steps": [{"weight": 5}]}))).await;
+    assert_eq!(status, 404);
+    assert_eq!(service(&gate).await["state"], "stable", "nothing changed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_to_a_version_that_is_gone_is_refused() {
+    let (old, new) = (spawn_upstream("v1"), spawn_upstream("v2"));
+    let gate = gate(&[&old], PROBE);
+    let c = client();
+    let (_, v) = deploy(
+        &gate,
+        canary_body(&new, json!([{ "weight": 50, "bake": "1h" }])),
+    )
+    .await;
+    let id = v["id"].as_str().unwrap().to_string();
+    // The previous version dies (its probes fail), then the canary breaches too.
+    old.set_error_rate(1.0);
+    let until = Instant::now() + Duration::from_secs(5);
+    while service(&gate).await["arms"]["stable"]["down"]
+        .as_array()
+        .is_none_or(|d| d.is_empty())
+    {
+        assert!(Instant::now() < until, "stable never went down");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, err) = admin(
+        &c,
+        &gate,
+        Method::POST,
+        "/api/v1/services/web/rollback",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, 409, "{err}");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("previous version is gone"),
+        "{err}"
+    );
+    let (status, _) = control(&gate, &id, "abort").await;
+    assert_eq!(status, 200);
+    let s = service(&gate).await;
+    assert_eq!(
+        s["canary_weight"], 50.0,
+        "traffic still has a path: the canary keeps serving"
+    );
+    let (_, h) = admin(
+        &c,
+        &gate,
+        Method::GET,
+        "/api/v1/history?kind=rollback_refused",
+        None,
+        None,
+    )
+    .await;
+    let _ = h;
+    let (_, live) = admin(
+        &c,
+        &gate,
+        Method::GET,
+        &format!("/api/v1/deployments/{id}"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(live["state"], "paused", "{live}");
+}

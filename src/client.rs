@@ -315,10 +315,54 @@ pub fn render_deployment_detail(v: &Value) -> String {
     out
 }
 
+/// A live deployment view (`GET /api/v1/deployments/{id}`'s `live`) as one terminal line:
+/// state, where the plan is, the weight, instances and the judge.
+pub fn render_progress(v: &Value) -> String {
+    let mut out = format!(
+        "{:<11} {}",
+        v["state"].as_str().unwrap_or("?"),
+        v["summary"].as_str().unwrap_or("")
+    );
+    let p = &v["progress"];
+    if let Some(w) = p["waiting"].as_str() {
+        let _ = write!(out, " ({w})");
+    }
+    let _ = write!(
+        out,
+        "  weight {}%",
+        v["weight"]
+            .as_f64()
+            .map(|w| format!("{w}"))
+            .unwrap_or_default()
+    );
+    let i = &v["instances"];
+    if let Some(total) = i["total"].as_u64() {
+        let failed = i["failed"].as_array().map(Vec::len).unwrap_or(0);
+        let healthy = i["healthy"].as_u64().unwrap_or(0);
+        let _ = write!(
+            out,
+            "  instances {}/{} updated",
+            i["updated"].as_u64().unwrap_or(0),
+            total
+        );
+        // Without probes nothing is known about an instance's health: say nothing.
+        if healthy > 0 || failed > 0 {
+            let _ = write!(out, ", {healthy} healthy");
+        }
+        if failed > 0 {
+            let _ = write!(out, ", {failed} failing");
+        }
+    }
+    if let Some(j) = v["judge"].as_str() {
+        let _ = write!(out, "  judge: {j}");
+    }
+    out
+}
+
 /// One event as a terminal line.
 pub fn render_event(e: &Value) -> String {
     format!(
-        "{}  {:<15} {:<12} {:<16} {}",
+        "{}  {:<20} {:<12} {:<16} {}",
         format_time(e["at_ms"].as_u64().unwrap_or(0)),
         e["kind"].as_str().unwrap_or("?"),
         e["service"].as_str().unwrap_or("-"),

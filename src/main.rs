@@ -172,10 +172,82 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
-    /// One deployment: its events and its health trend per minute.
+    /// One deployment: its events and its health trend per minute; or control it.
     Deployment {
         /// Deployment id.
         id: String,
+        /// pause, resume, abort (instant rollback) or promote (skip the remaining steps).
+        #[arg(value_enum)]
+        action: Option<DeployAction>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Start a deployment of a new version and follow it until it ends.
+    ///
+    /// Exits 0 when it succeeds, 2 when it is rolled back, 3 when it is aborted.
+    Deploy {
+        /// Service name.
+        service: String,
+        /// canary (weighted steps), blue-green (switch in one swap) or rolling (batches).
+        #[arg(long, value_enum, default_value = "canary")]
+        strategy: Strategy,
+        /// New version's upstream host:port (repeat for several).
+        #[arg(long = "upstream", required = true)]
+        upstreams: Vec<String>,
+        /// Version label kept in history (v2, a git sha, ...).
+        #[arg(long)]
+        label: Option<String>,
+        /// Canary step, in order: WEIGHT[:BAKE[:MIN_SAMPLES]] (10:30s:200) or `pause`.
+        #[arg(long = "step")]
+        steps: Vec<String>,
+        /// Canary: step back one step on soft (latency) breaches instead of cutting to 0.
+        #[arg(long)]
+        step_back: bool,
+        /// Blue-green: how long green's probes must pass before the switch.
+        #[arg(long)]
+        verify_for: Option<String>,
+        /// Blue-green: how long blue stays warm after the switch.
+        #[arg(long)]
+        keep_blue_for: Option<String>,
+        /// Blue-green: wait for a promote instead of switching once verified.
+        #[arg(long)]
+        no_auto_switch: bool,
+        /// Rolling: instances replaced per batch.
+        #[arg(long)]
+        batch_size: Option<usize>,
+        /// Rolling: old instances out of rotation at once.
+        #[arg(long)]
+        max_unavailable: Option<usize>,
+        /// Rolling: pause between batches.
+        #[arg(long)]
+        pause_between: Option<String>,
+        /// Rolling: how long an old instance may take to finish its requests.
+        #[arg(long)]
+        drain_timeout: Option<String>,
+        /// Rolling: how long a batch must stay healthy before the next one.
+        #[arg(long)]
+        health_wait: Option<String>,
+        /// Start it and print its id without following it.
+        #[arg(long)]
+        detach: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Freeze deployments (all, or one service): new ones are refused. Without --reason,
+    /// shows the freezes in force.
+    Freeze {
+        /// One service (default: all).
+        service: Option<String>,
+        /// Why (required to freeze).
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Lift a freeze (all, or one service).
+    Unfreeze {
+        /// One service (default: the global freeze).
+        service: Option<String>,
         #[command(flatten)]
         remote: Remote,
     },
@@ -193,6 +265,33 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum DeployAction {
+    Pause,
+    Resume,
+    Abort,
+    Promote,
+}
+
+impl DeployAction {
+    fn as_str(self) -> &'static str {
+        match self {
+            DeployAction::Pause => "pause",
+            DeployAction::Resume => "resume",
+            DeployAction::Abort => "abort",
+            DeployAction::Promote => "promote",
+        }
+    }
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Strategy {
+    Canary,
+    #[value(alias = "blue_green")]
+    BlueGreen,
+    Rolling,
 }
 
 fn main() -> ExitCode {
@@ -458,12 +557,109 @@ async fn remote_call(command: Command) -> anyhow::Result<ExitCode> {
             };
             (remote, Method::GET, path, None)
         }
-        Command::Deployment { id, remote } => (
+        Command::Deployment {
+            id,
+            action: None,
+            remote,
+        } => (
             remote,
             Method::GET,
             format!("/api/v1/deployments/{}", urlencode(&id)),
             None,
         ),
+        Command::Deployment {
+            id,
+            action: Some(action),
+            remote,
+        } => (
+            remote,
+            Method::POST,
+            format!("/api/v1/deployments/{}/{}", urlencode(&id), action.as_str()),
+            None,
+        ),
+        Command::Freeze {
+            service: None,
+            reason: None,
+            remote,
+        } => (remote, Method::GET, "/api/v1/freeze".into(), None),
+        Command::Freeze {
+            service: Some(s),
+            reason: None,
+            ..
+        } => {
+            eprintln!("sluice: freeze {s}: say why with --reason");
+            return Ok(ExitCode::from(1));
+        }
+        Command::Freeze {
+            service,
+            reason: Some(reason),
+            remote,
+        } => (
+            remote,
+            Method::POST,
+            "/api/v1/freeze".into(),
+            Some(json!({ "service": service, "reason": reason })),
+        ),
+        Command::Unfreeze { service, remote } => (
+            remote,
+            Method::POST,
+            "/api/v1/unfreeze".into(),
+            Some(json!({ "service": service })),
+        ),
+        Command::Deploy {
+            service,
+            strategy,
+            upstreams,
+            label,
+            steps,
+            step_back,
+            verify_for,
+            keep_blue_for,
+            no_auto_switch,
+            batch_size,
+            max_unavailable,
+            pause_between,
+            drain_timeout,
+            health_wait,
+            detach,
+            remote,
+        } => {
+            let mut body = json!({
+                "strategy": match strategy {
+                    Strategy::Canary => "canary",
+                    Strategy::BlueGreen => "blue_green",
+                    Strategy::Rolling => "rolling",
+                },
+                "upstreams": upstreams,
+            });
+            let mut set = |key: &str, value: Option<Value>| {
+                if let Some(v) = value {
+                    body[key] = v;
+                }
+            };
+            set("label", label.map(Value::from));
+            if !steps.is_empty() {
+                let parsed: Result<Vec<Value>, String> =
+                    steps.iter().map(|s| parse_step(s)).collect();
+                match parsed {
+                    Ok(list) => set("steps", Some(Value::from(list))),
+                    Err(e) => {
+                        eprintln!("sluice: --step: {e}");
+                        return Ok(ExitCode::from(1));
+                    }
+                }
+            }
+            set("soft_rollback", step_back.then(|| json!("step_back")));
+            set("verify_for", verify_for.map(Value::from));
+            set("keep_blue_for", keep_blue_for.map(Value::from));
+            set("auto_switch", no_auto_switch.then_some(Value::Bool(false)));
+            set("batch_size", batch_size.map(Value::from));
+            set("max_unavailable", max_unavailable.map(Value::from));
+            set("pause_between", pause_between.map(Value::from));
+            set("drain_timeout", drain_timeout.map(Value::from));
+            set("health_wait", health_wait.map(Value::from));
+            return deploy(remote, actor, &service, body, detach).await;
+        }
         Command::Run { .. }
         | Command::CheckConfig { .. }
         | Command::Demo { .. }
@@ -525,6 +721,181 @@ async fn follow_events(
     }
 }
 
+/// One `--step`: `pause`, or `WEIGHT[:BAKE[:MIN_SAMPLES]]`.
+fn parse_step(text: &str) -> Result<Value, String> {
+    if text.trim() == "pause" {
+        return Ok(json!({ "pause": true }));
+    }
+    let mut parts = text.split(':');
+    let weight: f64 = parts
+        .next()
+        .unwrap_or("")
+        .trim()
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|_| {
+            format!("'{text}': the weight is not a number (use 10, 10:30s or 10:30s:200)")
+        })?;
+    let mut step = json!({ "weight": weight });
+    if let Some(bake) = parts.next() {
+        step["bake"] = json!(bake.trim());
+    }
+    if let Some(min) = parts.next() {
+        let n: u64 = min
+            .trim()
+            .parse()
+            .map_err(|_| format!("'{text}': MIN_SAMPLES '{min}' is not a whole number"))?;
+        step["min_samples"] = json!(n);
+    }
+    if parts.next().is_some() {
+        return Err(format!("'{text}': at most WEIGHT:BAKE:MIN_SAMPLES"));
+    }
+    Ok(step)
+}
+
+/// Starts a deployment, then (unless detached) follows it until it ends, one line each time
+/// its progress changes and one per event. Exit code: 0 succeeded, 2 rolled back, 3 aborted.
+async fn deploy(
+    remote: Remote,
+    actor: String,
+    service: &str,
+    body: Value,
+    detach: bool,
+) -> anyhow::Result<ExitCode> {
+    let client = AdminClient::new(&remote.admin_url, remote.token.clone(), actor)?;
+    let started = match client
+        .call(
+            Method::POST,
+            &format!("/api/v1/services/{}/deployments", urlencode(service)),
+            Some(body),
+        )
+        .await
+    {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("sluice: {e}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let id = started["id"].as_str().unwrap_or_default().to_string();
+    if detach {
+        if remote.json {
+            println!("{}", serde_json::to_string_pretty(&started)?);
+        } else {
+            println!("{id}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !remote.json {
+        println!("deployment {id} started (follow it elsewhere with: sluice deployment {id})");
+    }
+    let path = format!("/api/v1/deployments/{}", urlencode(&id));
+    let mut seen = std::collections::HashSet::new();
+    let mut last_line = String::new();
+    // On a terminal the progress line is redrawn in place; elsewhere (logs, CI) a line is
+    // printed when it says something new, counters aside.
+    let tty = !remote.json && std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let mut drawn = false;
+    let mut ended_at: Option<std::time::Instant> = None;
+    let mut unreachable_since: Option<std::time::Instant> = None;
+    loop {
+        let v = match client.call(Method::GET, &path, None).await {
+            Ok(v) => {
+                unreachable_since = None;
+                v
+            }
+            Err(e) => {
+                // A gate restarting or a slow answer: keep trying for a while.
+                let since = *unreachable_since.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() > std::time::Duration::from_secs(30) {
+                    eprintln!("sluice: lost the gate while following {id}: {e}");
+                    return Ok(ExitCode::from(1));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        let state = v["state"].as_str().unwrap_or("").to_string();
+        let mut events: Vec<&Value> = v["events"]
+            .as_array()
+            .map(|a| a.iter().collect())
+            .unwrap_or_default();
+        events.reverse();
+        let mut final_event = false;
+        for e in events {
+            let key = e["id"].as_str().unwrap_or_default().to_string();
+            if !seen.insert(key) {
+                continue;
+            }
+            let kind = e["kind"].as_str().unwrap_or("");
+            final_event |= matches!(
+                kind,
+                "deployment_succeeded" | "deployment_failed" | "deployment_aborted"
+            );
+            if remote.json {
+                println!("{e}");
+            } else if kind != "deployment_step" {
+                if std::mem::take(&mut drawn) {
+                    print!("\r\x1b[2K");
+                }
+                println!("{}", render_event(e));
+            }
+        }
+        if !v["live"].is_null() {
+            let line = if remote.json {
+                v["live"].to_string()
+            } else {
+                format!(
+                    "{}  {}",
+                    &sluice::client::format_time(now_ms())[11..19],
+                    sluice::client::render_progress(&v["live"])
+                )
+            };
+            let shape = |l: &str| -> String {
+                l.chars().skip(10).filter(|c| !c.is_ascii_digit()).collect()
+            };
+            if tty {
+                print!("\r\x1b[2K{line}");
+                let _ = std::io::Write::flush(&mut std::io::stdout());
+                drawn = true;
+            } else if remote.json || shape(&line) != shape(&last_line) {
+                println!("{line}");
+            }
+            last_line = line;
+        }
+        let code = match state.as_str() {
+            "succeeded" => Some(0),
+            "rolled_back" => Some(2),
+            "aborted" => Some(3),
+            _ => None,
+        };
+        if let Some(code) = code {
+            // History is written behind the live state: wait briefly for the last event.
+            let ended = *ended_at.get_or_insert_with(std::time::Instant::now);
+            if final_event
+                || v["events"].is_null()
+                || ended.elapsed() > std::time::Duration::from_secs(2)
+            {
+                if std::mem::take(&mut drawn) {
+                    println!();
+                }
+                if !remote.json {
+                    println!("deployment {id}: {state}");
+                }
+                return Ok(ExitCode::from(code));
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// Percent-encodes a query value.
 fn urlencode(v: &str) -> String {
     v.bytes()
@@ -537,7 +908,34 @@ fn urlencode(v: &str) -> String {
         .collect()
 }
 
+fn render_freezes(v: &Value) -> String {
+    let line = |what: &str, f: &Value| {
+        format!(
+            "{what:<16} frozen since {} by {}: {}\n",
+            sluice::client::format_time(f["at_ms"].as_u64().unwrap_or(0)),
+            f["by"].as_str().unwrap_or("?"),
+            f["reason"].as_str().unwrap_or("")
+        )
+    };
+    let mut out = String::new();
+    if v["all"].is_object() {
+        out.push_str(&line("all services", &v["all"]));
+    }
+    if let Some(map) = v["services"].as_object() {
+        for (name, f) in map {
+            out.push_str(&line(name, f));
+        }
+    }
+    if out.is_empty() {
+        out.push_str("no freeze in force\n");
+    }
+    out
+}
+
 fn summarize(answer: &Value) -> String {
+    if answer.get("all").is_some() && answer.get("services").is_some() {
+        return render_freezes(answer);
+    }
     if answer.get("services").is_some() {
         return render_services(answer);
     }
@@ -564,9 +962,16 @@ fn summarize(answer: &Value) -> String {
     }
     let mut out = String::new();
     if let Some(msg) = answer["event"]["message"].as_str() {
+        match answer["table_version"].as_u64() {
+            Some(v) => out.push_str(&format!("{msg} (table v{v})\n")),
+            None => out.push_str(&format!("{msg}\n")),
+        }
+    }
+    if let Some(d) = answer.get("deployment").filter(|d| d.is_object()) {
         out.push_str(&format!(
-            "{msg} (table v{})\n",
-            answer["table_version"].as_u64().unwrap_or(0)
+            "{}  {}\n",
+            d["id"].as_str().unwrap_or("?"),
+            sluice::client::render_progress(d)
         ));
     }
     if let Some(report) = answer.get("report").filter(|r| !r.is_null()) {

@@ -172,7 +172,7 @@ async fn a_bad_canary_is_rolled_back_at_its_first_step() {
     .await;
     assert_eq!(done["state"], "rolled_back", "{done}");
     assert_eq!(
-        done["deployment"]["detail"]["progress"]["failed_in"],
+        done["live"]["progress"]["failed_in"],
         json!({"phase": "step", "index": 0}),
         "failed at the first step"
     );
@@ -350,9 +350,9 @@ async fn a_rolling_failure_reverts_updated_instances_and_reports_them() {
     )
     .await;
     assert_eq!(done["state"], "rolled_back", "{done}");
-    let progress = &done["deployment"]["detail"]["progress"];
+    let progress = &done["live"]["progress"];
     assert_eq!(progress["replaced_at_failure"], 2, "{progress}");
-    assert!(done["deployment"]["detail"]["instances"]["failed"]
+    assert!(done["live"]["instances"]["failed"]
         .as_array()
         .unwrap()
         .contains(&json!(new[1].addr.to_string())));

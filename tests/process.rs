@@ -456,10 +456,153 @@ async fn cli_reads_history_and_migrate_reports_the_tables() {
     let (code, out, _) = cli(admin, None, &["deployment", &id]).await;
     assert_eq!(code, 0, "{out}");
     assert!(
-        out.contains("per minute") && out.contains("rolled_back     web          api:cli:"),
+        out.contains("per minute") && out.contains("rolled_back          web          api:cli:"),
         "{out}"
     );
     let (code, _, err) = cli(admin, None, &["history", "--kind", "nonsense"]).await;
     assert_eq!(code, 1);
     assert!(err.contains("unknown event kind"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_deploys_follows_and_exits_by_outcome() {
+    let (v1, v2, bad) = (
+        spawn_upstream("v1"),
+        spawn_upstream("v2"),
+        spawn_upstream("bad"),
+    );
+    bad.set_error_rate(1.0);
+    let gate = spawn_gate(&format!(
+        "[[services]]\nname = \"web\"\nstable = [\"{}\"]\n",
+        v1.addr
+    ));
+    let admin = gate.admin_addr;
+    let traffic =
+        sluice::demo::Load::start(sluice::demo::LoadConfig::new(gate.proxy_addr, 300)).unwrap();
+
+    // Bad input is refused before anything starts.
+    let (code, _, err) = cli(
+        admin,
+        None,
+        &[
+            "deploy",
+            "web",
+            "--upstream",
+            "127.0.0.1:1",
+            "--step",
+            "ten",
+        ],
+    )
+    .await;
+    assert_eq!(code, 1);
+    assert!(err.contains("--step: 'ten'"), "{err}");
+    let (code, _, err) = cli(admin, None, &["deploy", "web", "--upstream", "127.0.0.1:1"]).await;
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("steps: a canary deployment needs at least one step"),
+        "{err}"
+    );
+
+    // A good release runs to the end: exit 0, with its steps shown as they happen.
+    let good = v2.addr.to_string();
+    let (code, out, err) = cli(
+        admin,
+        None,
+        &[
+            "deploy",
+            "web",
+            "--upstream",
+            &good,
+            "--label",
+            "v2",
+            "--step",
+            "10:300ms:5",
+            "--step",
+            "50:300ms:5",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("step 1 at 10%"), "{out}");
+    assert!(out.contains("step 2 at 50%"), "{out}");
+    assert!(out.contains("deployment_succeeded"), "{out}");
+    assert!(out.trim_end().ends_with("succeeded"), "{out}");
+
+    // A bad one is rolled back: exit 2.
+    let bad_addr = bad.addr.to_string();
+    let (code, out, err) = cli(
+        admin,
+        None,
+        &["deploy", "web", "--upstream", &bad_addr, "--step", "20:10s"],
+    )
+    .await;
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(out.contains("deployment_failed"), "{out}");
+    assert!(out.trim_end().ends_with("rolled_back"), "{out}");
+    let report = traffic.stop();
+    assert_eq!(report.client_errors(), 0, "{report:?}");
+
+    // Freeze refuses a deployment; the lock names its holder; abort exits 3 for the follower.
+    let (code, out, _) = cli(
+        admin,
+        None,
+        &["freeze", "--reason", "release window closed"],
+    )
+    .await;
+    assert_eq!(code, 0);
+    assert!(out.contains("frozen"), "{out}");
+    let (code, out, _) = cli(admin, None, &["freeze"]).await;
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("all services") && out.contains("release window closed"),
+        "{out}"
+    );
+    let (code, _, err) = cli(
+        admin,
+        None,
+        &["deploy", "web", "--upstream", &good, "--step", "10"],
+    )
+    .await;
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("409") && err.contains("release window closed"),
+        "{err}"
+    );
+    let (code, _, _) = cli(admin, None, &["unfreeze"]).await;
+    assert_eq!(code, 0);
+
+    // v2 is stable now: v1 comes back as the next version.
+    let old = v1.addr.to_string();
+    let (code, id, err) = cli(
+        admin,
+        None,
+        &[
+            "deploy",
+            "web",
+            "--upstream",
+            &old,
+            "--step",
+            "10:1h",
+            "--detach",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let id = id.trim().to_string();
+    let follower = tokio::spawn(cli(
+        admin,
+        None,
+        Box::leak(
+            vec!["deploy", "web", "--upstream", "127.0.0.1:2", "--step", "5"].into_boxed_slice(),
+        ),
+    ));
+    let (code, _, err) = follower.await.unwrap();
+    assert_eq!(code, 1);
+    assert!(err.contains("409") && err.contains(&id), "{err}");
+    let (code, out, _) = cli(admin, None, &["deployment", &id, "pause"]).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("paused"), "{out}");
+    let (code, out, _) = cli(admin, None, &["deployment", &id, "abort"]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("aborted"), "{out}");
 }

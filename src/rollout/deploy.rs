@@ -97,6 +97,8 @@ pub struct DeploymentView {
     pub instances: Instances,
     /// The judge's current view, one line.
     pub judge: Option<String>,
+    /// Where it is, for people: "step 2 at 10%", "verifying green", ...
+    pub summary: String,
 }
 
 /// Instance counts of a deployment.
@@ -478,7 +480,7 @@ impl Controller {
                 message: format!(
                     "{}: {}{}",
                     view.strategy,
-                    phase_text(&view),
+                    view.summary,
                     view.progress
                         .waiting
                         .as_deref()
@@ -758,7 +760,7 @@ impl Controller {
                 }
             }
         }
-        DeploymentView {
+        let mut view = DeploymentView {
             id: active.id.clone(),
             service: active.service.clone(),
             strategy: active.plan.spec().name(),
@@ -774,7 +776,10 @@ impl Controller {
                 .get(&active.service)
                 .and_then(|b| b.verdict.as_ref())
                 .map(|v| v.summary()),
-        }
+            summary: String::new(),
+        };
+        view.summary = phase_text(&view);
+        view
     }
 
     /// Every live view, for the board.

@@ -113,6 +113,29 @@ pub enum Judged {
     Breach,
 }
 
+impl Judged {
+    /// The name people read.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Judged::Healthy => "healthy",
+            Judged::Inconclusive => "inconclusive",
+            Judged::Breach => "breach",
+        }
+    }
+}
+
+/// A duration for people: `0.3s`, `12s`, `5m 0s`.
+fn secs(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s < 10.0 {
+        format!("{s:.1}s")
+    } else if s < 600.0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}m {}s", d.as_secs() / 60, d.as_secs() % 60)
+    }
+}
+
 /// What a plan sees each tick.
 #[derive(Debug, Clone)]
 pub struct Inputs {
@@ -376,17 +399,17 @@ impl Plan {
                 }
                 if elapsed < step.bake {
                     self.waiting = Some(format!(
-                        "baking at {}: {}s of {}s",
+                        "baking at {}: {} of {}",
                         step.weight,
-                        elapsed.as_secs(),
-                        step.bake.as_secs()
+                        secs(elapsed),
+                        secs(step.bake)
                     ));
                     return Vec::new();
                 }
                 if i.judged != Judged::Healthy || i.samples < step.min_samples {
                     self.waiting = Some(format!(
-                        "baked; waiting for a healthy judge with {} canary samples (have {}, judge {:?})",
-                        step.min_samples, i.samples, i.judged
+                        "baked; waiting for a healthy judge with {} canary samples (have {}, judge {})",
+                        step.min_samples, i.samples, i.judged.as_str()
                     ));
                     return Vec::new();
                 }
@@ -417,10 +440,9 @@ impl Plan {
                     self.waiting = Some(match i.probes {
                         None => "green has no probes to verify it: promote to switch".into(),
                         Some(None) => "green's probes do not all pass yet".into(),
-                        Some(Some(_)) => format!(
-                            "green's probes pass; verifying for {}s",
-                            verify_for.as_secs()
-                        ),
+                        Some(Some(_)) => {
+                            format!("green's probes pass; verifying for {}", secs(verify_for))
+                        }
                     });
                     return Vec::new();
                 }
@@ -437,8 +459,8 @@ impl Plan {
                 };
                 if elapsed < keep_blue_for {
                     self.waiting = Some(format!(
-                        "all traffic on green; blue warm for {}s more",
-                        keep_blue_for.saturating_sub(elapsed).as_secs()
+                        "all traffic on green; blue warm for {} more",
+                        secs(keep_blue_for.saturating_sub(elapsed))
                     ));
                     return Vec::new();
                 }
@@ -473,8 +495,8 @@ impl Plan {
                 };
                 if elapsed < health_wait || !probes_ok || i.judged == Judged::Breach {
                     self.waiting = Some(format!(
-                        "health gate: {replaced} of {instances} new instances must stay healthy for {}s",
-                        health_wait.as_secs()
+                        "health gate: {replaced} of {instances} new instances must stay healthy for {}",
+                        secs(health_wait)
                     ));
                     return Vec::new();
                 }

@@ -113,7 +113,7 @@ impl DemoUpstream {
         &self.name
     }
 
-    /// Requests it has answered (or started answering).
+    /// Client requests it has answered (or started answering); probes are not counted.
     pub fn hits(&self) -> u64 {
         self.hits.load(Relaxed)
     }
@@ -130,13 +130,13 @@ impl DemoUpstream {
         self.behaviour.error_ppm.store(ppm, Relaxed);
     }
 
-    /// When it first answered 500 since it was told to fail.
+    /// When it first answered a client 500 since it was told to fail.
     pub fn first_failure_at(&self) -> Option<Instant> {
         self.behaviour
             .at(self.behaviour.first_failure_us.load(Relaxed))
     }
 
-    /// When it last received a request.
+    /// When it last received a client request.
     pub fn last_hit_at(&self) -> Option<Instant> {
         self.behaviour.at(self.behaviour.last_hit_us.load(Relaxed))
     }
@@ -207,8 +207,15 @@ async fn answer(
     hits: Arc<AtomicU64>,
     behaviour: Arc<Behaviour>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    hits.fetch_add(1, Relaxed);
-    behaviour.last_hit_us.store(behaviour.mark(), Relaxed);
+    // Sluice's own probes are not client traffic: they leave the counters alone.
+    let probe = req
+        .headers()
+        .get(http::header::USER_AGENT)
+        .is_some_and(|v| v.as_bytes() == b"sluice-probe");
+    if !probe {
+        hits.fetch_add(1, Relaxed);
+        behaviour.last_hit_us.store(behaviour.mark(), Relaxed);
+    }
     let path = req.uri().path().to_string();
     let mut resp = if path == "/echo" {
         let headers: serde_json::Map<String, serde_json::Value> = req
@@ -246,10 +253,14 @@ async fn answer(
         }
         let ppm = behaviour.error_ppm.load(Relaxed);
         if ppm > 0 && fastrand::u64(0..1_000_000) < ppm {
-            let _ =
-                behaviour
-                    .first_failure_us
-                    .compare_exchange(0, behaviour.mark(), Relaxed, Relaxed);
+            if !probe {
+                let _ = behaviour.first_failure_us.compare_exchange(
+                    0,
+                    behaviour.mark(),
+                    Relaxed,
+                    Relaxed,
+                );
+            }
             text(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 format!("{name} failed\n"),

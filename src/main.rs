@@ -95,6 +95,9 @@ enum Command {
         /// Starting weight in percent (default 0).
         #[arg(long)]
         weight: Option<f64>,
+        /// Version label kept in history (v2, a git sha, ...).
+        #[arg(long)]
+        label: Option<String>,
         #[command(flatten)]
         remote: Remote,
     },
@@ -460,11 +463,15 @@ async fn remote_call(command: Command) -> anyhow::Result<ExitCode> {
             service,
             upstreams,
             weight,
+            label,
             remote,
         } => {
             let mut body = json!({ "upstreams": upstreams });
             if let Some(w) = weight {
                 body["weight"] = json!(w);
+            }
+            if let Some(l) = label {
+                body["label"] = json!(l);
             }
             (
                 remote,

@@ -144,6 +144,7 @@ fn simulate(rng: &mut fastrand::Rng, policy: &Policy, seconds: u64) -> bool {
             stable_consecutive_failures: stable.consecutive_failures(),
             probe_failures: Vec::new(),
             stable_probes_failing: Vec::new(),
+            canary_usage: Vec::new(),
         };
         let verdict = decide(&e, policy);
         if hysteresis.observe(&verdict, tick * step as u32, policy.breach_for) == Action::CutBack {

@@ -16,7 +16,8 @@
 //! | POST | `/api/v1/services/{name}/resume` | `{"weight": N}` lifts a rolled-back hold |
 //! | POST | `/api/v1/reload` | re-reads the config file; an invalid file is refused (422) |
 //! | GET | `/api/v1/events` | live events: WebSocket when asked to upgrade, else SSE; `?service=a,b&kind=breach,rolled_back&since=SEQ` |
-//! | POST | `/api/v1/services/{name}/deployments` | starts a deployment (`canary`, `blue_green`, `rolling`): `201 {"id"}` |
+//! | POST | `/api/v1/services/{name}/deployments` | starts a deployment (`canary`, `blue_green`, `rolling`) of upstreams or an image: `201 {"id"}` |
+//! | GET | `/api/v1/services/{name}/releases` | a container service's releases: live, and every one in history with its snapshots |
 //! | DELETE | `/api/v1/services/{name}/canary` | removes a held or idle canary |
 //! | POST | `/api/v1/deployments/{id}/pause\|resume\|abort\|promote` | controls a running deployment |
 //! | GET/POST | `/api/v1/freeze`, `POST /api/v1/unfreeze` | freezes (refuses new deployments) for one service or all |
@@ -53,7 +54,7 @@ use tokio::sync::watch;
 use crate::config::{parse_upstreams, Weight};
 use crate::events::{Event, EventBus, EventKind};
 use crate::metrics::Metrics;
-use crate::rollout::{Applied, ControlError, ControlHandle, JudgeStatus, Op};
+use crate::rollout::{Applied, ControlError, ControlHandle, DeploySource, JudgeStatus, Op};
 use crate::routing::{Arm, RoutingTable, Service};
 use crate::stats::StatsSummary;
 
@@ -77,6 +78,8 @@ pub struct AdminState {
     pub bus: EventBus,
     /// History, when kept.
     pub history: Option<crate::store::History>,
+    /// Releases of services run as containers, when any.
+    pub releases: Option<crate::docker::release::ReleaseBoard>,
 }
 
 /// An API error: status, a stable code and a message for people.
@@ -321,6 +324,7 @@ pub fn router(state: AdminState) -> Router {
             put(set_canary).delete(clear_canary),
         )
         .route("/services/{name}/deployments", post(start_deployment))
+        .route("/services/{name}/releases", get(service_releases))
         .route("/deployments/{id}/{action}", post(control_deployment))
         .route("/freeze", get(freezes).post(freeze))
         .route("/unfreeze", post(unfreeze))
@@ -1111,6 +1115,40 @@ async fn deployment_trend(
     Ok(axum::Json(trend_json(&trend)).into_response())
 }
 
+async fn service_releases(
+    State(state): State<AdminState>,
+    ServiceName(name): ServiceName,
+) -> Result<Response, ApiError> {
+    let table = state.control.table();
+    let service = table
+        .service(&name)
+        .ok_or_else(|| ControlError::NotFound(name.clone()))?;
+    if service.config.docker.is_none() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("'{name}' has no [services.docker] section: it has no releases"),
+        ));
+    }
+    let live = state
+        .releases
+        .as_ref()
+        .map(|b| b.load().get(&name).cloned().unwrap_or_default())
+        .unwrap_or_default();
+    // History keeps every release, retired ones included, with their snapshots.
+    let stored = match store_of(&state) {
+        Ok(store) => store
+            .releases(&name, 50)
+            .await
+            .map_err(|e| store_failed(&state, e))?
+            .iter()
+            .map(|r| r.to_json())
+            .collect::<Vec<_>>(),
+        Err(_) => Vec::new(),
+    };
+    Ok(axum::Json(json!({ "service": name, "releases": live, "history": stored })).into_response())
+}
+
 async fn clear_canary(
     State(state): State<AdminState>,
     headers: HeaderMap,
@@ -1145,7 +1183,10 @@ struct StepBody {
 #[serde(deny_unknown_fields)]
 struct DeployBody {
     strategy: String,
+    #[serde(default)]
     upstreams: Vec<String>,
+    #[serde(default)]
+    image: Option<String>,
     #[serde(default)]
     label: Option<String>,
     #[serde(default)]
@@ -1299,9 +1340,6 @@ async fn start_deployment(
         service.stable.upstreams.len(),
         service.config.cutback.min_requests,
     )?;
-    if body.upstreams.is_empty() || body.upstreams.len() > 256 {
-        return Err(ApiError::bad_request("upstreams: 1 to 256 upstreams"));
-    }
     let label = body
         .label
         .clone()
@@ -1315,21 +1353,44 @@ async fn start_deployment(
             "label: at most 128 characters, no control characters",
         ));
     }
-    let list = body.upstreams.clone();
-    let upstreams = tokio::task::spawn_blocking(move || parse_upstreams(&list))
-        .await
-        .map_err(|_| ApiError::bad_request("upstreams: could not be resolved"))?
-        .map_err(|errors| {
-            let (j, m) = &errors[0];
-            ApiError::bad_request(format!("upstreams[{j}]: {m}"))
-        })?;
+    let source = match (&body.image, body.upstreams.is_empty()) {
+        (Some(_), false) => {
+            return Err(ApiError::bad_request(
+                "image: give either upstreams (running versions) or an image (containers Sluice runs), not both",
+            ))
+        }
+        (Some(image), true) => {
+            crate::config::docker::check_image(image)
+                .map_err(|m| ApiError::bad_request(format!("image: {m}")))?;
+            DeploySource::Image(image.clone())
+        }
+        (None, true) => {
+            return Err(ApiError::bad_request(
+                "upstreams: give the new version's upstreams, or an image for a service with [services.docker]",
+            ))
+        }
+        (None, false) => {
+            if body.upstreams.len() > 256 {
+                return Err(ApiError::bad_request("upstreams: 1 to 256 upstreams"));
+            }
+            let list = body.upstreams.clone();
+            let upstreams = tokio::task::spawn_blocking(move || parse_upstreams(&list))
+                .await
+                .map_err(|_| ApiError::bad_request("upstreams: could not be resolved"))?
+                .map_err(|errors| {
+                    let (j, m) = &errors[0];
+                    ApiError::bad_request(format!("upstreams[{j}]: {m}"))
+                })?;
+            DeploySource::Upstreams(upstreams)
+        }
+    };
     let done = state
         .control
         .send(
             Op::Deploy {
                 service: name.clone(),
                 spec,
-                upstreams,
+                source,
                 label,
             },
             actor(&headers),

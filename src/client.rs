@@ -359,6 +359,44 @@ pub fn render_progress(v: &Value) -> String {
     out
 }
 
+/// A container service's releases: the live ones with their containers, then history.
+pub fn render_releases(live: &[Value], history: Option<&Vec<Value>>) -> String {
+    let mut out = String::new();
+    for r in live {
+        let _ = writeln!(
+            out,
+            "{:<10} {:<36} {:<28} {}",
+            r["state"].as_str().unwrap_or("?"),
+            r["id"].as_str().unwrap_or("?"),
+            r["image"].as_str().unwrap_or("?"),
+            &r["image_id"].as_str().unwrap_or("")
+                [..r["image_id"].as_str().unwrap_or("").len().min(19)]
+        );
+        for c in r["containers"].as_array().into_iter().flatten() {
+            let _ = writeln!(
+                out,
+                "           {:<36} {}",
+                c["name"].as_str().unwrap_or("?"),
+                c["addr"].as_str().unwrap_or("?")
+            );
+        }
+    }
+    if let Some(h) = history.filter(|h| !h.is_empty()) {
+        let _ = writeln!(out, "\nhistory (newest first)");
+        for r in h {
+            let _ = writeln!(
+                out,
+                "  {}  {:<10} {:<36} {}",
+                format_time(r["updated_ms"].as_u64().unwrap_or(0)),
+                r["state"].as_str().unwrap_or("?"),
+                r["id"].as_str().unwrap_or("?"),
+                r["image"].as_str().unwrap_or("?")
+            );
+        }
+    }
+    out
+}
+
 /// One event as a terminal line.
 pub fn render_event(e: &Value) -> String {
     format!(

@@ -69,11 +69,25 @@ pub enum EventKind {
     RollbackRefused,
     /// Deployments were frozen or unfrozen.
     FreezeChanged,
+    /// A release's containers were created, started and found ready (their snapshots).
+    ReleaseReady,
+    /// A release's containers could not be started or made ready (kept for inspection).
+    ReleaseFailed,
+    /// A release's containers were stopped: retired after a promotion, or failed.
+    ReleaseStopped,
+    /// A container of the stable release was restored (restarted, or recreated exactly
+    /// from its snapshot).
+    ContainerRestored,
+    /// The stable release cannot be restored (its containers and its image are gone), or
+    /// can again.
+    ReleaseMissing,
+    /// Containers found by their labels changed a service's upstreams.
+    Discovered,
 }
 
 impl EventKind {
     /// Every kind, for filters and docs.
-    pub const ALL: [EventKind; 24] = [
+    pub const ALL: [EventKind; 30] = [
         EventKind::Started,
         EventKind::CanarySet,
         EventKind::WeightSet,
@@ -98,6 +112,12 @@ impl EventKind {
         EventKind::DeploymentAborted,
         EventKind::RollbackRefused,
         EventKind::FreezeChanged,
+        EventKind::ReleaseReady,
+        EventKind::ReleaseFailed,
+        EventKind::ReleaseStopped,
+        EventKind::ContainerRestored,
+        EventKind::ReleaseMissing,
+        EventKind::Discovered,
     ];
 
     /// Parses a kind name.
@@ -132,6 +152,12 @@ impl EventKind {
             EventKind::DeploymentAborted => "deployment_aborted",
             EventKind::RollbackRefused => "rollback_refused",
             EventKind::FreezeChanged => "freeze_changed",
+            EventKind::ReleaseReady => "release_ready",
+            EventKind::ReleaseFailed => "release_failed",
+            EventKind::ReleaseStopped => "release_stopped",
+            EventKind::ContainerRestored => "container_restored",
+            EventKind::ReleaseMissing => "release_missing",
+            EventKind::Discovered => "discovered",
         }
     }
 }

@@ -55,6 +55,9 @@ pub enum GateError {
     /// A runtime or worker thread could not be started.
     #[error("cannot start the {0}: {1}")]
     Runtime(&'static str, std::io::Error),
+    /// The Docker engine, or a service's first release, could not be started.
+    #[error("{0}")]
+    Docker(String),
     /// The history spool file cannot be opened.
     #[error("store.spool = \"{path}\": {source}")]
     Spool {
@@ -215,15 +218,98 @@ pub fn start(config: Config) -> Result<GateHandle, GateError> {
         Some(r) => EventBus::default().with_sink(Arc::new(r.clone())),
         None => EventBus::default(),
     };
-    let (controller, wiring) = Controller::with_history(
+
+    // Docker: the engine, and the stable release of every service run as containers (its
+    // addresses are the stable arm), before the first table is built.
+    let mut config = config;
+    let runs_containers = config.services.iter().any(|s| s.docker.is_some());
+    let wants_usage = config
+        .services
+        .iter()
+        .any(|s| s.cutback.max_memory.is_some() || s.cutback.max_cpu.is_some());
+    let engine = if runs_containers || config.docker_discovery || wants_usage {
+        let socket = config.docker_socket.clone();
+        let connected = run_on(&control_rt, Duration::from_secs(15), async move {
+            crate::docker::Engine::connect(&socket).await
+        })
+        .ok_or_else(|| GateError::Docker("the Docker engine did not answer within 15s".into()))?;
+        match connected {
+            Ok(e) => Some(e),
+            // Only resource rules want it: they stay silent without an engine.
+            Err(e) if !runs_containers && !config.docker_discovery => {
+                tracing::warn!(error = %e, "no Docker engine: resource rules have nothing to read");
+                None
+            }
+            Err(e) => return Err(GateError::Docker(e.to_string())),
+        }
+    } else {
+        None
+    };
+    let mut releases = std::collections::HashMap::new();
+    if let (true, Some(engine)) = (runs_containers, &engine) {
+        let limit = config
+            .services
+            .iter()
+            .filter_map(|s| s.docker.as_ref().map(|d| d.health_timeout))
+            .sum::<Duration>()
+            + Duration::from_secs(60);
+        let store = history.as_ref().and_then(|h| h.store.load_full());
+        let booted = run_on(
+            &control_rt,
+            limit,
+            crate::docker::release::bootstrap(engine.clone(), config, store),
+        )
+        .ok_or_else(|| {
+            GateError::Docker("the services' first releases did not start in time".into())
+        })?
+        .map_err(GateError::Docker)?;
+        config = booted.0;
+        releases = booted.1;
+    }
+    let discovery_interval = config.discovery_interval;
+    let discovery = config.docker_discovery;
+    let manager_config = config.clone();
+
+    let (mut controller, wiring) = Controller::with_history(
         config,
         metrics.clone(),
         bus.clone(),
-        Keeper::new(recorder),
+        Keeper::new(recorder.clone()),
         start,
     );
     let control = wiring.handle.clone();
     let table = wiring.table.clone();
+    let mut docker_tasks: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> =
+        Vec::new();
+    let mut release_board = None;
+    if let Some(engine) = &engine {
+        if runs_containers {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            controller.attach_docker(tx);
+            let manager = crate::docker::release::Manager::new(
+                engine.clone(),
+                control.clone(),
+                bus.clone(),
+                recorder.clone(),
+                &manager_config,
+                releases,
+            );
+            release_board = Some(manager.board());
+            docker_tasks.push(Box::pin(manager.run(rx)));
+        }
+        if discovery {
+            docker_tasks.push(Box::pin(crate::docker::discovery::run(
+                engine.clone(),
+                control.clone(),
+                discovery_interval,
+            )));
+        }
+        docker_tasks.push(Box::pin(crate::docker::usage::run(
+            engine.clone(),
+            table.clone(),
+            controller.usage_board(),
+        )));
+    }
 
     let (stop_accepting, accepting_stopped) = watch::channel(false);
     let (stop_workers, workers_stopped) = watch::channel(false);
@@ -290,11 +376,21 @@ pub fn start(config: Config) -> Result<GateHandle, GateError> {
         draining: draining.clone(),
         bus: bus.clone(),
         history: history.clone(),
+        releases: release_board,
     };
-    let control_tasks = vec![
+    let mut control_tasks = vec![
         control_rt.spawn(controller.run(control_stopped.clone())),
         control_rt.spawn(admin::serve(admin_listener, state, control_stopped.clone())),
     ];
+    for task in docker_tasks {
+        let mut stopped = control_stopped.clone();
+        control_tasks.push(control_rt.spawn(async move {
+            tokio::select! {
+                _ = task => {}
+                _ = stopped.changed() => {}
+            }
+        }));
+    }
     let writer_task = history.as_ref().map(|h| {
         let (spool, figures) = (h.spool.clone(), metrics.clone());
         let mut stopped = control_stopped.clone();

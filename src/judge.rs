@@ -52,6 +52,10 @@ pub const DEFAULT_MAX_CONSECUTIVE_FAILURES: u32 = 5;
 pub const DEFAULT_BREACH_FOR: Duration = Duration::from_millis(100);
 /// Confidence of every statistical test.
 pub const DEFAULT_CONFIDENCE: f64 = 0.999;
+/// How long canary memory must stay above `max_memory` when the rule is on.
+pub const DEFAULT_MAX_MEMORY_FOR: Duration = Duration::from_secs(30);
+/// How long canary CPU must stay above `max_cpu` when the rule is on.
+pub const DEFAULT_MAX_CPU_FOR: Duration = Duration::from_secs(60);
 
 /// When a canary is cut back; every field has a `DEFAULT_*` and a key under
 /// `[services.cutback]`.
@@ -86,6 +90,18 @@ pub struct Policy {
     /// The evidence window; default [`crate::stats::DEFAULT_WINDOW`].
     #[serde(with = "ms")]
     pub window: Duration,
+    /// Canary container memory above this share of its limit for `max_memory_for` is a
+    /// breach; `None` (the default) turns the rule off.
+    pub max_memory: Option<f64>,
+    /// Default [`DEFAULT_MAX_MEMORY_FOR`].
+    #[serde(with = "ms")]
+    pub max_memory_for: Duration,
+    /// Canary container CPU above this share of its limit for `max_cpu_for` is a breach;
+    /// `None` (the default) turns the rule off.
+    pub max_cpu: Option<f64>,
+    /// Default [`DEFAULT_MAX_CPU_FOR`].
+    #[serde(with = "ms")]
+    pub max_cpu_for: Duration,
 }
 
 pub(crate) mod ms {
@@ -124,6 +140,10 @@ impl Default for Policy {
             breach_for: DEFAULT_BREACH_FOR,
             confidence: DEFAULT_CONFIDENCE,
             window: crate::stats::DEFAULT_WINDOW,
+            max_memory: None,
+            max_memory_for: DEFAULT_MAX_MEMORY_FOR,
+            max_cpu: None,
+            max_cpu_for: DEFAULT_MAX_CPU_FOR,
         }
     }
 }
@@ -143,6 +163,64 @@ pub struct ProbeFailure {
     pub results: Vec<crate::probes::RecentResult>,
 }
 
+/// One sample of a container's resource use, as shares of its limits.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct UsageSample {
+    /// How long before the evidence was taken, ms.
+    pub age_ms: u64,
+    /// CPU used, as a share of the container's CPU limit (or of the host's CPUs).
+    pub cpu: f64,
+    /// Memory used (without page cache), as a share of its limit.
+    pub memory: f64,
+}
+
+/// A canary container's recent resource use.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ContainerUsage {
+    /// Container name.
+    pub container: String,
+    /// The upstream it serves.
+    pub upstream: String,
+    /// Samples, newest first.
+    pub samples: Vec<UsageSample>,
+}
+
+/// Samples may be this far apart and still count as one unbroken stretch.
+pub const USAGE_SAMPLE_SLACK: Duration = Duration::from_secs(2);
+
+impl ContainerUsage {
+    /// Whether `value` of every sample over the last `span` is above `limit`, and the
+    /// samples cover that span (no gap wider than [`USAGE_SAMPLE_SLACK`]).
+    pub fn above_for(
+        &self,
+        limit: f64,
+        span: Duration,
+        value: impl Fn(&UsageSample) -> f64,
+    ) -> Option<f64> {
+        let span_ms = span.as_millis() as u64;
+        let slack = USAGE_SAMPLE_SLACK.as_millis() as u64;
+        let recent: Vec<&UsageSample> = self
+            .samples
+            .iter()
+            .filter(|s| s.age_ms <= span_ms)
+            .collect();
+        let newest = recent.first()?;
+        let oldest = recent.last()?;
+        if newest.age_ms > slack || oldest.age_ms + slack < span_ms {
+            return None;
+        }
+        if recent.windows(2).any(|w| w[1].age_ms - w[0].age_ms > slack) {
+            return None;
+        }
+        recent.iter().all(|s| value(s) > limit).then(|| {
+            recent
+                .iter()
+                .map(|s| value(s))
+                .fold(f64::INFINITY, f64::min)
+        })
+    }
+}
+
 /// What the judge looks at.
 #[derive(Debug, Clone)]
 pub struct Evidence {
@@ -158,6 +236,8 @@ pub struct Evidence {
     pub probe_failures: Vec<ProbeFailure>,
     /// Probes failing on every stable upstream.
     pub stable_probes_failing: Vec<String>,
+    /// Resource use of the canary's containers (when Docker runs or hosts them).
+    pub canary_usage: Vec<ContainerUsage>,
 }
 
 /// Which rule breached.
@@ -176,6 +256,10 @@ pub enum Rule {
     Latency,
     /// p95 over stable's times the ratio.
     LatencyIncrease,
+    /// A canary container's memory over its share of the limit for long enough.
+    Memory,
+    /// A canary container's CPU over its share of the limit for long enough.
+    Cpu,
 }
 
 impl Rule {
@@ -188,6 +272,8 @@ impl Rule {
             Rule::ErrorRateIncrease => "error_rate_increase",
             Rule::Latency => "latency",
             Rule::LatencyIncrease => "latency_increase",
+            Rule::Memory => "memory",
+            Rule::Cpu => "cpu",
         }
     }
 
@@ -196,9 +282,13 @@ impl Rule {
         matches!(self, Rule::Latency | Rule::LatencyIncrease)
     }
 
-    /// Hard failures act at once; soft regressions wait `breach_for`.
+    /// Hard failures act at once; soft regressions wait `breach_for`. (Resource rules
+    /// carry their own duration: they act once it has held.)
     pub fn is_immediate(self) -> bool {
-        matches!(self, Rule::ConsecutiveFailures | Rule::ProbeFailed)
+        matches!(
+            self,
+            Rule::ConsecutiveFailures | Rule::ProbeFailed | Rule::Memory | Rule::Cpu
+        )
     }
 }
 
@@ -387,6 +477,43 @@ pub fn decide(e: &Evidence, p: &Policy) -> Verdict {
             canary,
             probes: own.into_iter().cloned().collect(),
         };
+    }
+
+    // 0b. Resources of the canary's containers.
+    type Reading = fn(&UsageSample) -> f64;
+    let rules: [(Rule, Option<f64>, Duration, &str, Reading); 2] = [
+        (
+            Rule::Memory,
+            p.max_memory,
+            p.max_memory_for,
+            "memory",
+            |s| s.memory,
+        ),
+        (Rule::Cpu, p.max_cpu, p.max_cpu_for, "CPU", |s| s.cpu),
+    ];
+    for (rule, limit, span, what, value) in rules {
+        let Some(limit) = limit else {
+            continue;
+        };
+        for u in &e.canary_usage {
+            if let Some(low) = u.above_for(limit, span, value) {
+                return breach(Breach {
+                    rule,
+                    reason: format!(
+                        "canary container {} ({}) used over {:.0} % of its {what} limit for {} (at least {:.1} %)",
+                        u.container,
+                        u.upstream,
+                        limit * 100.0,
+                        crate::config::format_duration(span),
+                        low * 100.0
+                    ),
+                    threshold: limit,
+                    observed: round6(low),
+                    p_value: None,
+                    confidence: p.confidence,
+                });
+            }
+        }
     }
 
     // 1. A run of failures.
@@ -879,7 +1006,60 @@ mod tests {
             stable_consecutive_failures: 0,
             probe_failures: Vec::new(),
             stable_probes_failing: Vec::new(),
+            canary_usage: Vec::new(),
         }
+    }
+
+    fn usage(memory: &[f64]) -> ContainerUsage {
+        ContainerUsage {
+            container: "web-v2-1".into(),
+            upstream: "127.0.0.1:3001".into(),
+            samples: memory
+                .iter()
+                .enumerate()
+                .map(|(i, m)| UsageSample {
+                    age_ms: i as u64 * 1000,
+                    cpu: 0.1,
+                    memory: *m,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn memory_over_its_share_for_long_enough_breaches() {
+        let policy = Policy {
+            max_memory: Some(0.9),
+            max_memory_for: Duration::from_secs(5),
+            ..Policy::default()
+        };
+        let mut e = evidence(window(0, 0, MS), window(0, 0, MS));
+        // Four seconds above: not yet.
+        e.canary_usage = vec![usage(&[0.95, 0.95, 0.96, 0.97, 0.5])];
+        assert_eq!(decide(&e, &policy).name(), "inconclusive");
+        // Six seconds above, with no gap: a breach, without any traffic.
+        e.canary_usage = vec![usage(&[0.95, 0.95, 0.96, 0.97, 0.93, 0.92, 0.91])];
+        let v = decide(&e, &policy);
+        let b = v.breach().expect("memory breach");
+        assert_eq!(b.rule, Rule::Memory);
+        assert!((b.observed - 0.92).abs() < 1e-9, "{b:?}");
+        assert!(b.reason.contains("web-v2-1"), "{}", b.reason);
+        // A gap in the samples proves nothing.
+        let mut gappy = usage(&[0.95, 0.95, 0.96, 0.97, 0.93, 0.92, 0.91]);
+        gappy.samples.remove(3);
+        gappy.samples.remove(3);
+        e.canary_usage = vec![gappy];
+        assert_eq!(decide(&e, &policy).name(), "inconclusive");
+        // Off by default.
+        e.canary_usage = vec![usage(&[0.99; 10])];
+        assert_eq!(decide(&e, &Policy::default()).name(), "inconclusive");
+        // Stale samples (the newest is old) prove nothing either.
+        let mut stale = usage(&[0.99; 10]);
+        for s in &mut stale.samples {
+            s.age_ms += 10_000;
+        }
+        e.canary_usage = vec![stale];
+        assert_eq!(decide(&e, &policy).name(), "inconclusive");
     }
 
     #[test]

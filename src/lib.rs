@@ -9,6 +9,7 @@ pub mod admin;
 pub mod client;
 pub mod config;
 pub mod demo;
+pub mod docker;
 pub mod events;
 pub mod gate;
 pub mod judge;

@@ -185,6 +185,13 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// A container service's releases: live ones and those in history.
+    Releases {
+        /// Service name.
+        service: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Start a deployment of a new version and follow it until it ends.
     ///
     /// Exits 0 when it succeeds, 2 when it is rolled back, 3 when it is aborted.
@@ -195,8 +202,15 @@ enum Command {
         #[arg(long, value_enum, default_value = "canary")]
         strategy: Strategy,
         /// New version's upstream host:port (repeat for several).
-        #[arg(long = "upstream", required = true)]
+        #[arg(
+            long = "upstream",
+            required_unless_present = "image",
+            conflicts_with = "image"
+        )]
         upstreams: Vec<String>,
+        /// Image to run as the new version (a service with [services.docker]).
+        #[arg(long)]
+        image: Option<String>,
         /// Version label kept in history (v2, a git sha, ...).
         #[arg(long)]
         label: Option<String>,
@@ -589,6 +603,12 @@ async fn remote_call(command: Command) -> anyhow::Result<ExitCode> {
             reason: None,
             remote,
         } => (remote, Method::GET, "/api/v1/freeze".into(), None),
+        Command::Releases { service, remote } => (
+            remote,
+            Method::GET,
+            format!("/api/v1/services/{}/releases", urlencode(&service)),
+            None,
+        ),
         Command::Freeze {
             service: Some(s),
             reason: None,
@@ -617,6 +637,7 @@ async fn remote_call(command: Command) -> anyhow::Result<ExitCode> {
             service,
             strategy,
             upstreams,
+            image,
             label,
             steps,
             step_back,
@@ -637,14 +658,17 @@ async fn remote_call(command: Command) -> anyhow::Result<ExitCode> {
                     Strategy::BlueGreen => "blue_green",
                     Strategy::Rolling => "rolling",
                 },
-                "upstreams": upstreams,
             });
+            if image.is_none() {
+                body["upstreams"] = json!(upstreams);
+            }
             let mut set = |key: &str, value: Option<Value>| {
                 if let Some(v) = value {
                     body[key] = v;
                 }
             };
             set("label", label.map(Value::from));
+            set("image", image.map(Value::from));
             if !steps.is_empty() {
                 let parsed: Result<Vec<Value>, String> =
                     steps.iter().map(|s| parse_step(s)).collect();
@@ -940,6 +964,9 @@ fn render_freezes(v: &Value) -> String {
 }
 
 fn summarize(answer: &Value) -> String {
+    if let Some(list) = answer.get("releases").and_then(Value::as_array) {
+        return sluice::client::render_releases(list, answer["history"].as_array());
+    }
     if answer.get("all").is_some() && answer.get("services").is_some() {
         return render_freezes(answer);
     }

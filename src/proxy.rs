@@ -209,6 +209,16 @@ impl ProxyHttp for GateProxy {
             None
         };
         let choice = service.choose_arm(forced, seed, table.options.sticky);
+        // An arm can be empty while its containers come and go (discovery): say so.
+        if service.arm(choice.role).serving() == 0 {
+            respond_plain(
+                session,
+                503,
+                "sluice: this service has no upstream to send the request to\n",
+            )
+            .await?;
+            return Ok(true);
+        }
         ctx.shield_ok = choice.role == ArmRole::Canary
             && forced.is_none()
             && service.config.shield.covers(&session.req_header().method);
@@ -229,7 +239,12 @@ impl ProxyHttp for GateProxy {
             return Error::e_explain(pingora::InternalError, "request was not routed");
         };
         let service = &table.services[ctx.service];
-        let upstream = service.arm(ctx.role).upstream(ctx.start, ctx.attempt);
+        let arm = service.arm(ctx.role);
+        if arm.serving() == 0 {
+            // Only reachable when a replay on stable finds stable empty.
+            return Error::e_explain(pingora::ConnectNoRoute, "the arm has no upstream");
+        }
+        let upstream = arm.upstream(ctx.start, ctx.attempt);
         let mut peer = HttpPeer::new(upstream.addr, false, String::new());
         peer.options.connection_timeout = Some(service.config.connect_timeout);
         peer.options.read_timeout = Some(service.config.read_timeout);

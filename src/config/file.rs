@@ -70,6 +70,8 @@ pub struct StoreFile {
 #[serde(deny_unknown_fields)]
 pub struct DockerFile {
     pub socket: Option<String>,
+    pub discovery: Option<bool>,
+    pub discovery_interval: Option<String>,
 }
 
 /// `[routing]`
@@ -105,6 +107,43 @@ pub struct ServiceFile {
     pub probe_combine: Option<String>,
     #[serde(default)]
     pub probes: Vec<ProbeFile>,
+    pub docker: Option<ServiceDockerFile>,
+}
+
+/// `[services.docker]`: the service's versions run as containers Sluice manages.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceDockerFile {
+    pub image: Option<String>,
+    pub name: Option<String>,
+    pub port: Option<i64>,
+    pub reach: Option<String>,
+    pub publish_ip: Option<String>,
+    pub replicas: Option<i64>,
+    pub command: Option<Vec<String>>,
+    pub env: Option<std::collections::BTreeMap<String, String>>,
+    pub volumes: Option<Vec<String>>,
+    pub networks: Option<Vec<String>>,
+    pub labels: Option<std::collections::BTreeMap<String, String>>,
+    pub memory: Option<String>,
+    pub cpus: Option<f64>,
+    pub pids_limit: Option<i64>,
+    pub restart: Option<String>,
+    pub healthcheck: Option<HealthcheckFile>,
+    pub health_timeout: Option<String>,
+    pub keep_old_for: Option<String>,
+    pub keep_failed: Option<i64>,
+}
+
+/// `[services.docker.healthcheck]`: a container HEALTHCHECK (exec form, no shell).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthcheckFile {
+    pub command: Option<Vec<String>>,
+    pub interval: Option<String>,
+    pub timeout: Option<String>,
+    pub retries: Option<i64>,
+    pub start_period: Option<String>,
 }
 
 /// A status code in `expect_status`: a number or a string (`"2xx"`, `"200-299"`).
@@ -161,4 +200,8 @@ pub struct CutbackFile {
     pub breach_for: Option<String>,
     pub confidence: Option<f64>,
     pub window: Option<String>,
+    pub max_memory: Option<f64>,
+    pub max_memory_for: Option<String>,
+    pub max_cpu: Option<f64>,
+    pub max_cpu_for: Option<String>,
 }

@@ -6,6 +6,7 @@
 //! Every error names the file and the key path, e.g.
 //! `sluice.toml: services[1].canary_weight: must be between 0 and 100 (got 150)`.
 
+pub mod docker;
 pub mod file;
 
 use std::collections::{HashMap, HashSet};
@@ -270,6 +271,10 @@ pub struct Config {
     pub store: StoreConfig,
     /// The Docker engine's socket; default [`DEFAULT_DOCKER_SOCKET`].
     pub docker_socket: PathBuf,
+    /// Pick up containers labelled `sluice.service=NAME` as upstreams (`[docker] discovery`).
+    pub docker_discovery: bool,
+    /// How often discovery lists containers besides following the engine's events.
+    pub discovery_interval: Duration,
     /// Services in file order.
     pub services: Vec<ServiceConfig>,
 }
@@ -418,6 +423,9 @@ pub struct ServiceConfig {
     pub probes: Vec<ProbeSpec>,
     /// How the probes combine per upstream; default `all`.
     pub probe_combine: Combine,
+    /// Containers Sluice runs for this service (`[services.docker]`); its arms are then
+    /// filled from them at run time.
+    pub docker: Option<docker::DockerService>,
 }
 
 impl ServiceConfig {
@@ -727,6 +735,12 @@ fn validate(model: FileConfig, file: &str, base_dir: &Path) -> Result<Config, Co
         .as_deref()
         .map(|s| PathBuf::from(s.strip_prefix("unix://").unwrap_or(s)))
         .unwrap_or_else(|| PathBuf::from(DEFAULT_DOCKER_SOCKET));
+    let docker_discovery = model.docker.discovery.unwrap_or(false);
+    let discovery_interval = c.duration(
+        "docker.discovery_interval",
+        model.docker.discovery_interval.as_deref(),
+        docker::DEFAULT_DISCOVERY_INTERVAL,
+    );
 
     if model.services.is_empty() {
         c.fail("services", "at least one [[services]] table is required");
@@ -782,6 +796,8 @@ fn validate(model: FileConfig, file: &str, base_dir: &Path) -> Result<Config, Co
             routing,
             store,
             docker_socket,
+            docker_discovery,
+            discovery_interval,
             services,
         })
     } else {
@@ -1062,10 +1078,23 @@ fn validate_service(
     };
     let stable = arm("stable", &svc.stable);
     let canary = arm("canary", &svc.canary);
-    if svc.stable.is_empty() {
+    let docker = svc
+        .docker
+        .as_ref()
+        .map(|d| docker::validate_docker(c, &format!("{base}.docker"), &name, d, base_dir));
+    if docker.is_some() {
+        for (key, list) in [("stable", &svc.stable), ("canary", &svc.canary)] {
+            if !list.is_empty() {
+                c.fail(
+                    format!("{base}.{key}"),
+                    "is filled from the service's containers when [services.docker] is set: remove it",
+                );
+            }
+        }
+    } else if svc.stable.is_empty() {
         c.fail(
             format!("{base}.stable"),
-            "needs at least one upstream (host:port)",
+            "needs at least one upstream (host:port), or a [services.docker] section",
         );
     }
     let canary_weight = match svc.canary_weight {
@@ -1138,7 +1167,47 @@ fn validate_service(
         cutback,
         probes,
         probe_combine,
+        docker,
     })
+}
+
+/// A service the config does not have, made from its discovered containers' labels: the
+/// given hosts, path prefix and stable upstreams, and every other setting at its default.
+pub fn discovered_service(
+    config: &Config,
+    name: &str,
+    hosts: &[String],
+    path_prefix: Option<&str>,
+    stable: &[String],
+) -> Result<ServiceConfig, String> {
+    let file = ServiceFile {
+        name: Some(name.to_string()),
+        hosts: hosts.to_vec(),
+        path_prefix: path_prefix.map(str::to_string),
+        stable: stable.to_vec(),
+        ..Default::default()
+    };
+    let mut c = Checker {
+        file: "labels",
+        problems: Vec::new(),
+    };
+    let service = validate_service(
+        &mut c,
+        "labels",
+        &file,
+        &config.server,
+        &config.docker_socket,
+        Path::new("."),
+    );
+    match service {
+        Some(s) if c.problems.is_empty() => Ok(s),
+        _ => Err(c
+            .problems
+            .iter()
+            .map(|p| format!("{}: {}", p.path.replace("labels.", "sluice."), p.message))
+            .collect::<Vec<_>>()
+            .join("; ")),
+    }
 }
 
 /// Which probe kind each kind-specific key belongs to.
@@ -1532,6 +1601,27 @@ fn validate_cutback(c: &mut Checker<'_>, base: &str, f: &CutbackFile) -> Policy 
             d.min_requests
         }
     };
+    let mut usage = |k: &str, v: Option<f64>| match v {
+        None => None,
+        Some(x) if x.is_finite() && x > 0.0 && x <= 1.0 => Some(x),
+        Some(x) => {
+            c.fail(
+                key(k),
+                format!(
+                    "must be a share of the container's limit, above 0 and at most 1 (got {x})"
+                ),
+            );
+            None
+        }
+    };
+    let max_memory = usage("max_memory", f.max_memory);
+    let max_cpu = usage("max_cpu", f.max_cpu);
+    let max_memory_for = c.duration(
+        &key("max_memory_for"),
+        f.max_memory_for.as_deref(),
+        d.max_memory_for,
+    );
+    let max_cpu_for = c.duration(&key("max_cpu_for"), f.max_cpu_for.as_deref(), d.max_cpu_for);
     let max_consecutive_failures = match f.max_consecutive_failures {
         None => d.max_consecutive_failures,
         Some(n) if (0..=1_000_000).contains(&n) => n as u32,
@@ -1556,6 +1646,10 @@ fn validate_cutback(c: &mut Checker<'_>, base: &str, f: &CutbackFile) -> Policy 
         breach_for,
         confidence,
         window,
+        max_memory,
+        max_memory_for,
+        max_cpu,
+        max_cpu_for,
     }
 }
 

@@ -276,30 +276,7 @@ async fn find_container(docker: &Docker, addr: SocketAddr) -> Result<Option<Stri
         .list_containers(Some(options))
         .await
         .map_err(|e| format!("cannot list containers: {e}"))?;
-    let ip = addr.ip().to_string();
-    for c in &list {
-        let published = c.ports.iter().flatten().any(|p| {
-            p.public_port == Some(addr.port())
-                && (addr.ip().is_loopback()
-                    || p.ip
-                        .as_deref()
-                        .is_none_or(|h| h == "0.0.0.0" || h == "::" || h == ip))
-        });
-        let on_network = c
-            .network_settings
-            .as_ref()
-            .and_then(|n| n.networks.as_ref())
-            .is_some_and(|nets| {
-                nets.values()
-                    .any(|n| n.ip_address.as_deref() == Some(ip.as_str()))
-            });
-        if published || on_network {
-            if let Some(id) = &c.id {
-                return Ok(Some(id.clone()));
-            }
-        }
-    }
-    Ok(None)
+    Ok(crate::docker::usage::container_at(&list, addr).map(|(id, _)| id))
 }
 
 async fn tcp_check(t: &TcpCheck, addr: SocketAddr) -> Outcome {

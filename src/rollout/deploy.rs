@@ -68,6 +68,12 @@ pub struct Active {
     before_failure: Option<Plan>,
     /// The table routing before the last change of arms: drained when no request holds it.
     before_reshape: Option<Weak<RoutingTable>>,
+    /// The image, for a deployment Sluice runs as containers.
+    pub image: Option<String>,
+    /// Waiting for the release manager to start the new containers.
+    pub preparing: bool,
+    /// When the plan's clock started (epoch ms): the start, or when the containers were up.
+    pub(super) plan_origin_ms: u64,
 }
 
 /// A deployment as the API shows it.
@@ -89,6 +95,8 @@ pub struct DeploymentView {
     pub started_ms: u64,
     /// The new version's upstreams.
     pub upstreams: Vec<String>,
+    /// The image, when Sluice runs the new version as containers.
+    pub image: Option<String>,
     /// Canary weight now.
     pub weight: f64,
     /// Plan state: phase, step, what it waits for.
@@ -142,16 +150,17 @@ fn state_of(plan: &Plan) -> &'static str {
 
 impl Controller {
     fn plan_now(active: &Active) -> Duration {
-        Duration::from_millis(now_ms().saturating_sub(active.started_ms))
+        Duration::from_millis(now_ms().saturating_sub(active.plan_origin_ms))
     }
 
     /// Starts a deployment: refused when frozen, when another holds the service's lock, or
-    /// when the request does not fit the service.
+    /// when the request does not fit the service. An image deployment first waits for the
+    /// release manager to start its containers ([`Controller::prepared`]).
     pub(super) fn start_deployment(
         &mut self,
         service: &str,
         spec: Spec,
-        upstreams: Vec<UpstreamAddr>,
+        source: super::DeploySource,
         label: Option<String>,
         actor: &str,
     ) -> Result<Applied, ControlError> {
@@ -181,6 +190,34 @@ impl Controller {
                 a.started_by
             )));
         }
+        let docker = current.config.docker.as_ref();
+        let (upstreams, image) = match source {
+            super::DeploySource::Upstreams(u) => {
+                if docker.is_some() {
+                    return Err(ControlError::Invalid(format!(
+                        "upstreams: '{service}' runs as containers ([services.docker]): deploy an image instead"
+                    )));
+                }
+                (u, None)
+            }
+            super::DeploySource::Image(i) => {
+                if docker.is_none() {
+                    return Err(ControlError::Invalid(format!(
+                        "image: '{service}' has no [services.docker] section: deploy upstreams instead"
+                    )));
+                }
+                if self.docker.is_none() {
+                    return Err(ControlError::Conflict(
+                        "the Docker release manager is not running".into(),
+                    ));
+                }
+                (Vec::new(), Some(i))
+            }
+        };
+        let new_count = match (&image, docker) {
+            (Some(_), Some(d)) => d.replicas,
+            _ => upstreams.len(),
+        };
         let old: Vec<UpstreamAddr> = current.stable.upstreams.to_vec();
         if let Spec::Rolling {
             instances,
@@ -189,11 +226,11 @@ impl Controller {
             ..
         } = &spec
         {
-            if upstreams.len() != old.len() || *instances != old.len() {
+            if new_count != old.len() || *instances != old.len() {
                 return Err(ControlError::Invalid(format!(
-                    "upstreams: a rolling update replaces each of the {} stable instance(s) with a new one; got {}",
+                    "{}: a rolling update replaces each of the {} stable instance(s) with a new one; got {new_count}",
+                    if image.is_some() { "replicas" } else { "upstreams" },
                     old.len(),
-                    upstreams.len()
                 )));
             }
             if batch_size > max_unavailable {
@@ -213,6 +250,7 @@ impl Controller {
         let id = super::history::new_deployment_id(service);
         let started_ms = now_ms();
         let (plan, wants) = Plan::start(spec.clone(), Duration::ZERO);
+        let label = label.or_else(|| image.clone());
         self.keeper.expect(
             service,
             Planned {
@@ -222,20 +260,37 @@ impl Controller {
                 plan: serde_json::to_value(&spec).unwrap_or_default(),
             },
         );
+        let what = match &image {
+            Some(i) => format!("image {i}"),
+            None => upstreams
+                .iter()
+                .map(|u| u.spec.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        };
         let event = self.bus.publish(NewEvent {
             kind: EventKind::DeploymentStarted,
             service: Some(service.to_string()),
             deployment: Some(id.clone()),
             actor: actor.to_string(),
             message: format!(
-                "{} deployment of {} started{}",
+                "{} deployment of {what} started{}",
                 spec.name(),
-                upstreams.iter().map(|u| u.spec.as_str()).collect::<Vec<_>>().join(", "),
-                label.as_deref().map(|l| format!(" ({l})")).unwrap_or_default()
+                label
+                    .as_deref()
+                    .filter(|l| Some(*l) != image.as_deref())
+                    .map(|l| format!(" ({l})"))
+                    .unwrap_or_default()
             ),
             table: None,
-            evidence: json!({ "plan": spec, "upstreams": upstreams.iter().map(|u| u.spec.clone()).collect::<Vec<_>>() }),
+            evidence: json!({
+                "plan": spec,
+                "upstreams": upstreams.iter().map(|u| u.spec.clone()).collect::<Vec<_>>(),
+                "image": image,
+            }),
         });
+        self.remember(&event);
+        let preparing = image.is_some();
         self.deployments.active.insert(
             service.to_string(),
             Active {
@@ -252,38 +307,71 @@ impl Controller {
                 samples_phase: String::new(),
                 before_failure: None,
                 before_reshape: None,
+                image: image.clone(),
+                preparing,
+                plan_origin_ms: started_ms,
             },
         );
-        // The first step: the new version's arm (at 0 % for blue-green).
-        let first = match &spec {
+        if let Some(image) = image {
+            let sent = self.docker.as_ref().is_some_and(|tx| {
+                tx.send(crate::docker::release::Request::Prepare {
+                    deployment: id.clone(),
+                    service: service.to_string(),
+                    image,
+                })
+                .is_ok()
+            });
+            if !sent {
+                self.deployments.active.remove(service);
+                return Err(ControlError::Conflict(
+                    "the Docker release manager is not running".into(),
+                ));
+            }
+            self.record_progress(service);
+        } else if let Err(e) = self.begin(service, wants, actor) {
+            self.deployments.active.remove(service);
+            return Err(e);
+        }
+        Ok(Applied {
+            table_version: self.table.load().version,
+            event,
+            reload: None,
+        })
+    }
+
+    /// The plan's first step, once the new version's upstreams are known: the new arm (at
+    /// 0 % for blue-green), or the first batch of a rolling update.
+    pub(super) fn begin(
+        &mut self,
+        service: &str,
+        wants: Vec<Want>,
+        actor: &str,
+    ) -> Result<(), ControlError> {
+        let Some(active) = self.deployments.active.get(service) else {
+            return Ok(());
+        };
+        let id = active.id.clone();
+        let first = match active.plan.spec() {
             Spec::Rolling { .. } => wants,
             _ => {
                 let weight = match wants.first() {
                     Some(Want::Weight(w)) => *w,
                     _ => crate::config::Weight::ZERO,
                 };
-                let new = self.deployments.active[service].new.clone();
-                let result = self.change_labelled(
+                let new = active.new.clone();
+                self.change_labelled(
                     service,
                     actor,
                     json!({ "deployment": id }),
                     None,
                     |old, metrics| ops::set_canary(old, new, Some(weight), metrics),
-                );
-                if let Err(e) = result {
-                    self.deployments.active.remove(service);
-                    return Err(e);
-                }
+                )?;
                 Vec::new()
             }
         };
         self.apply_wants(service, first, actor);
         self.record_progress(service);
-        Ok(Applied {
-            table_version: self.table.load().version,
-            event,
-            reload: None,
-        })
+        Ok(())
     }
 
     /// Applies what a plan wants, in order; ends the deployment on `Finish`.
@@ -351,17 +439,29 @@ impl Controller {
         }
     }
 
-    fn finish_deployment(&mut self, service: &str, end: Outcome, why: &str, actor: &str) {
+    pub(super) fn finish_deployment(
+        &mut self,
+        service: &str,
+        end: Outcome,
+        why: &str,
+        actor: &str,
+    ) {
         let Some(active) = self.deployments.active.remove(service) else {
             return;
         };
         let view = self.view(&active);
-        self.keeper.update(
-            service,
-            end.as_str(),
-            json!({ "progress": view.progress, "instances": view.instances, "why": why }),
-            true,
-        );
+        let detail = json!({ "progress": view.progress, "instances": view.instances, "why": why });
+        if active.preparing {
+            self.keeper.close_planned(
+                service,
+                &active.started_by,
+                active.started_ms,
+                end.as_str(),
+                detail,
+            );
+        } else {
+            self.keeper.update(service, end.as_str(), detail, true);
+        }
         let kind = match end {
             Outcome::Succeeded => EventKind::DeploymentSucceeded,
             Outcome::RolledBack => EventKind::DeploymentFailed,
@@ -382,6 +482,15 @@ impl Controller {
             evidence: serde_json::to_value(&view).unwrap_or_default(),
         });
         self.remember(&event);
+        if active.image.is_some() {
+            if let Some(tx) = &self.docker {
+                let _ = tx.send(crate::docker::release::Request::Finished {
+                    deployment: active.id.clone(),
+                    service: service.to_string(),
+                    succeeded: end == Outcome::Succeeded,
+                });
+            }
+        }
         let mut view = view;
         view.state = end.as_str();
         self.deployments.finished.push(view);
@@ -420,12 +529,15 @@ impl Controller {
             let Some(active) = self.deployments.active.get_mut(&name) else {
                 continue;
             };
+            if active.preparing {
+                continue;
+            }
             let phase_key = format!("{:?}", active.plan.phase());
             if phase_key != active.samples_phase {
                 active.samples_phase = phase_key;
                 active.phase_requests = canary_requests;
             }
-            let started = active.started_ms;
+            let started = active.plan_origin_ms;
             let inputs = Inputs {
                 now: Self::plan_now(active),
                 judged,
@@ -447,7 +559,7 @@ impl Controller {
     }
 
     /// Records (history, events) a deployment's move to another phase or pause state.
-    fn record_progress(&mut self, service: &str) {
+    pub(super) fn record_progress(&mut self, service: &str) {
         let Some(active) = self.deployments.active.get(service) else {
             return;
         };
@@ -520,6 +632,30 @@ impl Controller {
             .active
             .get_mut(&service)
             .expect("found above");
+        if active.preparing {
+            if control != Control::Abort {
+                return Err(ControlError::Conflict(format!(
+                    "deployment {id} is still starting its containers: only abort applies now"
+                )));
+            }
+            // Nothing routes to the new version yet: the manager stops what it started.
+            self.finish_deployment(
+                &service,
+                Outcome::Aborted,
+                "aborted while its containers were starting",
+                actor,
+            );
+            let event = self
+                .last_decision
+                .get(&service)
+                .cloned()
+                .expect("finish_deployment remembers its event");
+            return Ok(Applied {
+                table_version: self.table.load().version,
+                event,
+                reload: None,
+            });
+        }
         let now = Self::plan_now(active);
         let (kind, wants) = match control {
             Control::Pause => {
@@ -633,9 +769,12 @@ impl Controller {
         self.record_progress(service);
     }
 
-    /// Why the previous version cannot take the traffic back, if it cannot: every stable
-    /// upstream fails its probes (the version is gone).
+    /// Why the previous version cannot take the traffic back, if it cannot: its containers
+    /// and image are gone, or every stable upstream fails its probes.
     pub(super) fn previous_version_gone(&self, service: &str) -> Option<String> {
+        if let Some(why) = self.docker_gone.get(service) {
+            return Some(why.clone());
+        }
         let table = self.table.load();
         let s = table.service(service)?;
         if s.config.probes.is_empty() || s.stable.upstreams.is_empty() {
@@ -769,6 +908,7 @@ impl Controller {
             started_by: active.started_by.clone(),
             started_ms: active.started_ms,
             upstreams: active.new.iter().map(|u| u.spec.clone()).collect(),
+            image: active.image.clone(),
             weight: service.map(|s| s.weight.percent()).unwrap_or(0.0),
             progress: active.plan.progress(Self::plan_now(active)),
             instances,
@@ -778,7 +918,14 @@ impl Controller {
                 .map(|v| v.summary()),
             summary: String::new(),
         };
-        view.summary = phase_text(&view);
+        view.summary = if active.preparing {
+            format!(
+                "starting the containers of {}",
+                active.image.as_deref().unwrap_or("the new image")
+            )
+        } else {
+            phase_text(&view)
+        };
         view
     }
 

@@ -124,6 +124,34 @@ impl Keeper {
         self.planned.insert(service.to_string(), planned);
     }
 
+    /// A planned deployment that ended before its new version got an arm (its containers
+    /// never started, or it was aborted while they did): recorded, opened and closed at once.
+    pub fn close_planned(
+        &mut self,
+        service: &str,
+        started_by: &str,
+        started_ms: u64,
+        end: &str,
+        detail: serde_json::Value,
+    ) {
+        let Some(p) = self.planned.remove(service) else {
+            return;
+        };
+        let row = DeploymentRow {
+            id: p.id,
+            service: service.to_string(),
+            label: p.label,
+            strategy: p.strategy,
+            canary: json!({ "upstreams": [] }).to_string(),
+            started_by: started_by.to_string(),
+            started_ms: started_ms as i64,
+            finished_ms: Some(now_ms() as i64),
+            outcome: end.to_string(),
+            detail: detail.to_string(),
+        };
+        self.record(Record::Deployment(row));
+    }
+
     /// Records a deployment's progress or end (its outcome and detail).
     pub fn update(
         &mut self,

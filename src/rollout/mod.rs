@@ -7,6 +7,7 @@
 //! canary; a breach that holds (see [`crate::judge::Hysteresis`]) is cut back at once:
 //! weight 0, state `rolled_back`, one swap.
 
+pub mod containers;
 pub mod deploy;
 pub mod history;
 pub mod ops;
@@ -94,11 +95,47 @@ pub enum Op {
         service: String,
         /// Strategy and settings.
         spec: plan::Spec,
-        /// The new version's upstreams.
-        upstreams: Vec<UpstreamAddr>,
+        /// The new version: its upstreams, or an image to run.
+        source: DeploySource,
         /// Version label.
         label: Option<String>,
     },
+    /// The Docker release manager started a deployment's containers: its new arm.
+    Prepared {
+        /// Deployment id.
+        id: String,
+        /// The new containers' addresses.
+        upstreams: Vec<UpstreamAddr>,
+        /// What was started (containers, image id), for the event.
+        evidence: serde_json::Value,
+    },
+    /// The Docker release manager could not start a deployment's containers.
+    PrepareFailed {
+        /// Deployment id.
+        id: String,
+        /// Why.
+        why: String,
+    },
+    /// Containers of the stable release were recreated and have new addresses.
+    StableMoved {
+        /// Service name.
+        service: String,
+        /// Each old address and the new one.
+        moved: Vec<(UpstreamAddr, UpstreamAddr)>,
+        /// What happened.
+        why: String,
+        /// The restored containers' snapshots.
+        evidence: serde_json::Value,
+    },
+    /// Whether the stable release can still take traffic back (`None`) or is gone.
+    ReleaseGone {
+        /// Service name.
+        service: String,
+        /// Why it cannot, or `None` once it can again.
+        why: Option<String>,
+    },
+    /// Containers found by their labels: a service's discovered upstreams now.
+    Discovered(crate::docker::discovery::Found),
     /// Pause, resume, abort or promote a deployment.
     Deployment {
         /// Deployment id.
@@ -113,6 +150,15 @@ pub enum Op {
         /// Why; `None` lifts the freeze.
         reason: Option<String>,
     },
+}
+
+/// Where a deployment's new version comes from.
+#[derive(Debug, Clone)]
+pub enum DeploySource {
+    /// Upstreams that already run.
+    Upstreams(Vec<UpstreamAddr>),
+    /// An image Sluice runs as containers (`[services.docker]`).
+    Image(String),
 }
 
 /// A command: what, who asked, and where to send the answer.
@@ -243,6 +289,14 @@ pub struct Controller {
     pending_wants: HashMap<String, Vec<plan::Want>>,
     refused: HashMap<String, tokio::time::Instant>,
     freezes: Arc<ArcSwap<serde_json::Value>>,
+    /// The Docker release manager, when a service runs as containers.
+    docker: Option<mpsc::UnboundedSender<crate::docker::release::Request>>,
+    /// Services whose stable release cannot be restored, and why.
+    docker_gone: HashMap<String, String>,
+    /// What discovery found, by service (re-applied after a reload).
+    discovered: HashMap<String, crate::docker::discovery::Found>,
+    /// Resource use of canary containers, for the judge.
+    usage: crate::docker::usage::UsageBoard,
 }
 
 /// Where the first table of a run comes from.
@@ -300,7 +354,7 @@ fn service_name(op: &Op) -> Option<&str> {
         | Op::Rollback { service, .. }
         | Op::Resume { service, .. }
         | Op::ClearCanary { service } => Some(service),
-        Op::Reload | Op::Deploy { .. } | Op::Deployment { .. } | Op::Freeze { .. } => None,
+        _ => None,
     }
 }
 
@@ -371,6 +425,10 @@ impl Controller {
             pending_wants: HashMap::new(),
             refused: HashMap::new(),
             freezes: freezes.clone(),
+            docker: None,
+            docker_gone: HashMap::new(),
+            discovered: HashMap::new(),
+            usage: crate::docker::usage::UsageBoard::default(),
         };
         controller.update_gauges(&controller.table.load());
         let handle = ControlHandle {
@@ -387,6 +445,16 @@ impl Controller {
             wake,
         };
         (controller, wiring)
+    }
+
+    /// Connects the Docker release manager (image deployments go to it).
+    pub fn attach_docker(&mut self, tx: mpsc::UnboundedSender<crate::docker::release::Request>) {
+        self.docker = Some(tx);
+    }
+
+    /// The board the resource sampler fills with canary containers' CPU and memory.
+    pub fn usage_board(&self) -> crate::docker::usage::UsageBoard {
+        self.usage.clone()
     }
 
     /// The `restored` and `started` events. Holds the first table only while it speaks: a
@@ -580,7 +648,10 @@ impl Controller {
         let mut board = Board::with_capacity(table.services.len());
         for service in &table.services {
             let name = service.name().to_string();
-            let verdict = match (service.state, watch::evidence(service, at, &self.probing)) {
+            let verdict = match (
+                service.state,
+                watch::evidence(service, at, &self.probing, &self.usage),
+            ) {
                 (ServiceState::Canary, Some(e)) => {
                     let policy = &service.config.cutback;
                     let verdict = decide(&e, policy);
@@ -711,9 +782,23 @@ impl Controller {
             Op::Deploy {
                 service,
                 spec,
-                upstreams,
+                source,
                 label,
-            } => self.start_deployment(&service, spec, upstreams, label, &actor),
+            } => self.start_deployment(&service, spec, source, label, &actor),
+            Op::Prepared {
+                id,
+                upstreams,
+                evidence,
+            } => self.prepared(&id, upstreams, evidence, &actor),
+            Op::PrepareFailed { id, why } => self.prepare_failed(&id, &why, &actor),
+            Op::StableMoved {
+                service,
+                moved,
+                why,
+                evidence,
+            } => self.stable_moved(&service, moved, &why, evidence, &actor),
+            Op::ReleaseGone { service, why } => self.release_gone(&service, why, &actor),
+            Op::Discovered(found) => self.discovered(found, &actor),
             Op::Deployment { id, control } => self.control_deployment(&id, control, &actor),
             Op::Freeze { service, reason } => self.set_freeze(service, reason, &actor),
             op => self.apply(op, &actor),
@@ -764,6 +849,16 @@ impl Controller {
                     active.id
                 )));
             }
+        }
+        let runs_containers = self
+            .config
+            .services
+            .iter()
+            .any(|s| s.name == name && s.docker.is_some());
+        if runs_containers && matches!(op, Op::SetCanary { .. } | Op::Resume { .. }) {
+            return Err(ControlError::Conflict(format!(
+                "'{name}' runs as containers Sluice manages: start a deployment with an image instead (POST /api/v1/services/{name}/deployments)"
+            )));
         }
         if manual_rollback {
             if let Some(why) = self.previous_version_gone(&name) {
@@ -897,7 +992,47 @@ impl Controller {
             }
         };
         let current = self.table.load_full();
-        let (services, report) = ops::merge(&self.config, &new, &current, &self.metrics);
+        // The arms of services run as containers belong to the release manager, not the
+        // file: both configs get them from the serving table, so only the other settings
+        // are compared.
+        let mut new = new;
+        let mut old = self.config.clone();
+        for cfg in [&mut old, &mut new] {
+            for sc in cfg.services.iter_mut().filter(|s| s.docker.is_some()) {
+                if let Some(running) = current.service(&sc.name) {
+                    sc.stable = running.stable.upstreams.to_vec();
+                    sc.canary = running
+                        .canary
+                        .as_ref()
+                        .map(|c| c.upstreams.to_vec())
+                        .unwrap_or_default();
+                    sc.canary_weight = running.weight;
+                }
+            }
+        }
+        if let Some(added) = new
+            .services
+            .iter()
+            .find(|s| s.docker.is_some() && current.service(&s.name).is_none())
+        {
+            let message = format!(
+                "service '{}' is new and runs as containers: restart the gate to start its first release",
+                added.name
+            );
+            self.bus.publish(NewEvent {
+                kind: EventKind::ReloadFailed,
+                service: Some(added.name.clone()),
+                deployment: None,
+                actor: actor.to_string(),
+                message: format!(
+                    "config reload refused; the current table keeps serving: {message}"
+                ),
+                table: None,
+                evidence: serde_json::Value::Null,
+            });
+            return Err(ControlError::Conflict(message));
+        }
+        let (services, report) = ops::merge(&old, &new, &current, &self.metrics);
         for name in report.removed.iter().chain(&report.changed) {
             self.hysteresis.remove(name);
         }
@@ -929,6 +1064,15 @@ impl Controller {
         self.keeper.services(&new);
         let change = self.publish(next, "config_reloaded");
         self.config = new;
+        if let Some(tx) = &self.docker {
+            let configs = self
+                .config
+                .services
+                .iter()
+                .filter_map(|s| s.docker.clone().map(|d| (s.name.clone(), d)))
+                .collect();
+            let _ = tx.send(crate::docker::release::Request::Configs(configs));
+        }
         let event = self.bus.publish(NewEvent {
             kind: EventKind::ConfigReloaded,
             service: None,
@@ -943,6 +1087,8 @@ impl Controller {
             table: Some(change),
             evidence: serde_json::to_value(&report).unwrap_or_default(),
         });
+        // Containers found by their labels join their services again.
+        self.reapply_discovery();
         Ok(Applied {
             table_version: change.to,
             event,

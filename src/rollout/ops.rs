@@ -287,6 +287,99 @@ pub fn clear_canary(old: &Service) -> Result<Change, ControlError> {
     ))
 }
 
+/// Stable upstreams at new addresses (containers of the stable release were recreated): the
+/// same version, its numbers kept.
+pub fn move_stable(
+    old: &Service,
+    moved: &[(UpstreamAddr, UpstreamAddr)],
+    why: &str,
+) -> Result<Change, ControlError> {
+    let upstreams: Vec<UpstreamAddr> = old
+        .stable
+        .upstreams
+        .iter()
+        .map(|u| {
+            moved
+                .iter()
+                .find(|(from, _)| from.addr == u.addr)
+                .map(|(_, to)| to.clone())
+                .unwrap_or_else(|| u.clone())
+        })
+        .collect();
+    let specs: Vec<_> = upstreams.iter().map(|u| u.spec.clone()).collect();
+    let next = Service {
+        stable: old.stable.with_upstreams(upstreams),
+        ..old.clone()
+    };
+    Ok((
+        next,
+        EventKind::ContainerRestored,
+        format!("{why}; stable now {}", specs.join(", ")),
+    ))
+}
+
+/// Both arms of a service as its configured upstreams plus the containers discovered for it.
+/// A canary that appears is a new generation at `weight` (default 0); one whose containers
+/// are all gone is removed.
+pub fn with_discovered(
+    old: &Service,
+    stable: Vec<UpstreamAddr>,
+    canary: Vec<UpstreamAddr>,
+    weight: Option<Weight>,
+    metrics: &Metrics,
+) -> Result<Change, ControlError> {
+    let list = |ups: &[UpstreamAddr]| {
+        if ups.is_empty() {
+            "none".to_string()
+        } else {
+            ups.iter()
+                .map(|u| u.spec.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    };
+    let message = format!(
+        "discovered: stable {}, canary {}",
+        list(&stable),
+        list(&canary)
+    );
+    let stable_arm = if old.stable.same_upstreams(&stable) {
+        old.stable.clone()
+    } else {
+        old.stable.with_upstreams(stable)
+    };
+    let next = match (&old.canary, canary.is_empty()) {
+        (Some(c), false) => Service {
+            stable: stable_arm,
+            canary: Some(if c.same_upstreams(&canary) {
+                c.clone()
+            } else {
+                c.with_upstreams(canary)
+            }),
+            weight: weight.unwrap_or(old.weight),
+            ..old.clone()
+        },
+        (None, false) => Service {
+            stable: stable_arm,
+            canary: Some(Arm::new(ArmRole::Canary, &old.config, canary, metrics)),
+            weight: weight.unwrap_or(Weight::ZERO),
+            state: ServiceState::Canary,
+            generation: old.generation + 1,
+            held_weight: Weight::ZERO,
+            ..old.clone()
+        },
+        (_, true) => Service {
+            stable: stable_arm,
+            canary: None,
+            weight: Weight::ZERO,
+            state: ServiceState::Stable,
+            held_weight: Weight::ZERO,
+            ..old.clone()
+        },
+    };
+    Ok((next, EventKind::Discovered, message))
+}
+
 /// What a reload changed.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ReloadReport {

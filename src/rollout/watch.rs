@@ -62,6 +62,7 @@ pub fn evidence(
     service: &Service,
     at: Instant,
     probing: &super::probing::Probing,
+    usage: &crate::docker::usage::UsageBoard,
 ) -> Option<Evidence> {
     let canary = service.canary.as_ref()?;
     let (probe_failures, stable_probes_failing) = probing.canary_failures(service);
@@ -72,5 +73,6 @@ pub fn evidence(
         stable_consecutive_failures: service.stable.stats.consecutive_failures(),
         probe_failures,
         stable_probes_failing,
+        canary_usage: usage.usage(service.name(), at),
     })
 }

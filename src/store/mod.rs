@@ -18,7 +18,7 @@ use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Row};
 
 pub use records::{
-    ArmMinuteRow, DeploymentRow, EventRow, ProbeRow, Record, ServiceRow, SnapshotRow,
+    ArmMinuteRow, DeploymentRow, EventRow, ProbeRow, Record, ReleaseRow, ServiceRow, SnapshotRow,
 };
 
 use crate::config::StoreUrl;
@@ -250,10 +250,41 @@ impl Store {
                     .execute(&mut *tx)
                     .await?;
                 }
+                Record::Release(r) => {
+                    sqlx::query(
+                        "INSERT INTO releases (id, service, image, image_id, state, containers, created_ms, updated_ms) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                         ON CONFLICT (id) DO UPDATE SET image_id = excluded.image_id, state = excluded.state, \
+                         containers = excluded.containers, updated_ms = excluded.updated_ms",
+                    )
+                    .bind(&r.id)
+                    .bind(&r.service)
+                    .bind(&r.image)
+                    .bind(&r.image_id)
+                    .bind(&r.state)
+                    .bind(&r.containers)
+                    .bind(r.created_ms)
+                    .bind(r.updated_ms)
+                    .execute(&mut *tx)
+                    .await?;
+                }
             }
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// A service's releases, newest first (at most `limit`).
+    pub async fn releases(&self, service: &str, limit: u32) -> Result<Vec<ReleaseRow>, StoreError> {
+        let rows = sqlx::query_as::<_, ReleaseRow>(
+            "SELECT id, service, image, image_id, state, containers, created_ms, updated_ms FROM releases \
+             WHERE service = $1 ORDER BY created_ms DESC, id DESC LIMIT $2",
+        )
+        .bind(service)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows)
     }
 
     /// Deletes probe results older than `probe_before_ms` and arm minutes older than
@@ -297,6 +328,7 @@ impl Store {
             "probe_results",
             "table_snapshots",
             "arm_minutes",
+            "releases",
         ] {
             // Table names are constants of this function, never input.
             let sql = format!("SELECT COUNT(*) AS n FROM {table}");

@@ -189,6 +189,36 @@ pub struct ServiceRow {
     pub config: String,
 }
 
+/// A row of `releases`: a service's version run as containers, with their snapshots.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct ReleaseRow {
+    /// The deployment's id (or `SERVICE-initial-...`).
+    pub id: String,
+    /// Service.
+    pub service: String,
+    /// The image as asked.
+    pub image: String,
+    /// The image id it resolved to.
+    pub image_id: String,
+    /// `preparing`, `candidate`, `stable`, `retired`, `failed`.
+    pub state: String,
+    /// Each container's snapshot, JSON.
+    pub containers: String,
+    /// Epoch ms.
+    pub created_ms: i64,
+    /// Epoch ms.
+    pub updated_ms: i64,
+}
+
+impl ReleaseRow {
+    /// The row as the API shows it: containers as JSON, not text.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        v["containers"] = parsed(&self.containers);
+        v
+    }
+}
+
 /// Anything written to history.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -205,6 +235,8 @@ pub enum Record {
     ArmMinute(ArmMinuteRow),
     /// A service's config.
     Service(ServiceRow),
+    /// A release's current state.
+    Release(ReleaseRow),
 }
 
 impl Record {
@@ -217,6 +249,7 @@ impl Record {
             Record::Snapshot(_) => "table_snapshots",
             Record::ArmMinute(_) => "arm_minutes",
             Record::Service(_) => "services",
+            Record::Release(_) => "releases",
         }
     }
 }

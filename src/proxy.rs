@@ -292,7 +292,11 @@ impl ProxyHttp for GateProxy {
             && session.response_written().is_none();
         // A pooled connection the upstream had closed is the pool's race, not the canary's
         // failure: retry it the ordinary way (pingora's default policy).
-        let stale_pooled = client_reused && ctx.canary_status.is_none() && e.retry.retry();
+        // (`ReusedOnly` means "retry if the connection was a reused one": decide it first;
+        // asking an undecided retry panics.)
+        let mut retry = e.retry;
+        retry.decide_reuse(client_reused);
+        let stale_pooled = client_reused && ctx.canary_status.is_none() && retry.retry();
         if ctx.shield_ok && replayable && !stale_pooled {
             let class = match ctx.canary_status.take() {
                 Some(_) => StatusClass::ServerError,
@@ -300,6 +304,16 @@ impl ProxyHttp for GateProxy {
             };
             self.shield(ctx, class);
             e.set_retry(true);
+            return e;
+        }
+        // Stable failed an idempotent request before answering (an instance killed or
+        // restarting): the next upstream of the arm gets it, once each, as nginx's
+        // `proxy_next_upstream error timeout` does. Not for the canary: its failures are
+        // the judge's evidence.
+        if replayable && !stale_pooled && ctx.role == ArmRole::Stable {
+            let serving = ctx.arm().map(|a| a.serving()).unwrap_or(0);
+            ctx.attempt += 1;
+            e.set_retry(ctx.attempt < serving);
             return e;
         }
         if !replayable {

@@ -853,12 +853,16 @@ impl Manager {
             );
             let engine = self.engine.clone();
             tokio::spawn(async move {
-                for m in &release.containers {
-                    let _ = engine.stop(&m.snapshot.id, STOP_GRACE).await;
-                    if let Err(e) = engine.remove(&m.snapshot.id).await {
-                        tracing::warn!(container = %m.snapshot.name, error = %e, "cannot remove a retired container");
+                let each = release.containers.iter().map(|m| {
+                    let engine = engine.clone();
+                    async move {
+                        let _ = engine.stop(&m.snapshot.id, STOP_GRACE).await;
+                        if let Err(e) = engine.remove(&m.snapshot.id).await {
+                            tracing::warn!(container = %m.snapshot.name, error = %e, "cannot remove a retired container");
+                        }
                     }
-                }
+                });
+                futures_util::future::join_all(each).await;
             });
         }
     }
@@ -893,11 +897,15 @@ impl Manager {
         }
         let engine = self.engine.clone();
         tokio::spawn(async move {
-            for m in &release.containers {
-                if let Err(e) = engine.stop(&m.snapshot.id, STOP_GRACE).await {
-                    tracing::warn!(container = %m.snapshot.name, error = %e, "cannot stop a failed container");
+            let each = release.containers.iter().map(|m| {
+                let engine = engine.clone();
+                async move {
+                    if let Err(e) = engine.stop(&m.snapshot.id, STOP_GRACE).await {
+                        tracing::warn!(container = %m.snapshot.name, error = %e, "cannot stop a failed container");
+                    }
                 }
-            }
+            });
+            futures_util::future::join_all(each).await;
             for old in drop_list {
                 for m in &old.containers {
                     let _ = engine.remove(&m.snapshot.id).await;

@@ -675,6 +675,16 @@ impl Controller {
                 (EventKind::DeploymentResumed, active.plan.resume(now))
             }
             Control::Abort => {
+                if let Some(why) = self.previous_version_gone(&service) {
+                    // Nothing to go back to: the deployment stays as it is.
+                    self.refuse_rollback(&service, &why, actor);
+                    return Err(ControlError::Conflict(format!("rollback refused: {why}")));
+                }
+                let active = self
+                    .deployments
+                    .active
+                    .get_mut(&service)
+                    .expect("found above");
                 active.before_failure = Some(active.plan.clone());
                 (EventKind::DeploymentAborted, active.plan.abort(now))
             }

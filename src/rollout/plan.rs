@@ -406,7 +406,13 @@ impl Plan {
                     ));
                     return Vec::new();
                 }
-                if i.judged != Judged::Healthy || i.samples < step.min_samples {
+                // A step that asks for no samples only needs the judge not to object.
+                let proven = if step.min_samples == 0 {
+                    i.judged != Judged::Breach
+                } else {
+                    i.judged == Judged::Healthy && i.samples >= step.min_samples
+                };
+                if !proven {
                     self.waiting = Some(format!(
                         "baked; waiting for a healthy judge with {} canary samples (have {}, judge {})",
                         step.min_samples, i.samples, i.judged.as_str()

@@ -73,6 +73,12 @@ pub fn evidence(
         stable_consecutive_failures: service.stable.stats.consecutive_failures(),
         probe_failures,
         stable_probes_failing,
-        canary_usage: usage.usage(service.name(), at),
+        // Only the containers behind the canary's upstreams now (a replaced canary's
+        // samples may linger until the sampler's next round).
+        canary_usage: usage
+            .usage(service.name(), at)
+            .into_iter()
+            .filter(|u| canary.upstreams.iter().any(|c| c.spec == u.upstream))
+            .collect(),
     })
 }

@@ -7,12 +7,17 @@
 //!        curl localhost:8080/env/GREETING  curl localhost:8080/file/data/motd
 //! Check: testapp check http://127.0.0.1:8080/health   (exit 0 when it answers 200; the
 //!        image's HEALTHCHECK)
+//! Load:  POST /admin/hog/{mib} holds that much more memory; POST /admin/spin/{secs} keeps
+//!        one CPU busy that long (for resource-rule tests)
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Memory held by /admin/hog.
+static HOG: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
 
 struct App {
     version: String,
@@ -146,6 +151,30 @@ fn answer(app: &App, method: &str, path: &str) -> (&'static str, String) {
             ("200 OK", "now healthy\n".into())
         }
         ("GET", "/version") => ("200 OK", format!("{}\n", app.version)),
+        ("POST", p) if p.starts_with("/admin/hog/") => match p[11..].parse::<usize>() {
+            Ok(mib) if mib <= 1024 => {
+                // Touch every page so the memory is really used.
+                let block = vec![1u8; mib << 20];
+                let total: usize = block.iter().step_by(4096).map(|b| *b as usize).sum();
+                HOG.lock().map(|mut h| h.push(block)).ok();
+                ("200 OK", format!("holding {mib} MiB more ({total} pages)\n"))
+            }
+            _ => ("400 Bad Request", "hog 0..=1024 MiB\n".into()),
+        },
+        ("POST", p) if p.starts_with("/admin/spin/") => match p[12..].parse::<u64>() {
+            Ok(secs) if secs <= 60 => {
+                std::thread::spawn(move || {
+                    let until = std::time::Instant::now() + Duration::from_secs(secs);
+                    let mut x = 0u64;
+                    while std::time::Instant::now() < until {
+                        x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+                    }
+                    std::hint::black_box(x);
+                });
+                ("200 OK", format!("spinning for {secs}s\n"))
+            }
+            _ => ("400 Bad Request", "spin 0..=60 s\n".into()),
+        },
         ("GET", p) if p.starts_with("/env/") => match std::env::var(&p[5..]) {
             Ok(v) => ("200 OK", format!("{v}\n")),
             Err(_) => ("404 Not Found", "unset\n".into()),

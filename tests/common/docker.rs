@@ -57,31 +57,132 @@ pub fn testapp() -> PathBuf {
 /// Builds the test image (once per test process) and returns its tag.
 pub fn image() -> String {
     static TAG: OnceLock<String> = OnceLock::new();
-    TAG.get_or_init(|| {
-        let bin = testapp();
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::copy(&bin, dir.path().join("testapp")).unwrap();
-        std::fs::write(
-            dir.path().join("Dockerfile"),
+    TAG.get_or_init(|| build_image("sluice-testapp:tests", &[]))
+        .clone()
+}
+
+/// Builds an image of the test app `FROM scratch` tagged `tag`, with extra Dockerfile
+/// lines (`ENV APP_VERSION=v2`, `LABEL ...`); returns the tag.
+pub fn build_image(tag: &str, lines: &[String]) -> String {
+    let bin = testapp();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(&bin, dir.path().join("testapp")).unwrap();
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        format!(
             "FROM scratch\nCOPY testapp /testapp\nEXPOSE 8080\n\
              HEALTHCHECK --interval=1s --timeout=1s --start-period=1s --retries=1 CMD [\"/testapp\", \"check\", \"http://127.0.0.1:8080/health\"]\n\
-             ENTRYPOINT [\"/testapp\"]\nCMD [\"serve\", \"--port\", \"8080\"]\n",
-        )
-        .unwrap();
-        let tag = "sluice-testapp:tests".to_string();
-        let out = Command::new("docker")
-            .args(["build", "-q", "-t", &tag])
-            .arg(dir.path())
-            .output()
-            .expect("docker build runs");
-        assert!(
-            out.status.success(),
-            "docker build: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+             {}\nENTRYPOINT [\"/testapp\"]\nCMD [\"serve\", \"--port\", \"8080\"]\n",
+            lines.join("\n")
+        ),
+    )
+    .unwrap();
+    let out = Command::new("docker")
+        .args(["build", "-q", "-t", tag])
+        .arg(dir.path())
+        .output()
+        .expect("docker build runs");
+    assert!(
+        out.status.success(),
+        "docker build: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    tag.to_string()
+}
+
+/// `docker ARGS...`; returns (success, stdout).
+pub fn docker(args: &[&str]) -> (bool, String) {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("docker runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+    )
+}
+
+/// Everything a test made in Docker (containers carrying its label, its networks and
+/// images), removed when dropped.
+pub struct Scratch {
+    /// A label value unique to this test run (`test.run`).
+    pub run: String,
+    networks: Vec<String>,
+    images: Vec<String>,
+}
+
+impl Scratch {
+    /// A new run named after the test.
+    pub fn new(test: &str) -> Scratch {
+        Scratch {
+            run: format!("{test}-{}-{:x}", std::process::id(), fastrand::u32(..)),
+            networks: Vec::new(),
+            images: Vec::new(),
+        }
+    }
+
+    /// A user network of this run.
+    pub fn network(&mut self) -> String {
+        let name = format!("sluice-{}", self.run);
+        let (ok, _) = docker(&[
+            "network",
+            "create",
+            "--label",
+            &format!("test.run={}", self.run),
+            &name,
+        ]);
+        assert!(ok, "docker network create {name}");
+        self.networks.push(name.clone());
+        name
+    }
+
+    /// An image of the test app for this run (its own image id), answering `version`.
+    pub fn image(&mut self, version: &str, env: &[(&str, &str)]) -> String {
+        let tag = format!("sluice-testapp:{}-{version}", self.run);
+        let mut lines = vec![
+            format!("ENV APP_VERSION={version}"),
+            format!("LABEL sluice.test.image=\"{}-{version}\"", self.run),
+        ];
+        lines.extend(env.iter().map(|(k, v)| format!("ENV {k}={v}")));
+        build_image(&tag, &lines);
+        self.images.push(tag.clone());
         tag
-    })
-    .clone()
+    }
+
+    /// Names of this run's containers with `label=value`, running or not.
+    pub fn containers(&self, label: &str) -> Vec<String> {
+        let (_, out) = docker(&[
+            "ps",
+            "-a",
+            "--filter",
+            &format!("label={label}"),
+            "--format",
+            "{{.Names}}",
+        ]);
+        let mut names: Vec<String> = out.lines().map(str::to_string).collect();
+        names.sort();
+        names
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let (_, ids) = docker(&[
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=test.run={}", self.run),
+        ]);
+        for id in ids.lines() {
+            let _ = docker(&["rm", "-f", id]);
+        }
+        for n in &self.networks {
+            let _ = docker(&["network", "rm", n]);
+        }
+        for i in &self.images {
+            let _ = docker(&["rmi", "-f", i]);
+        }
+    }
 }
 
 /// A running container, removed on drop.

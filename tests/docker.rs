@@ -13,6 +13,10 @@ use serde_json::{json, Value};
 use sluice::demo::{Load, LoadConfig};
 use sluice::gate::GateHandle;
 
+/// One test at a time: each starts several containers, and one loads a CPU on purpose, which
+/// on a two-core machine would slow the others' containers enough to look like a regression.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A `[services.docker]` service `web` of this run: two replicas of `image`, with an
 /// environment variable, a read-only bind mount and a network of the run.
 fn web_config(
@@ -137,6 +141,7 @@ async fn images_deploy_promote_and_a_bad_one_is_cut_back_and_kept_stopped() {
     if !available() {
         return;
     }
+    let _one = ONE_AT_A_TIME.lock().await;
     let mut s = Scratch::new("deploy");
     let network = s.network();
     let v1 = s.image("v1", &[]);
@@ -144,7 +149,15 @@ async fn images_deploy_promote_and_a_bad_one_is_cut_back_and_kept_stopped() {
     let v3 = s.image("v3", &[("FAIL_AFTER", "0")]);
     let data = tempfile::tempdir().unwrap();
     std::fs::write(data.path().join("motd"), "from the volume\n").unwrap();
-    let gate = spawn_gate(&web_config(&s, &v1, &network, data.path(), ""));
+    // Fresh containers answer their first requests slower (new connections, cold pages);
+    // this test is about containers, not latency: only a large slowdown counts.
+    let gate = spawn_gate(&web_config(
+        &s,
+        &v1,
+        &network,
+        data.path(),
+        "[services.cutback]\nlatency_slack = \"250ms\"\n",
+    ));
 
     // The first release: two containers of v1, configured as the file says.
     assert_eq!(body(&gate, "/").await, (200, "v1".into()));
@@ -274,6 +287,7 @@ async fn a_stable_container_that_disappears_is_recreated_exactly() {
     if !available() {
         return;
     }
+    let _one = ONE_AT_A_TIME.lock().await;
     let mut s = Scratch::new("restore");
     let network = s.network();
     let v1 = s.image("v1", &[]);
@@ -338,6 +352,7 @@ async fn a_rollback_to_a_release_whose_image_is_gone_is_refused() {
     if !available() {
         return;
     }
+    let _one = ONE_AT_A_TIME.lock().await;
     let mut s = Scratch::new("gone");
     let network = s.network();
     let v1 = s.image("v1", &[]);
@@ -434,6 +449,7 @@ async fn labelled_containers_started_by_hand_are_discovered() {
     if !available() {
         return;
     }
+    let _one = ONE_AT_A_TIME.lock().await;
     let mut s = Scratch::new("discover");
     let app = s.image("hand", &[]);
     let stable = spawn_upstream("configured");
@@ -527,6 +543,7 @@ async fn a_canary_container_over_its_memory_or_cpu_share_is_cut_back() {
     if !available() {
         return;
     }
+    let _one = ONE_AT_A_TIME.lock().await;
     let mut s = Scratch::new("usage");
     let app = s.image("hog", &[]);
     let stable = spawn_upstream("stable");

@@ -167,6 +167,12 @@ pub fn check_image(text: &str) -> Result<(), String> {
     if text.len() > 512 {
         return bad("longer than 512 characters");
     }
+    if let Some(c) = text
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "/:@._-".contains(*c)))
+    {
+        return bad(&format!("'{c}' is not allowed (only [A-Za-z0-9/:@._-])"));
+    }
     if let Some(hex) = text.strip_prefix("sha256:") {
         return if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
             Ok(())

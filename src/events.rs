@@ -83,11 +83,13 @@ pub enum EventKind {
     ReleaseMissing,
     /// Containers found by their labels changed a service's upstreams.
     Discovered,
+    /// Notifications could not be delivered (after their retries), or were dropped.
+    NotifyFailed,
 }
 
 impl EventKind {
     /// Every kind, for filters and docs.
-    pub const ALL: [EventKind; 30] = [
+    pub const ALL: [EventKind; 31] = [
         EventKind::Started,
         EventKind::CanarySet,
         EventKind::WeightSet,
@@ -118,6 +120,7 @@ impl EventKind {
         EventKind::ContainerRestored,
         EventKind::ReleaseMissing,
         EventKind::Discovered,
+        EventKind::NotifyFailed,
     ];
 
     /// Parses a kind name.
@@ -158,6 +161,7 @@ impl EventKind {
             EventKind::ContainerRestored => "container_restored",
             EventKind::ReleaseMissing => "release_missing",
             EventKind::Discovered => "discovered",
+            EventKind::NotifyFailed => "notify_failed",
         }
     }
 }

@@ -279,7 +279,7 @@ pub fn start(config: Config) -> Result<GateHandle, GateError> {
     );
     let control = wiring.handle.clone();
     let table = wiring.table.clone();
-    let mut docker_tasks: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> =
+    let mut background: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> =
         Vec::new();
     let mut release_board = None;
     if let Some(engine) = &engine {
@@ -295,21 +295,28 @@ pub fn start(config: Config) -> Result<GateHandle, GateError> {
                 releases,
             );
             release_board = Some(manager.board());
-            docker_tasks.push(Box::pin(manager.run(rx)));
+            background.push(Box::pin(manager.run(rx)));
         }
         if discovery {
-            docker_tasks.push(Box::pin(crate::docker::discovery::run(
+            background.push(Box::pin(crate::docker::discovery::run(
                 engine.clone(),
                 control.clone(),
                 discovery_interval,
             )));
         }
-        docker_tasks.push(Box::pin(crate::docker::usage::run(
+        background.push(Box::pin(crate::docker::usage::run(
             engine.clone(),
             table.clone(),
             controller.usage_board(),
         )));
     }
+
+    // Notifications: a dispatcher on the bus, a worker per notifier.
+    background.push(Box::pin(crate::notify::run(
+        wiring.notify.clone(),
+        bus.clone(),
+        metrics.clone(),
+    )));
 
     let (stop_accepting, accepting_stopped) = watch::channel(false);
     let (stop_workers, workers_stopped) = watch::channel(false);
@@ -382,7 +389,7 @@ pub fn start(config: Config) -> Result<GateHandle, GateError> {
         control_rt.spawn(controller.run(control_stopped.clone())),
         control_rt.spawn(admin::serve(admin_listener, state, control_stopped.clone())),
     ];
-    for task in docker_tasks {
+    for task in background {
         let mut stopped = control_stopped.clone();
         control_tasks.push(control_rt.spawn(async move {
             tokio::select! {

@@ -14,6 +14,7 @@ pub mod events;
 pub mod gate;
 pub mod judge;
 pub mod metrics;
+pub mod notify;
 pub mod probes;
 pub mod proxy;
 pub mod rollout;

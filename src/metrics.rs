@@ -36,6 +36,7 @@ pub struct Metrics {
     probe_results: IntCounterVec,
     probe_duration: HistogramVec,
     upstream_healthy: prometheus::IntGaugeVec,
+    notifications: IntCounterVec,
 }
 
 /// The history store's health: `sluice_store_up`, `sluice_store_pending_bytes`,
@@ -272,7 +273,18 @@ impl Metrics {
                 &["service", "arm", "upstream"],
             ),
         );
+        let notifications = build(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "sluice_notifications_total",
+                    "Notifications by notifier and result (sent, retried, failed, dropped).",
+                ),
+                &["notifier", "result"],
+            ),
+        );
         Metrics {
+            notifications,
             probe_results,
             probe_duration,
             upstream_healthy,
@@ -287,6 +299,14 @@ impl Metrics {
             rollbacks,
             table_version,
         }
+    }
+
+    /// Counts a notification outcome: `sent`, `retried`, `failed` (gave up) or `dropped`
+    /// (its queue was full).
+    pub fn notification(&self, notifier: &str, result: &str) {
+        self.notifications
+            .with_label_values(&[notifier, result])
+            .inc();
     }
 
     /// Resolves the handles of one arm.

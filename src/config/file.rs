@@ -28,6 +28,48 @@ pub struct FileConfig {
     /// The services behind the gate.
     #[serde(default)]
     pub services: Vec<ServiceFile>,
+    /// Notifications.
+    #[serde(default)]
+    pub notify: Vec<NotifyFile>,
+    /// The web dashboard.
+    #[serde(default)]
+    pub dashboard: DashboardFile,
+}
+
+/// `[dashboard]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DashboardFile {
+    pub enabled: Option<bool>,
+    pub url: Option<String>,
+}
+
+/// One `[[notify]]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyFile {
+    pub name: Option<String>,
+    pub kind: Option<String>,
+    pub events: Option<Vec<String>>,
+    pub services: Option<Vec<String>>,
+    pub timeout: Option<String>,
+    pub retries: Option<i64>,
+    pub backoff: Option<String>,
+    pub queue: Option<i64>,
+    // webhook, slack, discord
+    pub url: Option<String>,
+    pub url_env: Option<String>,
+    pub secret: Option<String>,
+    pub secret_env: Option<String>,
+    // email
+    pub smtp_host: Option<String>,
+    pub smtp_port: Option<i64>,
+    pub tls: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub password_env: Option<String>,
+    pub from: Option<String>,
+    pub to: Option<Vec<String>>,
 }
 
 /// `[server]`

@@ -7,6 +7,7 @@
 //! `sluice.toml: services[1].canary_weight: must be between 0 and 100 (got 150)`.
 
 pub mod docker;
+pub mod notify;
 pub mod file;
 
 use std::collections::{HashMap, HashSet};
@@ -277,6 +278,10 @@ pub struct Config {
     pub discovery_interval: Duration,
     /// Services in file order.
     pub services: Vec<ServiceConfig>,
+    /// Notifiers (`[[notify]]`).
+    pub notify: Vec<notify::NotifierConfig>,
+    /// The dashboard (`[dashboard]`).
+    pub dashboard: notify::DashboardConfig,
 }
 
 /// Where history goes.
@@ -788,6 +793,10 @@ fn validate(model: FileConfig, file: &str, base_dir: &Path) -> Result<Config, Co
         services.push(service);
     }
 
+    let names: Vec<String> = services.iter().map(|s| s.name.clone()).collect();
+    let notify = notify::validate_notify(&mut c, &model.notify, &names);
+    let dashboard = notify::validate_dashboard(&mut c, &model.dashboard, &server);
+
     if c.problems.is_empty() {
         Ok(Config {
             source: None,
@@ -799,6 +808,8 @@ fn validate(model: FileConfig, file: &str, base_dir: &Path) -> Result<Config, Co
             docker_discovery,
             discovery_interval,
             services,
+            notify,
+            dashboard,
         })
     } else {
         Err(ConfigError::Invalid {

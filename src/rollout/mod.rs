@@ -264,6 +264,8 @@ pub struct Wiring {
     pub admin_token: Arc<ArcSwapOption<String>>,
     /// The data plane's poke after a canary failure.
     pub wake: Wake,
+    /// Notifiers and the dashboard's address, swapped on reload.
+    pub notify: crate::notify::SharedSettings,
 }
 
 /// The controller task's state.
@@ -274,6 +276,7 @@ pub struct Controller {
     metrics: Arc<Metrics>,
     bus: EventBus,
     admin_token: Arc<ArcSwapOption<String>>,
+    notify: crate::notify::SharedSettings,
     rx: mpsc::Receiver<Command>,
     wake_rx: mpsc::Receiver<()>,
     hysteresis: HashMap<String, Hysteresis>,
@@ -332,6 +335,14 @@ fn arm_evidence(arm: Option<&Arm>) -> serde_json::Value {
             "window": a.stats.snapshot().summary(),
             "consecutive_failures": a.stats.consecutive_failures(),
         }),
+    }
+}
+
+/// What the notifiers need of a config.
+fn notify_settings(config: &Config) -> crate::notify::Settings {
+    crate::notify::Settings {
+        notifiers: config.notify.clone(),
+        dashboard_url: config.dashboard.url.clone(),
     }
 }
 
@@ -395,6 +406,7 @@ impl Controller {
         let admin_token = Arc::new(ArcSwapOption::from(
             config.admin.token.clone().map(Arc::new),
         ));
+        let notify = Arc::new(ArcSwap::from_pointee(notify_settings(&config)));
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         let (wake, wake_rx) = Wake::channel();
         let (probing, probe_rx) =
@@ -410,6 +422,7 @@ impl Controller {
             metrics,
             bus,
             admin_token: admin_token.clone(),
+            notify: notify.clone(),
             rx,
             wake_rx,
             hysteresis: HashMap::new(),
@@ -443,6 +456,7 @@ impl Controller {
             table,
             admin_token,
             wake,
+            notify,
         };
         (controller, wiring)
     }
@@ -937,6 +951,14 @@ impl Controller {
                 evidence[k] = v;
             }
         }
+        // The canary's version, for people reading the event (notifications, dashboard).
+        if let Some(v) = label.map(str::to_string).or_else(|| {
+            self.keeper
+                .open_deployment(name)
+                .and_then(|d| d.label.clone())
+        }) {
+            evidence["version"] = json!(v);
+        }
         let deployment_before = self.keeper.deployment_of(name);
         self.keeper.follow(
             &next,
@@ -1046,6 +1068,9 @@ impl Controller {
         ));
         self.admin_token
             .store(new.admin.token.clone().map(Arc::new));
+        if new.notify != self.config.notify || new.dashboard != self.config.dashboard {
+            self.notify.store(Arc::new(notify_settings(&new)));
+        }
         let services = services
             .iter()
             .map(|s| Arc::new(self.probing.apply(s)))

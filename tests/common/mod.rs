@@ -156,3 +156,4 @@ pub async fn admin_raw(
 }
 pub mod docker;
 pub mod pg;
+pub mod receivers;

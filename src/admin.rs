@@ -80,6 +80,50 @@ pub struct AdminState {
     pub history: Option<crate::store::History>,
     /// Releases of services run as containers, when any.
     pub releases: Option<crate::docker::release::ReleaseBoard>,
+    /// Short-lived tickets for browsers' event streams.
+    pub tickets: Tickets,
+    /// Serve the dashboard at `/`.
+    pub dashboard: bool,
+}
+
+/// How long a stream ticket can be used to open `/api/v1/events`.
+pub const TICKET_TTL: Duration = Duration::from_secs(30);
+/// Tickets outstanding at most; the oldest go first.
+const MAX_TICKETS: usize = 1024;
+
+/// Stream tickets: a browser's `EventSource` and `WebSocket` cannot send an
+/// `Authorization` header, so an authenticated `POST /api/v1/tickets` gives it a random
+/// ticket to put in the query string instead, valid for [`TICKET_TTL`] and only for the
+/// event stream.
+#[derive(Clone, Default)]
+pub struct Tickets(Arc<parking_lot::Mutex<HashMap<String, std::time::Instant>>>);
+
+impl Tickets {
+    /// A new ticket.
+    pub fn issue(&self) -> std::io::Result<String> {
+        use std::io::Read;
+        let mut raw = [0u8; 24];
+        std::fs::File::open("/dev/urandom")?.read_exact(&mut raw)?;
+        let ticket = hex::encode(raw);
+        let now = std::time::Instant::now();
+        let mut map = self.0.lock();
+        map.retain(|_, at| now.duration_since(*at) < TICKET_TTL);
+        if map.len() >= MAX_TICKETS {
+            if let Some(oldest) = map.iter().min_by_key(|(_, at)| **at).map(|(k, _)| k.clone()) {
+                map.remove(&oldest);
+            }
+        }
+        map.insert(ticket.clone(), now);
+        Ok(ticket)
+    }
+
+    /// Whether `ticket` was issued and is still valid (compared in constant time).
+    pub fn valid(&self, ticket: &str) -> bool {
+        let now = std::time::Instant::now();
+        self.0.lock().iter().any(|(k, at)| {
+            now.duration_since(*at) < TICKET_TTL && bool::from(k.as_bytes().ct_eq(ticket.as_bytes()))
+        })
+    }
 }
 
 /// An API error: status, a stable code and a message for people.
@@ -236,6 +280,9 @@ pub struct ArmView {
     pub stats: StatsSummary,
     /// Failures in a row up to the latest request.
     pub consecutive_failures: u32,
+    /// Requests since the arm was created, by status class (`1xx`..`5xx`, `none`): rates
+    /// between two reads.
+    pub totals: std::collections::BTreeMap<&'static str, u64>,
 }
 
 /// Both arms.
@@ -285,6 +332,11 @@ fn arm_view(arm: &Arm) -> ArmView {
         panic: arm.panic(),
         stats: arm.stats.snapshot().summary(),
         consecutive_failures: arm.stats.consecutive_failures(),
+        totals: crate::stats::StatusClass::ALL
+            .iter()
+            .zip(arm.stats.totals())
+            .map(|(c, n)| (c.label(), n))
+            .collect(),
     }
 }
 
@@ -334,12 +386,16 @@ pub fn router(state: AdminState) -> Router {
         .route("/services/{name}/resume", post(resume))
         .route("/reload", post(reload))
         .route("/events", get(events))
+        .route("/tickets", post(issue_ticket))
         .route("/history", get(history))
         .route("/deployments", get(deployments))
         .route("/deployments/{id}", get(deployment))
         .route("/deployments/{id}/trend", get(deployment_trend))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
+        .route("/", get(crate::dashboard::index))
+        .route("/dashboard", get(crate::dashboard::index))
+        .route("/dashboard/{file}", get(crate::dashboard::asset))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .nest("/api/v1", api)
@@ -377,8 +433,41 @@ pub async fn serve(
     }
 }
 
+async fn issue_ticket(State(state): State<AdminState>) -> Result<Response, ApiError> {
+    let ticket = state.tickets.issue().map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_randomness",
+            format!("cannot make a ticket: {e}"),
+        )
+    })?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(json!({
+            "ticket": ticket,
+            "expires_in_ms": TICKET_TTL.as_millis() as u64,
+            "use": "GET /api/v1/events?ticket=TICKET (EventSource or WebSocket)",
+        })),
+    )
+        .into_response())
+}
+
+/// The `ticket` query parameter, on the event stream only.
+fn stream_ticket(req: &Request) -> Option<&str> {
+    if req.method() != axum::http::Method::GET || !req.uri().path().ends_with("/events") {
+        return None;
+    }
+    req.uri()
+        .query()?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("ticket="))
+}
+
 async fn require_token(State(state): State<AdminState>, req: Request, next: Next) -> Response {
     if let Some(expected) = state.token.load().as_deref() {
+        if stream_ticket(&req).is_some_and(|t| state.tickets.valid(t)) {
+            return next.run(req).await;
+        }
         let given = req
             .headers()
             .get(header::AUTHORIZATION)
@@ -720,11 +809,12 @@ impl EventFilter {
                         ))
                     })?)
                 }
-                // Browsers' EventSource cannot send headers; the ticket rides in the query.
-                "token" => {}
+                // Browsers' EventSource cannot send headers; a ticket rides in the query
+                // (checked by `require_token`).
+                "ticket" => {}
                 other => {
                     return Err(ApiError::bad_request(format!(
-                        "unknown filter '{other}' (use service, kind, since)"
+                        "unknown filter '{other}' (use service, kind, since, ticket)"
                     )))
                 }
             }

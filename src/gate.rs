@@ -269,6 +269,7 @@ pub fn start(config: Config) -> Result<GateHandle, GateError> {
     let discovery_interval = config.discovery_interval;
     let discovery = config.docker_discovery;
     let manager_config = config.clone();
+    let dashboard_enabled = config.dashboard.enabled;
 
     let (mut controller, wiring) = Controller::with_history(
         config,
@@ -384,6 +385,8 @@ pub fn start(config: Config) -> Result<GateHandle, GateError> {
         bus: bus.clone(),
         history: history.clone(),
         releases: release_board,
+        tickets: Default::default(),
+        dashboard: dashboard_enabled,
     };
     let mut control_tasks = vec![
         control_rt.spawn(controller.run(control_stopped.clone())),

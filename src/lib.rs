@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod client;
 pub mod config;
+pub mod dashboard;
 pub mod demo;
 pub mod docker;
 pub mod events;

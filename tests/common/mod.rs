@@ -154,6 +154,7 @@ pub async fn admin_raw(
     let status = resp.status().as_u16();
     (status, resp.json().await.unwrap_or(Value::Null))
 }
+pub mod browser;
 pub mod docker;
 pub mod pg;
 pub mod receivers;

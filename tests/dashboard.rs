@@ -1,0 +1,241 @@
+//! The dashboard in a real headless Chromium: it loads without console errors, shows the
+//! services, follows a weight change live, and a rollback clicked in the page reaches the
+//! gate. Also the stream tickets browsers use, over plain HTTP.
+
+mod common;
+
+use std::time::Duration;
+
+use common::browser::{self, Browser};
+use common::*;
+use reqwest::Method;
+use serde_json::json;
+use sluice::demo::{Load, LoadConfig};
+
+const TOKEN: &str = "dashboard-test-token-0123";
+
+fn gate_config(stable: &str, canary: &str, api: &str) -> String {
+    format!(
+        r#"[admin]
+token = "{TOKEN}"
+[[services]]
+name = "web"
+stable = ["{stable}"]
+canary = ["{canary}"]
+canary_weight = 10.0
+[[services]]
+name = "api"
+hosts = ["api.test"]
+stable = ["{api}"]
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_live_state_and_a_click_rolls_back() {
+    if !browser::available() {
+        return;
+    }
+    let (stable, canary, api) = (
+        spawn_upstream("stable"),
+        spawn_upstream("canary"),
+        spawn_upstream("api"),
+    );
+    let gate = spawn_gate(&gate_config(
+        &stable.addr.to_string(),
+        &canary.addr.to_string(),
+        &api.addr.to_string(),
+    ));
+    let load = Load::start(LoadConfig::new(gate.proxy_addr, 150)).unwrap();
+    let b = Browser::start().await;
+    b.go(&format!("http://{}/#token={TOKEN}", gate.admin_addr))
+        .await;
+
+    let web = r#"[data-service="web"]"#;
+    let limit = Duration::from_secs(15);
+    b.wait_text(&format!(r#"{web} [data-field="weight"]"#), limit, |t| t == "10%")
+        .await;
+    b.wait_text(r#"[data-service="api"] [data-field="state"]"#, limit, |t| {
+        t == "stable"
+    })
+    .await;
+    // The token left the address bar; the stream is live.
+    let href = b.run("return location.href;").await;
+    assert!(!href.as_str().unwrap().contains(TOKEN), "{href}");
+    b.wait_text("#live", limit, |t| t == "live").await;
+
+    // A weight change made elsewhere shows at once, with its decision.
+    let (status, v) = admin(
+        &client_with_token(),
+        &gate,
+        Method::POST,
+        "/api/v1/services/web/weight",
+        None,
+        Some(json!({ "weight": 25 })),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    b.wait_text(&format!(r#"{web} [data-field="weight"]"#), limit, |t| t == "25%")
+        .await;
+    b.wait_text(r#"#decisions li[data-kind="weight_set"]"#, limit, |t| {
+        t.contains("25")
+    })
+    .await;
+    // The per-arm charts have data: the canary row shows a request rate.
+    b.wait_text(&format!(r#"{web} tr[data-arm="canary"] td:nth-child(3)"#), limit, |t| {
+        t.parse::<f64>().is_ok_and(|r| r > 0.0)
+    })
+    .await;
+
+    // Roll back from the page: a confirmation, then the gate does it.
+    b.click(&format!(r#"{web} button[data-action="rollback"]"#))
+        .await;
+    b.wait_text("#confirm-text", limit, |t| t.contains("Roll web back"))
+        .await;
+    b.click("#confirm-yes").await;
+    let until = std::time::Instant::now() + limit;
+    loop {
+        let s = admin(
+            &client_with_token(),
+            &gate,
+            Method::GET,
+            "/api/v1/services/web",
+            None,
+            None,
+        )
+        .await
+        .1;
+        if s["state"] == "rolled_back" {
+            let d = &s["judge"]["last_decision"];
+            assert_eq!(d["actor"], "api:dashboard", "{d}");
+            assert!(d["message"].as_str().unwrap().contains("rolled back from the dashboard"), "{d}");
+            break;
+        }
+        assert!(std::time::Instant::now() < until, "no rollback: {s}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    b.wait_text(&format!(r#"{web} [data-field="state"]"#), limit, |t| {
+        t == "rolled_back"
+    })
+    .await;
+    b.wait_text(r#"#decisions li[data-kind="rolled_back"]"#, limit, |t| {
+        t.contains("dashboard")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let png = b.screenshot().await;
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
+    std::fs::write(&out, &png).unwrap();
+    eprintln!("screenshot: {}", out.display());
+
+    let console = b.console().await;
+    let errors: Vec<_> = console
+        .iter()
+        .filter(|(level, _)| level == "SEVERE" || level == "WARNING")
+        .collect();
+    assert!(errors.is_empty(), "console errors: {errors:?}");
+    b.close().await;
+    let report = load.stop();
+    assert_eq!(report.client_errors(), 0, "{report:?}");
+}
+
+fn client_with_token() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {TOKEN}").parse().unwrap(),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_tickets_open_the_event_stream_and_nothing_else() {
+    let (stable, canary, api) = (
+        spawn_upstream("stable"),
+        spawn_upstream("canary"),
+        spawn_upstream("api"),
+    );
+    let gate = spawn_gate(&gate_config(
+        &stable.addr.to_string(),
+        &canary.addr.to_string(),
+        &api.addr.to_string(),
+    ));
+    let plain = client();
+    // The page itself needs no token; it is strict about what it loads.
+    let page = plain
+        .get(admin_url(&gate, "/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let csp = page.headers()["content-security-policy"].to_str().unwrap().to_string();
+    assert!(csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert!(page.text().await.unwrap().contains("/dashboard/app.js"));
+    for (path, kind) in [("/dashboard/app.js", "javascript"), ("/dashboard/style.css", "css")] {
+        let r = plain.get(admin_url(&gate, path)).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(r.headers()["content-type"].to_str().unwrap().contains(kind));
+    }
+    assert_eq!(
+        plain.get(admin_url(&gate, "/dashboard/nope.js")).send().await.unwrap().status(),
+        404
+    );
+
+    // A ticket needs the token.
+    let r = plain.post(admin_url(&gate, "/api/v1/tickets")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = client_with_token()
+        .post(admin_url(&gate, "/api/v1/tickets"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let ticket = r.json::<serde_json::Value>().await.unwrap()["ticket"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(ticket.len(), 48);
+
+    // It opens the stream (SSE), and a wrong one does not.
+    let mut stream = plain
+        .get(admin_url(&gate, &format!("/api/v1/events?kind=weight_set&ticket={ticket}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let bad = plain
+        .get(admin_url(&gate, "/api/v1/events?ticket=00112233445566778899aabbccddeeff0011223344556677"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 401);
+    // Nothing else takes it.
+    let other = plain
+        .get(admin_url(&gate, &format!("/api/v1/services?ticket={ticket}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 401);
+    let (status, _) = admin(
+        &client_with_token(),
+        &gate,
+        Method::POST,
+        "/api/v1/services/web/weight",
+        None,
+        Some(json!({ "weight": 5 })),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let chunk = tokio::time::timeout(Duration::from_secs(5), stream.chunk())
+        .await
+        .expect("an event")
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&chunk);
+    assert!(text.contains("event: weight_set"), "{text}");
+}

@@ -109,7 +109,11 @@ impl Tickets {
         let mut map = self.0.lock();
         map.retain(|_, at| now.duration_since(*at) < TICKET_TTL);
         if map.len() >= MAX_TICKETS {
-            if let Some(oldest) = map.iter().min_by_key(|(_, at)| **at).map(|(k, _)| k.clone()) {
+            if let Some(oldest) = map
+                .iter()
+                .min_by_key(|(_, at)| **at)
+                .map(|(k, _)| k.clone())
+            {
                 map.remove(&oldest);
             }
         }
@@ -121,7 +125,8 @@ impl Tickets {
     pub fn valid(&self, ticket: &str) -> bool {
         let now = std::time::Instant::now();
         self.0.lock().iter().any(|(k, at)| {
-            now.duration_since(*at) < TICKET_TTL && bool::from(k.as_bytes().ct_eq(ticket.as_bytes()))
+            now.duration_since(*at) < TICKET_TTL
+                && bool::from(k.as_bytes().ct_eq(ticket.as_bytes()))
         })
     }
 }

@@ -53,8 +53,10 @@ async fn the_dashboard_shows_live_state_and_a_click_rolls_back() {
 
     let web = r#"[data-service="web"]"#;
     let limit = Duration::from_secs(15);
-    b.wait_text(&format!(r#"{web} [data-field="weight"]"#), limit, |t| t == "10%")
-        .await;
+    b.wait_text(&format!(r#"{web} [data-field="weight"]"#), limit, |t| {
+        t == "10%"
+    })
+    .await;
     b.wait_text(r#"[data-service="api"] [data-field="state"]"#, limit, |t| {
         t == "stable"
     })
@@ -75,16 +77,20 @@ async fn the_dashboard_shows_live_state_and_a_click_rolls_back() {
     )
     .await;
     assert_eq!(status, 200, "{v}");
-    b.wait_text(&format!(r#"{web} [data-field="weight"]"#), limit, |t| t == "25%")
-        .await;
+    b.wait_text(&format!(r#"{web} [data-field="weight"]"#), limit, |t| {
+        t == "25%"
+    })
+    .await;
     b.wait_text(r#"#decisions li[data-kind="weight_set"]"#, limit, |t| {
         t.contains("25")
     })
     .await;
     // The per-arm charts have data: the canary row shows a request rate.
-    b.wait_text(&format!(r#"{web} tr[data-arm="canary"] td:nth-child(3)"#), limit, |t| {
-        t.parse::<f64>().is_ok_and(|r| r > 0.0)
-    })
+    b.wait_text(
+        &format!(r#"{web} tr[data-arm="canary"] td:nth-child(3)"#),
+        limit,
+        |t| t.parse::<f64>().is_ok_and(|r| r > 0.0),
+    )
     .await;
 
     // Roll back from the page: a confirmation, then the gate does it.
@@ -108,7 +114,13 @@ async fn the_dashboard_shows_live_state_and_a_click_rolls_back() {
         if s["state"] == "rolled_back" {
             let d = &s["judge"]["last_decision"];
             assert_eq!(d["actor"], "api:dashboard", "{d}");
-            assert!(d["message"].as_str().unwrap().contains("rolled back from the dashboard"), "{d}");
+            assert!(
+                d["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("rolled back from the dashboard"),
+                "{d}"
+            );
             break;
         }
         assert!(std::time::Instant::now() < until, "no rollback: {s}");
@@ -167,27 +179,41 @@ async fn stream_tickets_open_the_event_stream_and_nothing_else() {
     ));
     let plain = client();
     // The page itself needs no token; it is strict about what it loads.
-    let page = plain
-        .get(admin_url(&gate, "/"))
-        .send()
-        .await
-        .unwrap();
+    let page = plain.get(admin_url(&gate, "/")).send().await.unwrap();
     assert_eq!(page.status(), 200);
-    let csp = page.headers()["content-security-policy"].to_str().unwrap().to_string();
-    assert!(csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"), "{csp}");
+    let csp = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
     assert!(page.text().await.unwrap().contains("/dashboard/app.js"));
-    for (path, kind) in [("/dashboard/app.js", "javascript"), ("/dashboard/style.css", "css")] {
+    for (path, kind) in [
+        ("/dashboard/app.js", "javascript"),
+        ("/dashboard/style.css", "css"),
+    ] {
         let r = plain.get(admin_url(&gate, path)).send().await.unwrap();
         assert_eq!(r.status(), 200);
         assert!(r.headers()["content-type"].to_str().unwrap().contains(kind));
     }
     assert_eq!(
-        plain.get(admin_url(&gate, "/dashboard/nope.js")).send().await.unwrap().status(),
+        plain
+            .get(admin_url(&gate, "/dashboard/nope.js"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
         404
     );
 
     // A ticket needs the token.
-    let r = plain.post(admin_url(&gate, "/api/v1/tickets")).send().await.unwrap();
+    let r = plain
+        .post(admin_url(&gate, "/api/v1/tickets"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     let r = client_with_token()
         .post(admin_url(&gate, "/api/v1/tickets"))
@@ -203,20 +229,29 @@ async fn stream_tickets_open_the_event_stream_and_nothing_else() {
 
     // It opens the stream (SSE), and a wrong one does not.
     let mut stream = plain
-        .get(admin_url(&gate, &format!("/api/v1/events?kind=weight_set&ticket={ticket}")))
+        .get(admin_url(
+            &gate,
+            &format!("/api/v1/events?kind=weight_set&ticket={ticket}"),
+        ))
         .send()
         .await
         .unwrap();
     assert_eq!(stream.status(), 200);
     let bad = plain
-        .get(admin_url(&gate, "/api/v1/events?ticket=00112233445566778899aabbccddeeff0011223344556677"))
+        .get(admin_url(
+            &gate,
+            "/api/v1/events?ticket=00112233445566778899aabbccddeeff0011223344556677",
+        ))
         .send()
         .await
         .unwrap();
     assert_eq!(bad.status(), 401);
     // Nothing else takes it.
     let other = plain
-        .get(admin_url(&gate, &format!("/api/v1/services?ticket={ticket}")))
+        .get(admin_url(
+            &gate,
+            &format!("/api/v1/services?ticket={ticket}"),
+        ))
         .send()
         .await
         .unwrap();

@@ -575,6 +575,80 @@ async fn metrics_pass_promtool() {
     );
 }
 
+#[test]
+fn the_grafana_dashboard_queries_metrics_the_gate_exports() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/grafana-sluice.json");
+    let dash: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).expect("valid JSON");
+    let declared = include_str!("../src/metrics.rs");
+    let mut exprs: Vec<String> = Vec::new();
+    for p in dash["panels"].as_array().unwrap() {
+        assert!(
+            p["gridPos"]["w"].as_u64().is_some(),
+            "panel without a place: {p}"
+        );
+        for t in p["targets"].as_array().unwrap() {
+            exprs.push(t["expr"].as_str().unwrap().to_string());
+        }
+    }
+    for a in dash["annotations"]["list"].as_array().unwrap() {
+        exprs.push(a["expr"].as_str().unwrap().to_string());
+    }
+    assert!(exprs.len() >= 10);
+    for e in &exprs {
+        let mut rest = e.as_str();
+        while let Some(i) = rest.find("sluice_") {
+            let name: String = rest[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            let family = name.strip_suffix("_bucket").unwrap_or(&name).to_string();
+            assert!(
+                declared.contains(&format!("\"{family}\"")),
+                "{family} (in {e}) is not a metric the gate exports"
+            );
+            rest = &rest[i + name.len()..];
+        }
+    }
+    // Every query parses as PromQL (Grafana's variables filled in).
+    let Some(promtool) = which("promtool") else {
+        assert!(
+            std::env::var_os("SLUICE_REQUIRE_TOOLS").is_none(),
+            "promtool is required"
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let rules: String = exprs
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let e = e.replace("$__range", "1h").replace("$service", ".*");
+            format!(
+                "      - record: grafana:q{i}\n        expr: {}\n",
+                serde_json::to_string(&e).unwrap()
+            )
+        })
+        .collect();
+    let file = dir.path().join("rules.yml");
+    std::fs::write(
+        &file,
+        format!("groups:\n  - name: grafana\n    rules:\n{rules}"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(promtool)
+        .args(["check", "rules"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn which(cmd: &str) -> Option<std::path::PathBuf> {
     std::env::var_os("PATH")?
         .to_str()?

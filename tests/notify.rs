@@ -142,9 +142,15 @@ services = ["api"]
     assert_eq!(body["title"], "web: canary cut back");
     assert_eq!(body["severity"], "critical");
     assert_eq!(body["service"], "web");
-    let rule = body["fields"]["rule"].as_str().expect("the rule").to_string();
+    let rule = body["fields"]["rule"]
+        .as_str()
+        .expect("the rule")
+        .to_string();
     assert_eq!(body["event"]["evidence"]["verdict"]["rule"], rule.as_str());
-    assert!(body["fields"]["canary"].as_str().unwrap().contains("error rate"));
+    assert!(body["fields"]["canary"]
+        .as_str()
+        .unwrap()
+        .contains("error rate"));
     assert!(body["fields"]["versions"]
         .as_str()
         .unwrap()
@@ -166,8 +172,13 @@ services = ["api"]
     assert_eq!(slack["blocks"][0]["text"]["text"], "web: canary cut back");
     assert!(slack["text"].as_str().unwrap().contains("cut back"));
     let fields = slack["blocks"][2]["fields"].to_string();
-    assert!(fields.contains("*Rule*") && fields.contains(&rule), "{fields}");
-    assert!(slack["blocks"][3].to_string().contains("http://dash.example.test/#"));
+    assert!(
+        fields.contains("*Rule*") && fields.contains(&rule),
+        "{fields}"
+    );
+    assert!(slack["blocks"][3]
+        .to_string()
+        .contains("http://dash.example.test/#"));
     let discord = rx.wait_for(limit, |r| r.path == "discord").json();
     let embed = &discord["embeds"][0];
     assert_eq!(embed["title"], "web: canary cut back");
@@ -201,7 +212,11 @@ services = ["api"]
         "Weight:     50% -> 0%",
         "Dashboard: http://dash.example.test/#",
     ] {
-        assert!(mail.body.contains(needle), "{needle:?} not in:\n{}", mail.body);
+        assert!(
+            mail.body.contains(needle),
+            "{needle:?} not in:\n{}",
+            mail.body
+        );
     }
 
     // The flaky endpoint got it after two failures.
@@ -221,7 +236,11 @@ services = ["api"]
     .expect("a notify_failed event");
     assert_eq!(failed.evidence["notifier"], "down");
     assert_eq!(failed.evidence["failed"], 1);
-    assert!(failed.message.contains("could not deliver"), "{}", failed.message);
+    assert!(
+        failed.message.contains("could not deliver"),
+        "{}",
+        failed.message
+    );
     let report = load.stop();
     assert_eq!(report.client_errors(), 0, "{report:?}");
 
@@ -247,7 +266,10 @@ services = ["api"]
     )
     .await
     .1;
-    assert!(!history["items"].as_array().unwrap().is_empty(), "{history}");
+    assert!(
+        !history["items"].as_array().unwrap().is_empty(),
+        "{history}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -297,5 +319,8 @@ queue = 4
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(0);
-    assert!(dropped >= 30, "a queue of 4 kept more than it should: {dropped} dropped");
+    assert!(
+        dropped >= 30,
+        "a queue of 4 kept more than it should: {dropped} dropped"
+    );
 }

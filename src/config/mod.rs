@@ -7,8 +7,8 @@
 //! `sluice.toml: services[1].canary_weight: must be between 0 and 100 (got 150)`.
 
 pub mod docker;
-pub mod notify;
 pub mod file;
+pub mod notify;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;

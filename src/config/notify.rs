@@ -276,7 +276,11 @@ pub(super) fn validate_notify(
             ("to", f.to.is_some()),
         ];
         let foreign: Vec<&str> = if kind == "email" {
-            http_keys.iter().filter(|(_, s)| *s).map(|(k, _)| *k).collect()
+            http_keys
+                .iter()
+                .filter(|(_, s)| *s)
+                .map(|(k, _)| *k)
+                .collect()
         } else {
             mail_keys
                 .iter()
@@ -286,12 +290,7 @@ pub(super) fn validate_notify(
                     (kind != "webhook")
                         .then_some(())
                         .into_iter()
-                        .flat_map(|_| {
-                            http_keys[2..]
-                                .iter()
-                                .filter(|(_, s)| *s)
-                                .map(|(k, _)| *k)
-                        }),
+                        .flat_map(|_| http_keys[2..].iter().filter(|(_, s)| *s).map(|(k, _)| *k)),
                 )
                 .collect()
         };
@@ -343,7 +342,9 @@ pub(super) fn validate_notify(
                 if v.parse::<lettre::message::Mailbox>().is_err() {
                     c.fail(
                         key(k),
-                        format!("'{v}' is not a mailbox (name@example.com or Name <name@example.com>)"),
+                        format!(
+                            "'{v}' is not a mailbox (name@example.com or Name <name@example.com>)"
+                        ),
                     );
                 }
             };
@@ -464,9 +465,17 @@ pub(super) fn validate_notify(
             target,
             events,
             services: wanted_services,
-            timeout: c.duration(&key("timeout"), f.timeout.as_deref(), DEFAULT_NOTIFY_TIMEOUT),
+            timeout: c.duration(
+                &key("timeout"),
+                f.timeout.as_deref(),
+                DEFAULT_NOTIFY_TIMEOUT,
+            ),
             retries,
-            backoff: c.duration(&key("backoff"), f.backoff.as_deref(), DEFAULT_NOTIFY_BACKOFF),
+            backoff: c.duration(
+                &key("backoff"),
+                f.backoff.as_deref(),
+                DEFAULT_NOTIFY_BACKOFF,
+            ),
             queue,
         });
     }

@@ -115,11 +115,14 @@ fn versions(ev: &Value) -> Option<String> {
     match (stable, canary) {
         (None, None) => None,
         (s, c) => Some(
-            [s.map(|s| format!("stable: {s}")), c.map(|c| format!("canary: {c}"))]
-                .into_iter()
-                .flatten()
-                .collect::<Vec<_>>()
-                .join("; "),
+            [
+                s.map(|s| format!("stable: {s}")),
+                c.map(|c| format!("canary: {c}")),
+            ]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join("; "),
         ),
     }
 }
@@ -373,7 +376,10 @@ mod tests {
         assert!(fields
             .iter()
             .any(|f| f["text"].as_str().unwrap().contains("v2 &lt;beta&gt;")));
-        assert!(s["text"].as_str().unwrap().starts_with("web: canary cut back"));
+        assert!(s["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("web: canary cut back"));
         let d = discord_body(&n);
         assert_eq!(d["embeds"][0]["color"], 0xD03B3B);
         assert_eq!(d["embeds"][0]["timestamp"], "2026-11-22T07:02:54Z");

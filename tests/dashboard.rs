@@ -93,6 +93,65 @@ async fn the_dashboard_shows_live_state_and_a_click_rolls_back() {
     )
     .await;
 
+    // A deployment with steps: its progress shows, and the page can pause it.
+    let api_canary = spawn_upstream("api-v2");
+    let (status, v) = admin(
+        &client_with_token(),
+        &gate,
+        Method::POST,
+        "/api/v1/services/api/deployments",
+        None,
+        Some(json!({
+            "strategy": "canary",
+            "upstreams": [api_canary.addr.to_string()],
+            "label": "api-v2",
+            "steps": [{ "weight": 20, "bake": "1h" }, { "pause": true }, { "weight": 100, "bake": "1m" }],
+        })),
+    )
+    .await;
+    assert_eq!(status, 201, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    let api_card = r#"[data-service="api"]"#;
+    b.wait_text(&format!("{api_card} .step.current"), limit, |t| {
+        t.starts_with("20%")
+    })
+    .await;
+    b.wait_text(
+        &format!(r#"{api_card} [data-field="deployment"]"#),
+        limit,
+        |t| t.contains("api-v2") && t.contains("step 1"),
+    )
+    .await;
+    b.click(&format!(
+        r#"{api_card} button[data-action="deployment-pause"]"#
+    ))
+    .await;
+    b.wait_text("#confirm-text", limit, |t| t.contains(&id))
+        .await;
+    b.click("#confirm-yes").await;
+    let until = std::time::Instant::now() + limit;
+    loop {
+        let d = admin(
+            &client_with_token(),
+            &gate,
+            Method::GET,
+            &format!("/api/v1/deployments/{id}"),
+            None,
+            None,
+        )
+        .await
+        .1;
+        if d["state"] == "paused" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "not paused: {}",
+            d["state"]
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     // Roll back from the page: a confirmation, then the gate does it.
     b.click(&format!(r#"{web} button[data-action="rollback"]"#))
         .await;

@@ -265,6 +265,11 @@ function renderService(svc, points) {
   renderDeployment(r, S.active.get(svc.name));
   const dep = S.active.get(svc.name);
   for (const b of r.querySelectorAll('[data-action^="deployment-"]')) b.hidden = !dep;
+  if (dep) {
+    const paused = dep.state === "paused";
+    $('[data-action="deployment-pause"]', r).hidden = paused;
+    $('[data-action="deployment-resume"]', r).hidden = !paused;
+  }
   $('[data-action="promote"]', r).hidden = !svc.arms.canary;
   $('[data-action="resume"]', r).hidden = svc.state !== "rolled_back";
   $('[data-action="rollback"]', r).hidden = !svc.arms.canary || svc.state === "rolled_back";

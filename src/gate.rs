@@ -222,6 +222,10 @@ pub fn start(config: Config) -> Result<GateHandle, GateError> {
     // Docker: the engine, and the stable release of every service run as containers (its
     // addresses are the stable arm), before the first table is built.
     let mut config = config;
+    // Links in notifications point at the admin address actually bound (port 0 included).
+    if !config.dashboard.url_given {
+        config.dashboard.url = format!("http://{admin_addr}/");
+    }
     let runs_containers = config.services.iter().any(|s| s.docker.is_some());
     let wants_usage = config
         .services

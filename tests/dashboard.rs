@@ -325,6 +325,40 @@ async fn stream_tickets_open_the_event_stream_and_nothing_else() {
     )
     .await;
     assert_eq!(status, 200);
+    // The same ticket opens the WebSocket form of the stream.
+    let ws_url = format!(
+        "ws://{}/api/v1/events?kind=weight_set&ticket={ticket}",
+        gate.admin_addr
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url.as_str())
+        .await
+        .expect("a ticket opens the WebSocket");
+    assert!(
+        tokio_tungstenite::connect_async(
+            format!("ws://{}/api/v1/events", gate.admin_addr).as_str()
+        )
+        .await
+        .is_err(),
+        "no ticket, no token: refused"
+    );
+    let (status, _) = admin(
+        &client_with_token(),
+        &gate,
+        Method::POST,
+        "/api/v1/services/web/weight",
+        None,
+        Some(json!({ "weight": 7 })),
+    )
+    .await;
+    assert_eq!(status, 200);
+    use futures_util::StreamExt;
+    let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("a WebSocket message")
+        .unwrap()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(msg.to_text().unwrap()).unwrap();
+    assert_eq!(v["kind"], "weight_set", "{v}");
     let chunk = tokio::time::timeout(Duration::from_secs(5), stream.chunk())
         .await
         .expect("an event")

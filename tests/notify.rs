@@ -291,10 +291,16 @@ timeout = "300ms"
 retries = 2
 backoff = "100ms"
 queue = 4
+[[notify]]
+kind = "webhook"
+name = "seen"
+url = "{}"
+events = ["weight_set"]
 "#,
         stable.addr,
         canary.addr,
-        rx.url("slow", "slow")
+        rx.url("slow", "slow"),
+        rx.url("ok", "seen")
     ));
     let c = client();
     // 40 events in a row for a notifier whose every attempt times out (how fast the gate
@@ -310,6 +316,24 @@ queue = 4
         )
         .await;
         assert_eq!(status, 200, "{v}");
+    }
+    // A healthy notifier beside it got every one; links use the admin address bound.
+    let seen = rx.wait_for(Duration::from_secs(10), |r| r.path == "seen");
+    assert!(
+        seen.json()["link"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("http://{}/#", gate.admin_addr)),
+        "{}",
+        seen.json()["link"]
+    );
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while rx.received().iter().filter(|r| r.path == "seen").count() < 40 {
+        assert!(
+            std::time::Instant::now() < until,
+            "the healthy notifier fell behind"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let metrics = metrics_text(&c, &gate).await;

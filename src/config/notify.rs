@@ -142,6 +142,8 @@ pub struct DashboardConfig {
     pub enabled: bool,
     /// Its public address, for links in notifications.
     pub url: String,
+    /// Whether `url` was configured (otherwise the gate fills in its admin address).
+    pub url_given: bool,
 }
 
 /// Names an event in a `events` list: a kind, one of the short aliases, or `all`.
@@ -221,6 +223,7 @@ pub(super) fn validate_dashboard(
     DashboardConfig {
         enabled: f.enabled.unwrap_or(true),
         url,
+        url_given: f.url.is_some(),
     }
 }
 

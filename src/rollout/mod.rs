@@ -1068,6 +1068,9 @@ impl Controller {
         ));
         self.admin_token
             .store(new.admin.token.clone().map(Arc::new));
+        if !new.dashboard.url_given {
+            new.dashboard.url = self.config.dashboard.url.clone();
+        }
         if new.notify != self.config.notify || new.dashboard != self.config.dashboard {
             self.notify.store(Arc::new(notify_settings(&new)));
         }

@@ -301,12 +301,12 @@ impl Metrics {
         }
     }
 
-    /// Counts a notification outcome: `sent`, `retried`, `failed` (gave up) or `dropped`
-    /// (its queue was full).
-    pub fn notification(&self, notifier: &str, result: &str) {
+    /// Counts `n` notification outcomes: `sent`, `retried`, `failed` (gave up) or `dropped`
+    /// (its queue was full, or it fell behind the bus).
+    pub fn notifications(&self, notifier: &str, result: &str, n: u64) {
         self.notifications
             .with_label_values(&[notifier, result])
-            .inc();
+            .inc_by(n);
     }
 
     /// Resolves the handles of one arm.

@@ -262,43 +262,26 @@ pub(super) fn validate_notify(
             );
         }
         // Keys of the other kinds are mistakes, not silently ignored.
-        let http_keys = [
-            ("url", f.url.is_some()),
-            ("url_env", f.url_env.is_some()),
-            ("secret", f.secret.is_some()),
-            ("secret_env", f.secret_env.is_some()),
+        const HTTP: &[&str] = &["webhook", "slack", "discord"];
+        const EMAIL: &[&str] = &["email"];
+        let owned: [(&str, bool, &[&str]); 12] = [
+            ("url", f.url.is_some(), HTTP),
+            ("url_env", f.url_env.is_some(), HTTP),
+            ("secret", f.secret.is_some(), &["webhook"]),
+            ("secret_env", f.secret_env.is_some(), &["webhook"]),
+            ("smtp_host", f.smtp_host.is_some(), EMAIL),
+            ("smtp_port", f.smtp_port.is_some(), EMAIL),
+            ("tls", f.tls.is_some(), EMAIL),
+            ("username", f.username.is_some(), EMAIL),
+            ("password", f.password.is_some(), EMAIL),
+            ("password_env", f.password_env.is_some(), EMAIL),
+            ("from", f.from.is_some(), EMAIL),
+            ("to", f.to.is_some(), EMAIL),
         ];
-        let mail_keys = [
-            ("smtp_host", f.smtp_host.is_some()),
-            ("smtp_port", f.smtp_port.is_some()),
-            ("tls", f.tls.is_some()),
-            ("username", f.username.is_some()),
-            ("password", f.password.is_some()),
-            ("password_env", f.password_env.is_some()),
-            ("from", f.from.is_some()),
-            ("to", f.to.is_some()),
-        ];
-        let foreign: Vec<&str> = if kind == "email" {
-            http_keys
-                .iter()
-                .filter(|(_, s)| *s)
-                .map(|(k, _)| *k)
-                .collect()
-        } else {
-            mail_keys
-                .iter()
-                .filter(|(_, s)| *s)
-                .map(|(k, _)| *k)
-                .chain(
-                    (kind != "webhook")
-                        .then_some(())
-                        .into_iter()
-                        .flat_map(|_| http_keys[2..].iter().filter(|(_, s)| *s).map(|(k, _)| *k)),
-                )
-                .collect()
-        };
-        for k in foreign {
-            c.fail(key(k), format!("is not a setting of a {kind} notifier"));
+        for (k, set, kinds) in owned {
+            if set && !kinds.contains(&kind) {
+                c.fail(key(k), format!("is not a setting of a {kind} notifier"));
+            }
         }
 
         let target = if kind == "email" {

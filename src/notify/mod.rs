@@ -124,13 +124,23 @@ impl Queue {
     }
 }
 
-/// How one notifier sends.
+/// How one notifier sends: everything an attempt needs, fixed when the notifier starts.
 enum Sender {
-    Http(reqwest::Client),
-    Email(lettre::AsyncSmtpTransport<lettre::Tokio1Executor>),
+    /// A JSON POST: the generic webhook (signed when it has a secret), Slack or Discord.
+    Http {
+        client: reqwest::Client,
+        url: String,
+        secret: Option<String>,
+        body: fn(&Notice) -> serde_json::Value,
+    },
+    /// SMTP.
+    Email {
+        transport: Box<lettre::AsyncSmtpTransport<lettre::Tokio1Executor>>,
+        cfg: EmailConfig,
+    },
 }
 
-fn smtp(cfg: &EmailConfig, timeout: Duration) -> Result<Sender, String> {
+fn smtp(cfg: &EmailConfig) -> Result<Sender, String> {
     use lettre::transport::smtp::authentication::Credentials;
     use lettre::{AsyncSmtpTransport, Tokio1Executor};
     let builder = match cfg.tls {
@@ -140,45 +150,52 @@ fn smtp(cfg: &EmailConfig, timeout: Duration) -> Result<Sender, String> {
             .map_err(|e| format!("smtp {}: {e}", cfg.host))?,
         SmtpTls::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&cfg.host),
     };
-    let mut builder = builder.port(cfg.port).timeout(Some(timeout));
+    let mut builder = builder.port(cfg.port);
     if let (Some(user), Some(password)) = (&cfg.username, &cfg.password) {
         builder = builder.credentials(Credentials::new(user.clone(), password.0.clone()));
     }
-    Ok(Sender::Email(builder.build()))
+    Ok(Sender::Email {
+        transport: Box::new(builder.build()),
+        cfg: cfg.clone(),
+    })
 }
 
 impl Sender {
+    /// The sender for `cfg`. Attempts are bounded by the worker's timeout, not here.
     fn new(cfg: &NotifierConfig) -> Result<Sender, String> {
-        match &cfg.target {
-            NotifyTarget::Email(e) => smtp(e, cfg.timeout),
-            _ => reqwest::Client::builder()
-                .timeout(cfg.timeout)
-                .user_agent(concat!("sluice/", env!("CARGO_PKG_VERSION")))
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .map(Sender::Http)
-                .map_err(|e| e.to_string()),
-        }
+        let (url, secret, body): (&str, Option<&str>, fn(&Notice) -> serde_json::Value) =
+            match &cfg.target {
+                NotifyTarget::Email(e) => return smtp(e),
+                NotifyTarget::Webhook { url, secret } => {
+                    (url, secret.as_ref().map(|s| s.0.as_str()), webhook_body)
+                }
+                NotifyTarget::Slack { url } => (&url.0, None, slack_body),
+                NotifyTarget::Discord { url } => (&url.0, None, discord_body),
+            };
+        let client = reqwest::Client::builder()
+            .user_agent(concat!("sluice/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok(Sender::Http {
+            client,
+            url: url.to_string(),
+            secret: secret.map(str::to_string),
+            body,
+        })
     }
 
     /// One attempt. `Err((message, wait))`: what went wrong, and how long the receiver asked
     /// us to wait (`Retry-After`), if it did.
-    async fn send(
-        &self,
-        cfg: &NotifierConfig,
-        n: &Notice,
-    ) -> Result<(), (String, Option<Duration>)> {
-        match (self, &cfg.target) {
-            (Sender::Http(client), target) => {
-                let (url, body, secret) = match target {
-                    NotifyTarget::Webhook { url, secret } => {
-                        (url.as_str(), webhook_body(n), secret.as_ref())
-                    }
-                    NotifyTarget::Slack { url } => (url.0.as_str(), slack_body(n), None),
-                    NotifyTarget::Discord { url } => (url.0.as_str(), discord_body(n), None),
-                    NotifyTarget::Email(_) => unreachable!("email notifiers send over SMTP"),
-                };
-                let body = serde_json::to_vec(&body).unwrap_or_default();
+    async fn send(&self, n: &Notice) -> Result<(), (String, Option<Duration>)> {
+        match self {
+            Sender::Http {
+                client,
+                url,
+                secret,
+                body,
+            } => {
+                let body = serde_json::to_vec(&body(n)).unwrap_or_default();
                 let mut req = client
                     .post(url)
                     .header(reqwest::header::CONTENT_TYPE, "application/json")
@@ -187,7 +204,7 @@ impl Sender {
                     let ts = crate::events::now_ms() / 1000;
                     req = req
                         .header(TIMESTAMP_HEADER, ts.to_string())
-                        .header(SIGNATURE_HEADER, sign(&secret.0, ts, &body));
+                        .header(SIGNATURE_HEADER, sign(secret, ts, &body));
                 }
                 let resp = req
                     .body(body)
@@ -208,16 +225,15 @@ impl Sender {
                 let text: String = text.chars().take(200).collect();
                 Err((format!("HTTP {status}: {}", text.trim()), wait))
             }
-            (Sender::Email(transport), NotifyTarget::Email(e)) => {
+            Sender::Email { transport, cfg } => {
                 use lettre::AsyncTransport;
-                let message = email(e, n).map_err(|m| (m, None))?;
+                let message = email(cfg, n).map_err(|m| (m, None))?;
                 transport
                     .send(message)
                     .await
                     .map(|_| ())
-                    .map_err(|err| (format!("smtp {}:{}: {err}", e.host, e.port), None))
+                    .map_err(|err| (format!("smtp {}:{}: {err}", cfg.host, cfg.port), None))
             }
-            (Sender::Email(_), _) => Err(("notifier kind changed".into(), None)),
         }
     }
 }
@@ -273,7 +289,7 @@ async fn deliver(cfg: NotifierConfig, queue: Arc<Queue>, bus: EventBus, metrics:
         let mut error = String::new();
         let mut sent = false;
         for attempt in 1..=attempts {
-            let outcome = tokio::time::timeout(cfg.timeout, sender.send(&cfg, &n)).await;
+            let outcome = tokio::time::timeout(cfg.timeout, sender.send(&n)).await;
             match outcome {
                 Ok(Ok(())) => {
                     sent = true;
@@ -288,20 +304,20 @@ async fn deliver(cfg: NotifierConfig, queue: Arc<Queue>, bus: EventBus, metrics:
                 Err(_) => error = format!("no answer within {:?}", cfg.timeout),
             }
             if attempt < attempts {
-                metrics.notification(&cfg.name, "retried");
+                metrics.notifications(&cfg.name, "retried", 1);
                 tracing::debug!(notifier = %cfg.name, attempt, error = %error, "notification failed; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(MAX_BACKOFF);
             }
         }
         if sent {
-            metrics.notification(&cfg.name, "sent");
+            metrics.notifications(&cfg.name, "sent", 1);
             failing = false;
             continue;
         }
         failing = true;
         unreported_failed += 1;
-        metrics.notification(&cfg.name, "failed");
+        metrics.notifications(&cfg.name, "failed", 1);
         tracing::warn!(notifier = %cfg.name, kind = n.kind.as_str(), error = %error, "notification not delivered");
         let due = last_report.is_none_or(|t| t.elapsed() >= REPORT_EVERY);
         if due {
@@ -349,9 +365,7 @@ pub async fn run(settings: SharedSettings, bus: EventBus, metrics: Arc<Metrics>)
             Err(RecvError::Lagged(missed)) => {
                 tracing::warn!(missed, "notifications fell behind the event bus");
                 for w in &workers {
-                    for _ in 0..missed.min(1000) {
-                        metrics.notification(&w.cfg.name, "dropped");
-                    }
+                    metrics.notifications(&w.cfg.name, "dropped", missed);
                 }
                 continue;
             }
@@ -390,7 +404,7 @@ pub async fn run(settings: SharedSettings, bus: EventBus, metrics: Arc<Metrics>)
                 .get_or_insert_with(|| Arc::new(Notice::new(&event, &now.dashboard_url)))
                 .clone();
             if w.queue.push(n) {
-                metrics.notification(&w.cfg.name, "dropped");
+                metrics.notifications(&w.cfg.name, "dropped", 1);
             }
         }
     }

@@ -129,28 +129,10 @@ async fn the_dashboard_shows_live_state_and_a_click_rolls_back() {
     b.wait_text("#confirm-text", limit, |t| t.contains(&id))
         .await;
     b.click("#confirm-yes").await;
-    let until = std::time::Instant::now() + limit;
-    loop {
-        let d = admin(
-            &client_with_token(),
-            &gate,
-            Method::GET,
-            &format!("/api/v1/deployments/{id}"),
-            None,
-            None,
-        )
-        .await
-        .1;
-        if d["state"] == "paused" {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < until,
-            "not paused: {}",
-            d["state"]
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(limit, "the deployment paused", async || {
+        get_with_token(&gate, &format!("/api/v1/deployments/{id}")).await["state"] == "paused"
+    })
+    .await;
 
     // Roll back from the page: a confirmation, then the gate does it.
     b.click(&format!(r#"{web} button[data-action="rollback"]"#))
@@ -158,33 +140,19 @@ async fn the_dashboard_shows_live_state_and_a_click_rolls_back() {
     b.wait_text("#confirm-text", limit, |t| t.contains("Roll web back"))
         .await;
     b.click("#confirm-yes").await;
-    let until = std::time::Instant::now() + limit;
-    loop {
-        let s = admin(
-            &client_with_token(),
-            &gate,
-            Method::GET,
-            "/api/v1/services/web",
-            None,
-            None,
-        )
-        .await
-        .1;
-        if s["state"] == "rolled_back" {
-            let d = &s["judge"]["last_decision"];
-            assert_eq!(d["actor"], "api:dashboard", "{d}");
-            assert!(
-                d["message"]
-                    .as_str()
-                    .unwrap()
-                    .contains("rolled back from the dashboard"),
-                "{d}"
-            );
-            break;
-        }
-        assert!(std::time::Instant::now() < until, "no rollback: {s}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(limit, "the rollback", async || {
+        get_with_token(&gate, "/api/v1/services/web").await["state"] == "rolled_back"
+    })
+    .await;
+    let d = &get_with_token(&gate, "/api/v1/services/web").await["judge"]["last_decision"];
+    assert_eq!(d["actor"], "api:dashboard", "{d}");
+    assert!(
+        d["message"]
+            .as_str()
+            .unwrap()
+            .contains("rolled back from the dashboard"),
+        "{d}"
+    );
     b.wait_text(&format!(r#"{web} [data-field="state"]"#), limit, |t| {
         t == "rolled_back"
     })
@@ -210,6 +178,12 @@ async fn the_dashboard_shows_live_state_and_a_click_rolls_back() {
     b.close().await;
     let report = load.stop();
     assert_eq!(report.client_errors(), 0, "{report:?}");
+}
+
+async fn get_with_token(gate: &sluice::gate::GateHandle, path: &str) -> serde_json::Value {
+    admin(&client(), gate, Method::GET, path, Some(TOKEN), None)
+        .await
+        .1
 }
 
 fn client_with_token() -> reqwest::Client {

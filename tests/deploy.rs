@@ -20,31 +20,6 @@ fn gate(stable: &[&DemoUpstream], extra: &str) -> GateHandle {
     ))
 }
 
-async fn deploy(gate: &GateHandle, body: Value) -> (u16, Value) {
-    admin(
-        &client(),
-        gate,
-        Method::POST,
-        "/api/v1/services/web/deployments",
-        None,
-        Some(body),
-    )
-    .await
-}
-
-async fn deployment(gate: &GateHandle, id: &str) -> Value {
-    admin(
-        &client(),
-        gate,
-        Method::GET,
-        &format!("/api/v1/deployments/{id}"),
-        None,
-        None,
-    )
-    .await
-    .1
-}
-
 async fn control(gate: &GateHandle, id: &str, action: &str) -> (u16, Value) {
     admin(
         &client(),
@@ -55,24 +30,6 @@ async fn control(gate: &GateHandle, id: &str, action: &str) -> (u16, Value) {
         None,
     )
     .await
-}
-
-/// Polls the deployment until its state is one of `states`.
-async fn wait_state(gate: &GateHandle, id: &str, states: &[&str], limit: Duration) -> Value {
-    let until = Instant::now() + limit;
-    loop {
-        let v = deployment(gate, id).await;
-        let state = v["state"].as_str().unwrap_or("");
-        if states.contains(&state) {
-            return v;
-        }
-        assert!(
-            Instant::now() < until,
-            "deployment stuck in '{state}': {}",
-            v["live"]
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn service(gate: &GateHandle) -> Value {

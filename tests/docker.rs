@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::docker::{available, docker, Scratch};
 use common::*;
@@ -53,43 +53,6 @@ async fn body(gate: &GateHandle, path: &str) -> (u16, String) {
     (status, text)
 }
 
-async fn deploy(gate: &GateHandle, body: Value) -> (u16, Value) {
-    admin(
-        &client(),
-        gate,
-        Method::POST,
-        "/api/v1/services/web/deployments",
-        None,
-        Some(body),
-    )
-    .await
-}
-
-async fn deployment(gate: &GateHandle, id: &str) -> Value {
-    admin(
-        &client(),
-        gate,
-        Method::GET,
-        &format!("/api/v1/deployments/{id}"),
-        None,
-        None,
-    )
-    .await
-    .1
-}
-
-async fn wait_state(gate: &GateHandle, id: &str, states: &[&str], limit: Duration) -> Value {
-    let until = Instant::now() + limit;
-    loop {
-        let v = deployment(gate, id).await;
-        if states.contains(&v["state"].as_str().unwrap_or("")) {
-            return v;
-        }
-        assert!(Instant::now() < until, "deployment stuck: {}", v["live"]);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 async fn releases(gate: &GateHandle) -> Value {
     admin(
         &client(),
@@ -101,15 +64,6 @@ async fn releases(gate: &GateHandle) -> Value {
     )
     .await
     .1
-}
-
-/// Polls `f` until it is true or `limit` passes.
-async fn eventually(limit: Duration, what: &str, mut f: impl AsyncFnMut() -> bool) {
-    let until = Instant::now() + limit;
-    while !f().await {
-        assert!(Instant::now() < until, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// What `docker inspect` says of a container's env, mounts, networks and image.
@@ -303,16 +257,12 @@ async fn a_stable_container_that_disappears_is_recreated_exactly() {
 
     // Removed by hand: recreated under the same name with the same configuration.
     assert!(docker(&["rm", "-f", &names[0]]).0);
-    let restored = tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            let e = events.recv().await.unwrap();
-            if e.kind == sluice::events::EventKind::ContainerRestored {
-                return e;
-            }
-        }
-    })
-    .await
-    .expect("a container_restored event");
+    let restored = next_event(
+        &mut events,
+        sluice::events::EventKind::ContainerRestored,
+        Duration::from_secs(30),
+    )
+    .await;
     assert_eq!(
         restored.evidence["containers"]["same_config"], true,
         "{}",
@@ -378,16 +328,12 @@ async fn a_rollback_to_a_release_whose_image_is_gone_is_refused() {
     }
     let (ok, out) = docker(&["rmi", &v1]);
     assert!(ok, "rmi {v1}: {out}");
-    tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
-            let e = events.recv().await.unwrap();
-            if e.kind == sluice::events::EventKind::ReleaseMissing {
-                return e;
-            }
-        }
-    })
-    .await
-    .expect("a release_missing warning");
+    next_event(
+        &mut events,
+        sluice::events::EventKind::ReleaseMissing,
+        Duration::from_secs(20),
+    )
+    .await;
     let (status, v) = admin(
         &client(),
         &gate,
@@ -405,16 +351,12 @@ async fn a_rollback_to_a_release_whose_image_is_gone_is_refused() {
             .contains("no longer on this Docker engine"),
         "{v}"
     );
-    let refused = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            let e = events.recv().await.unwrap();
-            if e.kind == sluice::events::EventKind::RollbackRefused {
-                return e;
-            }
-        }
-    })
-    .await
-    .expect("a rollback_refused event");
+    let refused = next_event(
+        &mut events,
+        sluice::events::EventKind::RollbackRefused,
+        Duration::from_secs(5),
+    )
+    .await;
     assert!(
         refused.message.contains("current version keeps serving"),
         "{}",
@@ -602,16 +544,12 @@ async fn a_canary_container_over_its_memory_or_cpu_share_is_cut_back() {
             .unwrap();
         assert_eq!(resp.status(), 200);
         let mut events = gate.bus.subscribe();
-        let cut = tokio::time::timeout(Duration::from_secs(30), async {
-            loop {
-                let e = events.recv().await.unwrap();
-                if e.kind == sluice::events::EventKind::RolledBack {
-                    return e;
-                }
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("no cut-back on {rule}"));
+        let cut = next_event(
+            &mut events,
+            sluice::events::EventKind::RolledBack,
+            Duration::from_secs(30),
+        )
+        .await;
         assert_eq!(cut.evidence["verdict"]["rule"], rule, "{}", cut.evidence);
         assert!(cut.message.contains(&name), "{}", cut.message);
         let (status, _) = admin(

@@ -224,16 +224,7 @@ services = ["api"]
     assert_eq!(flaky.json()["kind"], "rolled_back");
 
     // The endpoint that is down: reported once its attempts are spent.
-    let failed = tokio::time::timeout(limit, async {
-        loop {
-            let e = events.recv().await.unwrap();
-            if e.kind == EventKind::NotifyFailed {
-                return e;
-            }
-        }
-    })
-    .await
-    .expect("a notify_failed event");
+    let failed = next_event(&mut events, EventKind::NotifyFailed, limit).await;
     assert_eq!(failed.evidence["notifier"], "down");
     assert_eq!(failed.evidence["failed"], 1);
     assert!(

@@ -154,6 +154,82 @@ pub async fn admin_raw(
     let status = resp.status().as_u16();
     (status, resp.json().await.unwrap_or(Value::Null))
 }
+/// Starts a deployment of service `web`; returns (status, JSON body).
+pub async fn deploy(gate: &GateHandle, body: Value) -> (u16, Value) {
+    admin(
+        &client(),
+        gate,
+        reqwest::Method::POST,
+        "/api/v1/services/web/deployments",
+        None,
+        Some(body),
+    )
+    .await
+}
+
+/// `GET /api/v1/deployments/{id}`.
+pub async fn deployment(gate: &GateHandle, id: &str) -> Value {
+    admin(
+        &client(),
+        gate,
+        reqwest::Method::GET,
+        &format!("/api/v1/deployments/{id}"),
+        None,
+        None,
+    )
+    .await
+    .1
+}
+
+/// Polls the deployment until its state is one of `states`.
+pub async fn wait_state(gate: &GateHandle, id: &str, states: &[&str], limit: Duration) -> Value {
+    let until = std::time::Instant::now() + limit;
+    loop {
+        let v = deployment(gate, id).await;
+        let state = v["state"].as_str().unwrap_or("");
+        if states.contains(&state) {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "deployment stuck in '{state}': {}",
+            v["live"]
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Polls `f` until it is true or `limit` passes.
+pub async fn eventually(limit: Duration, what: &str, mut f: impl AsyncFnMut() -> bool) {
+    let until = std::time::Instant::now() + limit;
+    while !f().await {
+        assert!(
+            std::time::Instant::now() < until,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The next event of `kind` on a bus subscription, within `limit`.
+pub async fn next_event(
+    events: &mut tokio::sync::broadcast::Receiver<std::sync::Arc<sluice::events::Event>>,
+    kind: sluice::events::EventKind,
+    limit: Duration,
+) -> std::sync::Arc<sluice::events::Event> {
+    tokio::time::timeout(limit, async {
+        loop {
+            match events.recv().await {
+                Ok(e) if e.kind == kind => return e,
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(e) => panic!("event bus: {e}"),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {} event within {limit:?}", kind.as_str()))
+}
+
 pub mod browser;
 pub mod docker;
 pub mod pg;

@@ -430,6 +430,8 @@ pub async fn serve(
             }
         }
     };
+    // Lingering close: a client refused mid-upload (413) still reads its answer.
+    let listener = crate::linger::LingeringListener(listener);
     if let Err(e) = axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
         .await
@@ -1119,61 +1121,90 @@ async fn deployment(
     State(state): State<AdminState>,
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> Result<Response, ApiError> {
+    // Read in this order so the answer holds everything already written: the live view
+    // first (the controller records every event before its view shows the change), then
+    // what the spool still holds, then the database (a record the writer commits in between
+    // is in the database by the time it is queried).
     let live = state.control.deployment(&id);
-    let store = match (store_of(&state), &live) {
-        (Ok(s), _) => s,
-        // History unavailable: the live view alone still answers.
-        (Err(_), Some(view)) => {
-            return Ok(axum::Json(
-                json!({ "live": view, "state": view.state, "events": [], "probe_results": [] }),
-            )
-            .into_response())
-        }
-        (Err(e), None) => return Err(e),
+    let pending = match &state.history {
+        Some(h) => h
+            .spool
+            .pending(|r| match r {
+                crate::store::Record::Event(e) => e.deployment_id.as_deref() == Some(&id),
+                crate::store::Record::Probe(p) => p.deployment_id.as_deref() == Some(&id),
+                crate::store::Record::Deployment(d) => d.id == id,
+                _ => false,
+            })
+            .map(|records| crate::store::query::Pending::of(&id, records))
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "spool unreadable for a deployment view");
+                Default::default()
+            }),
+        None => Default::default(),
     };
-    let trend =
-        match store
+    let store = match store_of(&state) {
+        Ok(s) => Some(s),
+        // History unavailable: the live view and the spool still answer.
+        Err(_) if live.is_some() || !pending.is_empty() => None,
+        Err(e) => return Err(e),
+    };
+    let mut trend = None;
+    let (mut events, mut probes) = (Vec::new(), Vec::new());
+    if let Some(store) = store {
+        trend = store
             .trend(&id)
             .await
-            .map_err(|e| store_failed(&state, e))?
-        {
-            Some(t) => t,
-            // Just started: its history row is on its way.
-            None => match &live {
-                Some(view) => return Ok(axum::Json(
-                    json!({ "live": view, "state": view.state, "events": [], "probe_results": [] }),
-                )
-                .into_response()),
-                None => return Err(no_deployment(&id)),
-            },
-        };
-    let filter = crate::store::query::HistoryFilter {
-        deployment: Some(id.clone()),
-        limit: crate::store::query::MAX_LIMIT,
-        ..Default::default()
-    };
-    let events = store
-        .history(&filter)
-        .await
-        .map_err(|e| store_failed(&state, e))?;
-    let probes = store
-        .probe_results(&id, 200)
-        .await
-        .map_err(|e| store_failed(&state, e))?;
+            .map_err(|e| store_failed(&state, e))?;
+        if trend.is_some() {
+            let filter = crate::store::query::HistoryFilter {
+                deployment: Some(id.clone()),
+                limit: crate::store::query::MAX_LIMIT,
+                ..Default::default()
+            };
+            events = store
+                .history(&filter)
+                .await
+                .map_err(|e| store_failed(&state, e))?
+                .items;
+            probes = store
+                .probe_results(&id, PROBE_RESULTS_SHOWN as u32)
+                .await
+                .map_err(|e| store_failed(&state, e))?;
+        }
+    }
+    let events = pending.events_newest_first(events);
+    let probes = pending.probes_newest_first(probes, PROBE_RESULTS_SHOWN);
+    if let Some(t) = &mut trend {
+        pending.update_trend(t);
+    }
+    let row = trend
+        .as_ref()
+        .map(|t| t.deployment.clone())
+        .or_else(|| pending.deployment.clone());
+    if live.is_none() && row.is_none() {
+        return Err(no_deployment(&id));
+    }
     let state_name = live
         .as_ref()
         .map(|v| v.state.to_string())
-        .unwrap_or_else(|| trend.deployment.outcome.clone());
-    Ok(axum::Json(json!({
+        .or_else(|| row.as_ref().map(|r| r.outcome.clone()));
+    let mut answer = json!({
         "state": state_name,
         "live": live,
-        "deployment": trend.deployment.to_json(),
-        "events": events.items.iter().map(|e| e.to_json()).collect::<Vec<_>>(),
+        "events": events.iter().map(|e| e.to_json()).collect::<Vec<_>>(),
         "probe_results": probes,
-        "trend": trend_json(&trend),
-    }))
-    .into_response())
+    });
+    if let Some(row) = &row {
+        answer["deployment"] = row.to_json();
+    }
+    if let Some(t) = &trend {
+        answer["trend"] = trend_json(t);
+    }
+    Ok(axum::Json(answer).into_response())
 }
+
+/// Probe results a deployment view shows, newest first.
+const PROBE_RESULTS_SHOWN: usize = 200;
 
 async fn deployment_trend(
     State(state): State<AdminState>,

@@ -14,6 +14,7 @@ pub mod docker;
 pub mod events;
 pub mod gate;
 pub mod judge;
+pub mod linger;
 pub mod metrics;
 pub mod notify;
 pub mod probes;

@@ -29,6 +29,7 @@ use pingora::proxy::{ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, Result};
 
+use crate::linger::{DEFAULT_LINGER_BYTES, DEFAULT_LINGER_TIME};
 use crate::metrics::Metrics;
 use crate::rollout::Wake;
 use crate::routing::{Arm, ArmRole, RoutingTable, SharedTable};
@@ -160,6 +161,26 @@ async fn respond_plain(session: &mut Session, status: u16, body: &'static str) -
     session
         .write_response_body(Some(Bytes::from_static(body.as_bytes())), true)
         .await
+}
+
+/// After an error answer on a connection that will close: reads and throws away what is
+/// left of the request body (at most [`DEFAULT_LINGER_BYTES`] for [`DEFAULT_LINGER_TIME`]),
+/// so the client, still uploading, reads the answer instead of a reset (see
+/// [`crate::linger`]). HTTP/2 streams end on their own and need none of this.
+async fn discard_request_body(session: &mut Session) {
+    if session.as_downstream().is_http2() || session.as_downstream_mut().is_body_done() {
+        return;
+    }
+    let drain = async {
+        let mut left = DEFAULT_LINGER_BYTES;
+        while let Ok(Some(chunk)) = session.as_downstream_mut().read_request_body().await {
+            left = left.saturating_sub(chunk.len() as u64);
+            if left == 0 {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DEFAULT_LINGER_TIME, drain).await;
 }
 
 #[async_trait]
@@ -416,6 +437,38 @@ impl ProxyHttp for GateProxy {
                 .append_header(http::header::SET_COOKIE, table.options.set_cookie(seed))?;
         }
         Ok(())
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        _ctx: &mut RequestCtx,
+    ) -> pingora::proxy::FailToProxy {
+        // pingora's own choice of status (502 upstream, 400 client, 500 internal, 0 when
+        // the client is gone), answered the same way; then a lingering close.
+        let code = match e.etype() {
+            pingora::HTTPStatus(code) => *code,
+            _ => match e.esource() {
+                ErrorSource::Upstream => 502,
+                ErrorSource::Downstream => match e.etype() {
+                    pingora::WriteError | pingora::ReadError | pingora::ConnectionClosed => 0,
+                    _ => 400,
+                },
+                ErrorSource::Internal | ErrorSource::Unset => 500,
+            },
+        };
+        if code > 0 {
+            if let Err(err) = session.respond_error(code).await {
+                tracing::debug!(error = %err, "error answer not delivered");
+            } else {
+                discard_request_body(session).await;
+            }
+        }
+        pingora::proxy::FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
     }
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, error: &Error) -> bool {

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use super::{ArmMinuteRow, DeploymentRow, EventRow, ProbeRow, Store, StoreError};
+use super::{ArmMinuteRow, DeploymentRow, EventRow, ProbeRow, Record, Store, StoreError};
 
 /// Largest page.
 pub const MAX_LIMIT: u32 = 1000;
@@ -417,9 +417,9 @@ impl Store {
         );
         let decisions = sqlx::query_as::<_, EventRow>(audited(sql))
             .bind(id)
-            .bind("breach")
-            .bind("rolled_back")
-            .bind("aborted")
+            .bind(DECISION_KINDS[0])
+            .bind(DECISION_KINDS[1])
+            .bind(DECISION_KINDS[2])
             .fetch_all(self.pool())
             .await?;
         Ok(Some(Trend {
@@ -442,4 +442,79 @@ fn page<T>(rows: &mut Vec<T>, n: i64, cursor: impl Fn(&T) -> Cursor) -> Page<T> 
         items: std::mem::take(rows),
         next,
     }
+}
+
+/// What the spool still holds of one deployment: its events, its probe results and its
+/// latest row, not yet in the database.
+#[derive(Debug, Default, Clone)]
+pub struct Pending {
+    /// Events, oldest first.
+    pub events: Vec<EventRow>,
+    /// Probe results, oldest first.
+    pub probes: Vec<ProbeRow>,
+    /// The latest row written for it.
+    pub deployment: Option<DeploymentRow>,
+}
+
+impl Pending {
+    /// Picks deployment `id`'s records out of the spool's pending ones.
+    pub fn of(id: &str, records: Vec<Record>) -> Pending {
+        let mut p = Pending::default();
+        for r in records {
+            match r {
+                Record::Event(e) if e.deployment_id.as_deref() == Some(id) => p.events.push(e),
+                Record::Probe(r) if r.deployment_id.as_deref() == Some(id) => p.probes.push(r),
+                Record::Deployment(d) if d.id == id => p.deployment = Some(d),
+                _ => {}
+            }
+        }
+        p
+    }
+
+    /// Whether a record of `id` is pending.
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty() && self.probes.is_empty() && self.deployment.is_none()
+    }
+
+    /// `stored` (newest first) with the pending events added, newest first, each once.
+    pub fn events_newest_first(&self, mut stored: Vec<EventRow>) -> Vec<EventRow> {
+        merge_by_id(&mut stored, &self.events, |e| (e.at_ms, e.id.clone()));
+        stored
+    }
+
+    /// `stored` probe results (newest first) with the pending ones, newest first, at most
+    /// `max`.
+    pub fn probes_newest_first(&self, mut stored: Vec<ProbeRow>, max: usize) -> Vec<ProbeRow> {
+        merge_by_id(&mut stored, &self.probes, |r| (r.at_ms, r.id.clone()));
+        stored.truncate(max);
+        stored
+    }
+
+    /// A stored trend brought up to date: the pending row replaces the stored one and the
+    /// pending decisions join the stored ones.
+    pub fn update_trend(&self, trend: &mut Trend) {
+        if let Some(d) = &self.deployment {
+            trend.deployment = d.clone();
+        }
+        let decisions: Vec<EventRow> = self
+            .events
+            .iter()
+            .filter(|e| DECISION_KINDS.contains(&e.kind.as_str()))
+            .cloned()
+            .collect();
+        merge_by_id(&mut trend.decisions, &decisions, |e| {
+            (e.at_ms, e.id.clone())
+        });
+        trend.decisions.reverse(); // oldest first, as stored
+    }
+}
+
+/// The event kinds a trend shows as decisions.
+pub const DECISION_KINDS: [&str; 3] = ["breach", "rolled_back", "aborted"];
+
+/// Adds the rows of `more` whose id is not in `rows`, then sorts newest first.
+fn merge_by_id<T: Clone>(rows: &mut Vec<T>, more: &[T], key: impl Fn(&T) -> (i64, String)) {
+    let known: std::collections::HashSet<String> = rows.iter().map(|r| key(r).1).collect();
+    rows.extend(more.iter().filter(|r| !known.contains(&key(r).1)).cloned());
+    rows.sort_by_key(|r| std::cmp::Reverse(key(r)));
 }

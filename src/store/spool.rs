@@ -262,6 +262,43 @@ impl Spool {
         std::fs::rename(&tmp, &self.offset_path)
     }
 
+    /// The records accepted but not yet in the database that `keep` selects, oldest first.
+    ///
+    /// Readers that must see their own writes (a deployment's view right after its last
+    /// event) read this *before* querying the database: a record the writer commits in
+    /// between is then in the database by the time it is queried, so nothing falls between.
+    pub fn pending(&self, keep: impl Fn(&Record) -> bool) -> io::Result<Vec<Record>> {
+        let from = {
+            let s = self.state.lock();
+            if !s.spilled {
+                return Ok(s
+                    .memory
+                    .iter()
+                    .filter(|(_, r)| keep(r))
+                    .map(|(_, r)| r.clone())
+                    .collect());
+            }
+            s.committed
+        };
+        let mut reader = BufReader::new(File::open(&self.path)?);
+        reader.seek(SeekFrom::Start(from))?;
+        let mut out = Vec::new();
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            let n = reader.read_until(b'\n', &mut line)?;
+            if n == 0 || line.last() != Some(&b'\n') {
+                break; // end of file, or a line still being appended
+            }
+            if let Ok(r) = serde_json::from_slice::<Record>(&line) {
+                if keep(&r) {
+                    out.push(r);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// The latest routing-table snapshot among the records not yet written (for restoring
     /// state when the database is behind or unreachable).
     pub fn latest_pending_snapshot(&self) -> io::Result<Option<SnapshotRow>> {

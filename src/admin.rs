@@ -990,6 +990,21 @@ fn store_of(state: &AdminState) -> Result<Arc<crate::store::Store>, ApiError> {
     })
 }
 
+/// The records `keep` selects among those still in the spool (none when history is off or
+/// the spool cannot be read).
+fn pending_records(
+    state: &AdminState,
+    keep: impl Fn(&crate::store::Record) -> bool,
+) -> Vec<crate::store::Record> {
+    let Some(h) = &state.history else {
+        return Vec::new();
+    };
+    h.spool.pending(keep).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "spool unreadable; answering from the database alone");
+        Vec::new()
+    })
+}
+
 fn store_failed(state: &AdminState, e: crate::store::StoreError) -> ApiError {
     tracing::warn!(error = %e, "history query failed");
     let pending = state
@@ -1066,11 +1081,24 @@ async fn history(
             }
         }
     }
+    // The spool first, then the database: see `deployment` for why this order reads every
+    // event already published.
+    let pending: Vec<crate::store::EventRow> = pending_records(&state, |r| match r {
+        crate::store::Record::Event(e) => f.accepts(e),
+        _ => false,
+    })
+    .into_iter()
+    .filter_map(|r| match r {
+        crate::store::Record::Event(e) => Some(e),
+        _ => None,
+    })
+    .collect();
     let store = store_of(&state)?;
     let page = store
         .history(&f)
         .await
         .map_err(|e| store_failed(&state, e))?;
+    let page = f.merge_page(page, &pending);
     let items: Vec<_> = page.items.iter().map(|e| e.to_json()).collect();
     Ok(axum::Json(json!({ "items": items, "next": page.next })).into_response())
 }
@@ -1126,22 +1154,15 @@ async fn deployment(
     // what the spool still holds, then the database (a record the writer commits in between
     // is in the database by the time it is queried).
     let live = state.control.deployment(&id);
-    let pending = match &state.history {
-        Some(h) => h
-            .spool
-            .pending(|r| match r {
-                crate::store::Record::Event(e) => e.deployment_id.as_deref() == Some(&id),
-                crate::store::Record::Probe(p) => p.deployment_id.as_deref() == Some(&id),
-                crate::store::Record::Deployment(d) => d.id == id,
-                _ => false,
-            })
-            .map(|records| crate::store::query::Pending::of(&id, records))
-            .unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "spool unreadable for a deployment view");
-                Default::default()
-            }),
-        None => Default::default(),
-    };
+    let pending = crate::store::query::Pending::of(
+        &id,
+        pending_records(&state, |r| match r {
+            crate::store::Record::Event(e) => e.deployment_id.as_deref() == Some(&id),
+            crate::store::Record::Probe(p) => p.deployment_id.as_deref() == Some(&id),
+            crate::store::Record::Deployment(d) => d.id == id,
+            _ => false,
+        }),
+    );
     let store = match store_of(&state) {
         Ok(s) => Some(s),
         // History unavailable: the live view and the spool still answer.

@@ -4,13 +4,11 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::browser::{self, Browser};
 use common::*;
 use reqwest::Method;
 use serde_json::json;
-use sluice::demo::{Load, LoadConfig};
+use sluice::demo::Load;
 
 const TOKEN: &str = "dashboard-test-token-0123";
 
@@ -46,13 +44,13 @@ async fn the_dashboard_shows_live_state_and_a_click_rolls_back() {
         &canary.addr.to_string(),
         &api.addr.to_string(),
     ));
-    let load = Load::start(LoadConfig::new(gate.proxy_addr, 150)).unwrap();
+    let load = Load::start(load_config(&gate, 150)).unwrap();
     let b = Browser::start().await;
     b.go(&format!("http://{}/#token={TOKEN}", gate.admin_addr))
         .await;
 
     let web = r#"[data-service="web"]"#;
-    let limit = Duration::from_secs(15);
+    let limit = LONG_WAIT;
     b.wait_text(&format!(r#"{web} [data-field="weight"]"#), limit, |t| {
         t == "10%"
     })
@@ -161,7 +159,13 @@ async fn the_dashboard_shows_live_state_and_a_click_rolls_back() {
         t.contains("dashboard")
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The page goes on refreshing (every second) without an error: two refreshes after
+    // the rollback, done, before the screenshot and the console are read.
+    let refreshed = refreshes(&b).await;
+    eventually(limit, "two more refreshes of the page", async || {
+        refreshes(&b).await >= refreshed + 2
+    })
+    .await;
 
     let png = b.screenshot().await;
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
@@ -178,6 +182,28 @@ async fn the_dashboard_shows_live_state_and_a_click_rolls_back() {
     b.close().await;
     let report = load.stop();
     assert_eq!(report.client_errors(), 0, "{report:?}");
+}
+
+/// How many `GET /api/v1/services` the page has had answered since this was first called
+/// (which starts counting them).
+async fn refreshes(b: &Browser) -> u64 {
+    b.run(
+        r#"if (window.__refreshes === undefined) {
+             window.__refreshes = 0;
+             const fetch = window.fetch;
+             window.fetch = function (path, options) {
+               const answer = fetch.apply(this, arguments);
+               if (String(path) === "/api/v1/services" && (!options || !options.method || options.method === "GET")) {
+                 answer.then(() => { window.__refreshes++; }, () => { window.__refreshes++; });
+               }
+               return answer;
+             };
+           }
+           return window.__refreshes;"#,
+    )
+    .await
+    .as_u64()
+    .expect("a count")
 }
 
 async fn get_with_token(gate: &sluice::gate::GateHandle, path: &str) -> serde_json::Value {
@@ -325,19 +351,8 @@ async fn stream_tickets_open_the_event_stream_and_nothing_else() {
     )
     .await;
     assert_eq!(status, 200);
-    use futures_util::StreamExt;
-    let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
-        .await
-        .expect("a WebSocket message")
-        .unwrap()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_str(msg.to_text().unwrap()).unwrap();
+    let v = next_ws_json(&mut ws, WAIT).await;
     assert_eq!(v["kind"], "weight_set", "{v}");
-    let chunk = tokio::time::timeout(Duration::from_secs(5), stream.chunk())
-        .await
-        .expect("an event")
-        .unwrap()
-        .unwrap();
-    let text = String::from_utf8_lossy(&chunk);
-    assert!(text.contains("event: weight_set"), "{text}");
+    let v = next_sse(&mut stream, "weight_set", WAIT).await;
+    assert_eq!(v["kind"], "weight_set", "{v}");
 }

@@ -10,7 +10,7 @@ use common::docker::{available, docker, Scratch};
 use common::*;
 use reqwest::Method;
 use serde_json::{json, Value};
-use sluice::demo::{Load, LoadConfig};
+use sluice::demo::Load;
 use sluice::gate::GateHandle;
 
 /// One test at a time: each starts several containers, and one loads a CPU on purpose, which
@@ -121,7 +121,7 @@ async fn images_deploy_promote_and_a_bad_one_is_cut_back_and_kept_stopped() {
     assert_eq!(first.len(), 2, "{first:?}");
 
     // A good image: promoted through a canary step; v1 is retired (keep_old_for = 0).
-    let traffic = Load::start(LoadConfig::new(gate.proxy_addr, 300)).unwrap();
+    let traffic = Load::start(load_config(&gate, 300)).unwrap();
     let (status, v) = deploy(
         &gate,
         json!({ "strategy": "canary", "image": v2, "steps": [{ "weight": 50, "bake": "1s", "min_samples": 10 }] }),
@@ -129,16 +129,10 @@ async fn images_deploy_promote_and_a_bad_one_is_cut_back_and_kept_stopped() {
     .await;
     assert_eq!(status, 201, "{v}");
     let id = v["id"].as_str().unwrap().to_string();
-    let done = wait_state(
-        &gate,
-        &id,
-        &["succeeded", "rolled_back"],
-        Duration::from_secs(60),
-    )
-    .await;
+    let done = wait_state(&gate, &id, &["succeeded", "rolled_back"], LONG_WAIT).await;
     assert_eq!(done["state"], "succeeded", "{done}");
     assert_eq!(body(&gate, "/").await.1, "v2");
-    eventually(Duration::from_secs(40), "v1 retired", async || {
+    eventually(LONG_WAIT, "v1 retired", async || {
         first.iter().all(|c| !docker(&["inspect", c]).0)
     })
     .await;
@@ -162,13 +156,7 @@ async fn images_deploy_promote_and_a_bad_one_is_cut_back_and_kept_stopped() {
     .await;
     assert_eq!(status, 201, "{v}");
     let id = v["id"].as_str().unwrap().to_string();
-    let done = wait_state(
-        &gate,
-        &id,
-        &["rolled_back", "succeeded"],
-        Duration::from_secs(60),
-    )
-    .await;
+    let done = wait_state(&gate, &id, &["rolled_back", "succeeded"], LONG_WAIT).await;
     assert_eq!(done["state"], "rolled_back", "{done}");
     let report = traffic.stop();
     assert_eq!(report.client_errors(), 0, "clients saw errors: {report:?}");
@@ -200,7 +188,7 @@ async fn images_deploy_promote_and_a_bad_one_is_cut_back_and_kept_stopped() {
             .map(|c| c["name"].as_str().unwrap().to_string())
             .collect()
     };
-    eventually(Duration::from_secs(40), "v3 stopped", async || {
+    eventually(LONG_WAIT, "v3 stopped", async || {
         failed.iter().all(|c| !running(c))
     })
     .await;
@@ -252,15 +240,15 @@ async fn a_stable_container_that_disappears_is_recreated_exactly() {
     assert_eq!(names.len(), 2);
     let before = essentials(&names[0]);
     let mut events = gate.bus.subscribe();
-    let traffic = Load::start(LoadConfig::new(gate.proxy_addr, 200)).unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let traffic = Load::start(load_config(&gate, 200)).unwrap();
+    load_reaches(&traffic, WAIT, "traffic", |r| r.ok > 0).await;
 
     // Removed by hand: recreated under the same name with the same configuration.
     assert!(docker(&["rm", "-f", &names[0]]).0);
     let restored = next_event(
         &mut events,
         sluice::events::EventKind::ContainerRestored,
-        Duration::from_secs(30),
+        LONG_WAIT,
     )
     .await;
     assert_eq!(
@@ -272,11 +260,13 @@ async fn a_stable_container_that_disappears_is_recreated_exactly() {
     assert_eq!(essentials(&names[0]), before, "recreated exactly");
     // Stopped by hand: started again.
     assert!(docker(&["stop", "-t", "1", &names[1]]).0);
-    eventually(Duration::from_secs(30), "restarted", async || {
-        running(&names[1])
+    eventually(LONG_WAIT, "restarted", async || running(&names[1])).await;
+    // Traffic goes on without errors after it: some more answers first.
+    let answered = traffic.report().ok;
+    load_reaches(&traffic, WAIT, "traffic after the restart", |r| {
+        r.ok >= answered + 50
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
     let report = traffic.stop();
     assert_eq!(report.client_errors(), 0, "{report:?}");
     assert_eq!(body(&gate, "/file/data/motd").await.1, "kept");
@@ -317,7 +307,7 @@ async fn a_rollback_to_a_release_whose_image_is_gone_is_refused() {
     .await;
     assert_eq!(status, 201, "{v}");
     let id = v["id"].as_str().unwrap().to_string();
-    eventually(Duration::from_secs(60), "the pause step", async || {
+    eventually(LONG_WAIT, "the pause step", async || {
         deployment(&gate, &id).await["state"] == "paused"
     })
     .await;
@@ -331,7 +321,7 @@ async fn a_rollback_to_a_release_whose_image_is_gone_is_refused() {
     next_event(
         &mut events,
         sluice::events::EventKind::ReleaseMissing,
-        Duration::from_secs(20),
+        LONG_WAIT,
     )
     .await;
     let (status, v) = admin(
@@ -354,7 +344,7 @@ async fn a_rollback_to_a_release_whose_image_is_gone_is_refused() {
     let refused = next_event(
         &mut events,
         sluice::events::EventKind::RollbackRefused,
-        Duration::from_secs(5),
+        WAIT,
     )
     .await;
     assert!(
@@ -379,7 +369,7 @@ async fn a_rollback_to_a_release_whose_image_is_gone_is_refused() {
     )
     .await;
     assert_eq!(status, 200, "{v}");
-    let done = wait_state(&gate, &id, &["succeeded"], Duration::from_secs(20)).await;
+    let done = wait_state(&gate, &id, &["succeeded"], LONG_WAIT).await;
     assert_eq!(done["state"], "succeeded");
     for _ in 0..10 {
         assert_eq!(body(&gate, "/").await, (200, "v2".into()));
@@ -431,7 +421,7 @@ async fn labelled_containers_started_by_hand_are_discovered() {
             "sluice.port=8080",
         ],
     );
-    eventually(Duration::from_secs(20), "hello discovered", async || {
+    eventually(LONG_WAIT, "hello discovered", async || {
         get(&c, &gate, "hello.test", "/", &[]).await.1 == "hand"
     })
     .await;
@@ -445,39 +435,40 @@ async fn labelled_containers_started_by_hand_are_discovered() {
             "sluice.weight=100",
         ],
     );
-    eventually(
-        Duration::from_secs(20),
-        "web's canary discovered",
-        async || get(&c, &gate, "web.test", "/", &[]).await.1 == "hand",
-    )
+    eventually(LONG_WAIT, "web's canary discovered", async || {
+        get(&c, &gate, "web.test", "/", &[]).await.1 == "hand"
+    })
     .await;
     // The table follows containers that stop.
     assert!(docker(&["stop", "-t", "1", &canary]).0);
-    eventually(
-        Duration::from_secs(20),
-        "web back on its configured stable",
-        async || get(&c, &gate, "web.test", "/", &[]).await.1 == "configured",
-    )
+    eventually(LONG_WAIT, "web back on its configured stable", async || {
+        get(&c, &gate, "web.test", "/", &[]).await.1 == "configured"
+    })
     .await;
     assert!(docker(&["rm", "-f", &hello]).0);
-    eventually(Duration::from_secs(20), "hello removed", async || {
+    eventually(LONG_WAIT, "hello removed", async || {
         get(&c, &gate, "hello.test", "/", &[]).await.0 == 404
     })
     .await;
-    let history = admin(
-        &c,
-        &gate,
-        Method::GET,
-        "/api/v1/history?kind=discovered",
-        None,
-        None,
-    )
-    .await
-    .1;
-    assert!(
-        history["items"].as_array().is_some_and(|i| i.len() >= 4),
-        "{history}"
-    );
+    // History is written behind the events: polled until the four are in.
+    until_ok(WAIT, "four discoveries in history", async || {
+        let history = admin(
+            &c,
+            &gate,
+            Method::GET,
+            "/api/v1/history?kind=discovered",
+            None,
+            None,
+        )
+        .await
+        .1;
+        if history["items"].as_array().is_some_and(|i| i.len() >= 4) {
+            Ok(())
+        } else {
+            Err(history.to_string())
+        }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -529,13 +520,25 @@ async fn a_canary_container_over_its_memory_or_cpu_share_is_cut_back() {
         )
         .await;
         assert_eq!(status, 200, "{v}");
-        // Calm for a few seconds: no breach.
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        let svc = admin(&c, &gate, Method::GET, "/api/v1/services/web", None, None)
-            .await
-            .1;
-        assert_eq!(svc["state"], "canary", "{svc}");
+        // Calm: no breach. Once the judge is judging this canary, for longer than either
+        // rule's span (the samples themselves cannot be seen from here).
+        eventually(WAIT, "the judge on the new canary", async || {
+            let svc = admin(&c, &gate, Method::GET, "/api/v1/services/web", None, None)
+                .await
+                .1;
+            !svc["judge"]["verdict"].is_null()
+        })
+        .await;
+        let calm = std::time::Instant::now();
+        while calm.elapsed() < Duration::from_secs(4) {
+            let svc = admin(&c, &gate, Method::GET, "/api/v1/services/web", None, None)
+                .await
+                .1;
+            assert_eq!(svc["state"], "canary", "{svc}");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
         // Then the container is pushed over its share, through the tester header.
+        let mut events = gate.bus.subscribe();
         let resp = c
             .post(proxy_url(&gate, load))
             .header("x-sluice-arm", "canary")
@@ -543,11 +546,10 @@ async fn a_canary_container_over_its_memory_or_cpu_share_is_cut_back() {
             .await
             .unwrap();
         assert_eq!(resp.status(), 200);
-        let mut events = gate.bus.subscribe();
         let cut = next_event(
             &mut events,
             sluice::events::EventKind::RolledBack,
-            Duration::from_secs(30),
+            LONG_WAIT,
         )
         .await;
         assert_eq!(cut.evidence["verdict"]["rule"], rule, "{}", cut.evidence);

@@ -325,16 +325,27 @@ async fn stats_show_per_arm_counts_errors_and_quantiles() {
         )
         .await;
     }
-    let (status, v) = admin(
-        &client,
-        &gate,
-        Method::GET,
-        "/api/v1/services/web",
-        None,
-        None,
-    )
+    // A request is counted once its answer is on its way: a client may read the answer a
+    // moment before the count moves, so the counts are polled until all 60 are in.
+    let v = until_ok(WAIT, "the requests to be counted", async || {
+        let (status, v) = admin(
+            &client,
+            &gate,
+            Method::GET,
+            "/api/v1/services/web",
+            None,
+            None,
+        )
+        .await;
+        assert_eq!(status, 200);
+        let n = |arm: &str| v["arms"][arm]["stats"]["requests"].as_u64().unwrap_or(0);
+        if n("stable") >= 40 && n("canary") >= 20 {
+            Ok(v)
+        } else {
+            Err(v["arms"].to_string())
+        }
+    })
     .await;
-    assert_eq!(status, 200);
     let stable = &v["arms"]["stable"]["stats"];
     let canary = &v["arms"]["canary"]["stats"];
     assert_eq!(stable["requests"], 40);
@@ -346,14 +357,17 @@ async fn stats_show_per_arm_counts_errors_and_quantiles() {
     assert_eq!(canary["status"]["5xx"], 10);
     assert_eq!(canary["status"]["4xx"], 10);
     assert_eq!(canary["error_rate"], 0.5);
-    let metrics = metrics_text(&client, &gate).await;
-    assert!(metrics
-        .contains(r#"sluice_requests_total{arm="canary",code_class="5xx",service="web"} 10"#));
-    assert!(metrics
-        .contains(r#"sluice_requests_total{arm="stable",code_class="2xx",service="web"} 40"#));
-    assert!(
-        metrics.contains(r#"sluice_request_duration_seconds_count{arm="stable",service="web"} 40"#)
-    );
+    metrics_with(
+        &client,
+        &gate,
+        WAIT,
+        &[
+            r#"sluice_requests_total{arm="canary",code_class="5xx",service="web"} 10"#,
+            r#"sluice_requests_total{arm="stable",code_class="2xx",service="web"} 40"#,
+            r#"sluice_request_duration_seconds_count{arm="stable",service="web"} 40"#,
+        ],
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

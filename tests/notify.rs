@@ -5,14 +5,12 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::receivers::{HttpReceiver, SmtpServer};
 use common::*;
 use hmac::{Hmac, Mac};
 use reqwest::Method;
 use sha2::Sha256;
-use sluice::demo::{Load, LoadConfig};
+use sluice::demo::Load;
 use sluice::events::EventKind;
 
 const SECRET: &str = "test-secret-0123456789";
@@ -123,11 +121,14 @@ services = ["api"]
         dead = dead_addr(),
     ));
     let mut events = gate.bus.subscribe();
-    let load = Load::start(LoadConfig::new(gate.proxy_addr, 300)).unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let load = Load::start(load_config(&gate, 300)).unwrap();
+    load_reaches(&load, WAIT, "canary traffic", |r| {
+        r.from_upstream("canary") > 0
+    })
+    .await;
     canary.set_error_rate(1.0);
 
-    let limit = Duration::from_secs(15);
+    let limit = LONG_WAIT;
     // The generic webhook: signed, with the event and its evidence.
     let hook = rx.wait_for(limit, |r| {
         r.path == "hook" && r.json()["kind"] == "rolled_back"
@@ -192,7 +193,7 @@ services = ["api"]
 
     // Email over real SMTP.
     let mail = tokio::task::spawn_blocking(move || {
-        let m = smtp.next_mail(Duration::from_secs(15));
+        let m = smtp.next_mail(LONG_WAIT);
         (m, smtp)
     })
     .await
@@ -237,30 +238,40 @@ services = ["api"]
 
     // Nobody heard about a service they did not ask for.
     assert!(rx.received().iter().all(|r| r.path != "api-only"));
-    let metrics = metrics_text(&client(), &gate).await;
-    for line in [
-        r#"sluice_notifications_total{notifier="down",result="failed"} 1"#,
-        r#"sluice_notifications_total{notifier="down",result="retried"} 1"#,
-        r#"sluice_notifications_total{notifier="flaky",result="retried"} 2"#,
-        r#"sluice_notifications_total{notifier="flaky",result="sent"} 1"#,
-        r#"sluice_notifications_total{notifier="mail",result="sent"} 1"#,
-    ] {
-        assert!(metrics.contains(line), "{line} missing");
-    }
-    let history = admin(
+    // A sender counts a delivery once the receiver has answered it, a moment after the
+    // receiver has it: the counters are polled.
+    metrics_with(
         &client(),
         &gate,
-        Method::GET,
-        "/api/v1/history?kind=notify_failed",
-        None,
-        None,
+        WAIT,
+        &[
+            r#"sluice_notifications_total{notifier="down",result="failed"} 1"#,
+            r#"sluice_notifications_total{notifier="down",result="retried"} 1"#,
+            r#"sluice_notifications_total{notifier="flaky",result="retried"} 2"#,
+            r#"sluice_notifications_total{notifier="flaky",result="sent"} 1"#,
+            r#"sluice_notifications_total{notifier="mail",result="sent"} 1"#,
+        ],
     )
-    .await
-    .1;
-    assert!(
-        !history["items"].as_array().unwrap().is_empty(),
-        "{history}"
-    );
+    .await;
+    // History is written behind the events: polled until the failure is in.
+    until_ok(WAIT, "the failure in history", async || {
+        let history = admin(
+            &client(),
+            &gate,
+            Method::GET,
+            "/api/v1/history?kind=notify_failed",
+            None,
+            None,
+        )
+        .await
+        .1;
+        if history["items"].as_array().is_some_and(|i| !i.is_empty()) {
+            Ok(())
+        } else {
+            Err(history.to_string())
+        }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -309,7 +320,7 @@ events = ["weight_set"]
         assert_eq!(status, 200, "{v}");
     }
     // A healthy notifier beside it got every one; links use the admin address bound.
-    let seen = rx.wait_for(Duration::from_secs(10), |r| r.path == "seen");
+    let seen = rx.wait_for(WAIT, |r| r.path == "seen");
     assert!(
         seen.json()["link"]
             .as_str()
@@ -318,24 +329,28 @@ events = ["weight_set"]
         "{}",
         seen.json()["link"]
     );
-    let until = std::time::Instant::now() + Duration::from_secs(10);
-    while rx.received().iter().filter(|r| r.path == "seen").count() < 40 {
-        assert!(
-            std::time::Instant::now() < until,
-            "the healthy notifier fell behind"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let metrics = metrics_text(&c, &gate).await;
-    let dropped = metrics
-        .lines()
-        .find(|l| l.starts_with(r#"sluice_notifications_total{notifier="slow",result="dropped"}"#))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(0);
-    assert!(
-        dropped >= 30,
-        "a queue of 4 kept more than it should: {dropped} dropped"
-    );
+    eventually(WAIT, "the healthy notifier to get all 40", async || {
+        rx.received().iter().filter(|r| r.path == "seen").count() >= 40
+    })
+    .await;
+    // The slow one's queue overflowed: polled, as it counts what it drops as it goes.
+    until_ok(WAIT, "the slow notifier's drops", async || {
+        let metrics = metrics_text(&c, &gate).await;
+        let dropped = metrics
+            .lines()
+            .find(|l| {
+                l.starts_with(r#"sluice_notifications_total{notifier="slow",result="dropped"}"#)
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        if dropped >= 30 {
+            Ok(())
+        } else {
+            Err(format!(
+                "a queue of 4 kept more than it should: {dropped} dropped"
+            ))
+        }
+    })
+    .await;
 }

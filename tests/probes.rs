@@ -15,12 +15,18 @@ use sluice::probes::*;
 use sluice::routing::ArmRole;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-fn spec(kind: ProbeKind) -> ProbeSpec {
+/// The time limit of a check that must come back (pass or fail) on its own: what a
+/// loaded machine may need, far more than an idle one does.
+const ANSWER: Duration = Duration::from_secs(10);
+/// The time limit of a check that must time out: its target never answers within it.
+const HUNG: Duration = Duration::from_millis(800);
+
+fn spec(kind: ProbeKind, timeout: Duration) -> ProbeSpec {
     ProbeSpec {
         name: "p".into(),
         kind,
         policy: ProbePolicy {
-            timeout: Duration::from_millis(800),
+            timeout,
             ..ProbePolicy::default()
         },
     }
@@ -51,7 +57,21 @@ async fn check(kind: ProbeKind, addr: std::net::SocketAddr) -> Outcome {
 }
 
 async fn check_with(checker: &RealChecker, kind: ProbeKind, addr: std::net::SocketAddr) -> Outcome {
-    let s = spec(kind);
+    check_within(checker, kind, addr, ANSWER).await
+}
+
+/// A check that must time out, within [`HUNG`].
+async fn check_hung(kind: ProbeKind, addr: std::net::SocketAddr) -> Outcome {
+    check_within(&RealChecker::new(), kind, addr, HUNG).await
+}
+
+async fn check_within(
+    checker: &RealChecker,
+    kind: ProbeKind,
+    addr: std::net::SocketAddr,
+    timeout: Duration,
+) -> Outcome {
+    let s = spec(kind, timeout);
     // The same time limit the schedule applies.
     match tokio::time::timeout(s.policy.timeout, checker.check(&s, &target(addr))).await {
         Ok(o) => o,
@@ -109,8 +129,8 @@ async fn http_checks_see_codes_bodies_and_slowness() {
     .await;
     assert_eq!(slow.status, ProbeStatus::Failure);
     assert!(slow.detail.contains("slower than 100ms"), "{}", slow.detail);
-    up.set_delay(Duration::from_secs(3));
-    let hung = check(ProbeKind::Http(http("/")), up.addr).await;
+    up.set_delay(Duration::from_secs(30));
+    let hung = check_hung(ProbeKind::Http(http("/")), up.addr).await;
     assert_eq!(hung.status, ProbeStatus::Timeout);
     let refused = check(ProbeKind::Http(http("/")), dead_addr().parse().unwrap()).await;
     assert_eq!(refused.status, ProbeStatus::Failure);
@@ -221,26 +241,39 @@ async fn scripts_pass_fail_and_hang() {
         "hang.sh",
         &format!("sleep 300 &\necho $! > {}\nsleep 300", pidfile.display()),
     );
-    let started = Instant::now();
-    let o = check(script_check(vec![hang]), addr).await;
-    assert_eq!(o.status, ProbeStatus::Timeout, "{o:?}");
-    assert!(started.elapsed() < Duration::from_secs(3));
-    let child: u32 = std::fs::read_to_string(&pidfile)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let mut gone = false;
-    for _ in 0..50 {
+    // The script must get as far as writing its child's pid before the timeout: on a
+    // loaded machine it may not in 800 ms, and then the check is made again with more time.
+    let mut timeout = HUNG;
+    let child = loop {
+        let _ = std::fs::remove_file(&pidfile);
+        let started = Instant::now();
+        let o = check_within(
+            &RealChecker::new(),
+            script_check(vec![hang.clone()]),
+            addr,
+            timeout,
+        )
+        .await;
+        assert_eq!(o.status, ProbeStatus::Timeout, "{o:?}");
+        // Killed at the timeout, not waited for (it would run 300 s): a sanity bound.
+        assert!(
+            started.elapsed() < timeout + Duration::from_secs(30),
+            "{:?}",
+            started.elapsed()
+        );
+        let pid = std::fs::read_to_string(&pidfile).unwrap_or_default();
+        if let Ok(child) = pid.trim().parse::<u32>() {
+            break child;
+        }
+        assert!(timeout < LONG_WAIT, "the script never started its child");
+        timeout *= 4;
+    };
+    eventually(WAIT, "the script's child to be killed", async || {
         let status = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
         // Gone, or a zombie awaiting its reaper.
-        if status.is_empty() || status.split_whitespace().nth(2) == Some("Z") {
-            gone = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(gone, "the script's child {child} survived");
+        status.is_empty() || status.split_whitespace().nth(2) == Some("Z")
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -264,16 +297,15 @@ async fn docker_health_follows_the_containers_healthcheck() {
         })
     };
     // Healthy once its HEALTHCHECK has run.
-    let mut last = None;
-    for _ in 0..100 {
+    let o = until_ok(LONG_WAIT, "the container to be healthy", async || {
         let o = check_with(&checker, kind(), c.addr).await;
         if o.status == ProbeStatus::Success {
-            last = Some(o);
-            break;
+            Ok(o)
+        } else {
+            Err(format!("{o:?}"))
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let o = last.expect("the container became healthy");
+    })
+    .await;
     assert!(o.detail.contains("healthy"), "{}", o.detail);
     // Its app turns unhealthy: the HEALTHCHECK says so, and so does the probe.
     client()
@@ -281,16 +313,19 @@ async fn docker_health_follows_the_containers_healthcheck() {
         .send()
         .await
         .unwrap();
-    let mut failed = None;
-    for _ in 0..100 {
-        let o = check_with(&checker, kind(), c.addr).await;
-        if o.status == ProbeStatus::Failure {
-            failed = Some(o);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let o = failed.expect("the probe saw the container unhealthy");
+    let o = until_ok(
+        LONG_WAIT,
+        "the probe to see the container unhealthy",
+        async || {
+            let o = check_with(&checker, kind(), c.addr).await;
+            if o.status == ProbeStatus::Failure {
+                Ok(o)
+            } else {
+                Err(format!("{o:?}"))
+            }
+        },
+    )
+    .await;
     assert!(o.detail.contains("unhealthy"), "{}", o.detail);
     assert_eq!(c.inspect("{{.State.Health.Status}}"), "unhealthy");
     // Stopped: not running. Nothing there at all: the probe cannot tell (error).
@@ -308,7 +343,9 @@ async fn docker_health_follows_the_containers_healthcheck() {
     assert_eq!(o.status, ProbeStatus::Error, "{o:?}");
 }
 
-const FAST: &str = "interval = \"100ms\"\ntimeout = \"100ms\"\nretry_interval = \"100ms\"\ninitial_delay = \"0s\"\nfailure_threshold = 2\n";
+/// A quick schedule. The timeout is what a loaded machine needs for a check to come back
+/// (a healthy target must never time out); a failing target is retried at once.
+const FAST: &str = "interval = \"1s\"\ntimeout = \"1s\"\nretry_interval = \"100ms\"\ninitial_delay = \"0s\"\nfailure_threshold = 2\n";
 
 async fn service(gate: &sluice::gate::GateHandle) -> Value {
     admin(
@@ -348,14 +385,14 @@ async fn a_failing_stable_upstream_leaves_its_arm_until_it_recovers() {
         a.addr, b.addr
     ));
     let c = client();
-    wait_until("both healthy", Duration::from_secs(5), &gate, |v| {
+    wait_until("both healthy", WAIT, &gate, |v| {
         v["probes"]
             .as_array()
             .is_some_and(|p| p.len() == 2 && p.iter().all(|p| p["health"] == "healthy"))
     })
     .await;
     b.set_error_rate(1.0);
-    let v = wait_until("b down", Duration::from_secs(5), &gate, |v| {
+    let v = wait_until("b down", WAIT, &gate, |v| {
         v["arms"]["stable"]["down"] == serde_json::json!([b.addr.to_string()])
     })
     .await;
@@ -370,7 +407,7 @@ async fn a_failing_stable_upstream_leaves_its_arm_until_it_recovers() {
 
     // Both down: panic mode keeps sending to both rather than to nothing.
     a.set_error_rate(1.0);
-    wait_until("panic", Duration::from_secs(5), &gate, |v| {
+    wait_until("panic", WAIT, &gate, |v| {
         v["arms"]["stable"]["panic"] == true
     })
     .await;
@@ -386,7 +423,7 @@ async fn a_failing_stable_upstream_leaves_its_arm_until_it_recovers() {
     // Recovery brings them back.
     a.set_error_rate(0.0);
     b.set_error_rate(0.0);
-    wait_until("recovered", Duration::from_secs(5), &gate, |v| {
+    wait_until("recovered", WAIT, &gate, |v| {
         v["arms"]["stable"]["down"]
             .as_array()
             .is_some_and(|d| d.is_empty())
@@ -410,10 +447,7 @@ async fn a_canary_failing_its_probe_with_no_traffic_is_cut_back() {
         "[[services]]\nname = \"web\"\nstable = [\"{}\"]\ncanary = [\"{}\"]\ncanary_weight = 0.0\n[[services.probes]]\nname = \"health\"\nkind = \"http\"\npath = \"/\"\n{FAST}",
         s.addr, c.addr
     ));
-    let v = wait_until("the cut-back", Duration::from_secs(5), &gate, |v| {
-        v["state"] == "rolled_back"
-    })
-    .await;
+    let v = wait_until("the cut-back", WAIT, &gate, |v| v["state"] == "rolled_back").await;
     let decision = &v["judge"]["last_decision"];
     assert_eq!(decision["actor"], "judge");
     let verdict = &decision["evidence"]["verdict"];
@@ -432,8 +466,7 @@ async fn a_canary_failing_its_probe_with_no_traffic_is_cut_back() {
     );
     // Its probe results are in history, with the deployment.
     let client = client();
-    let mut found = false;
-    for _ in 0..50 {
+    eventually(WAIT, "probe results in history", async || {
         let (_, d) = admin(
             &client,
             &gate,
@@ -457,13 +490,12 @@ async fn a_canary_failing_its_probe_with_no_traffic_is_cut_back() {
                 p.iter()
                     .any(|r| r["status"] == "failure" && r["arm"] == "canary")
             }) {
-                found = true;
-                break;
+                return true;
             }
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(found, "no probe results in history");
+        false
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -486,13 +518,19 @@ async fn an_intermittent_failure_never_trips_the_threshold() {
         c.addr,
         FAST
     ));
-    let until = Instant::now() + Duration::from_secs(2);
+    // Until the probe has run often enough to have tripped a threshold of 2 several times
+    // over, however long that takes on a loaded machine.
+    let until = Instant::now() + LONG_WAIT;
     let mut runs = 0;
-    while Instant::now() < until {
+    while runs < 8 {
         let v = service(&gate).await;
         assert_eq!(
             v["state"], "canary",
             "an intermittent failure cut the canary back: {v}"
+        );
+        assert!(
+            Instant::now() < until,
+            "the probe hardly ran ({runs} in {LONG_WAIT:?})"
         );
         runs = std::fs::read_to_string(&state)
             .ok()
@@ -500,5 +538,11 @@ async fn an_intermittent_failure_never_trips_the_threshold() {
             .unwrap_or(0);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The judge has seen the last of those runs too.
+    let v = service(&gate).await;
+    assert_eq!(
+        v["state"], "canary",
+        "an intermittent failure cut the canary back: {v}"
+    );
     assert!(runs >= 8, "the probe hardly ran ({runs})");
 }

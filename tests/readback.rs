@@ -4,11 +4,9 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 use serde_json::{json, Value};
-use sluice::demo::{Load, LoadConfig};
+use sluice::demo::Load;
 use sluice::gate::GateHandle;
 
 fn kinds(view: &Value) -> Vec<String> {
@@ -36,13 +34,7 @@ async fn cut_back_and_read_at_once(gate: &GateHandle, label: &str) -> Value {
     assert_eq!(status, 201, "{v}");
     let id = v["id"].as_str().unwrap().to_string();
     // No pause between the polls: the test is about the first answer that shows the end.
-    let done = wait_state(
-        gate,
-        &id,
-        &["rolled_back", "succeeded"],
-        Duration::from_secs(60),
-    )
-    .await;
+    let done = wait_state(gate, &id, &["rolled_back", "succeeded"], LONG_WAIT).await;
     assert_eq!(done["state"], "rolled_back", "{done}");
     done
 }
@@ -67,7 +59,7 @@ async fn a_cut_back_deployment_is_whole_at_the_first_read() {
         "[[services]]\nname = \"web\"\nstable = [\"{}\"]\n",
         stable.addr
     ));
-    let traffic = Load::start(LoadConfig::new(gate.proxy_addr, 400)).unwrap();
+    let traffic = Load::start(load_config(&gate, 400)).unwrap();
     for i in 0..3 {
         let view = cut_back_and_read_at_once(&gate, &format!("bad{i}")).await;
         assert_complete(&view);
@@ -92,7 +84,7 @@ async fn with_the_database_down_the_view_comes_from_the_spool() {
         spool.display(),
         stable.addr
     ));
-    let traffic = Load::start(LoadConfig::new(gate.proxy_addr, 400)).unwrap();
+    let traffic = Load::start(load_config(&gate, 400)).unwrap();
     let view = cut_back_and_read_at_once(&gate, "bad").await;
     assert_complete(&view);
     assert_eq!(traffic.stop().client_errors(), 0);

@@ -2,14 +2,12 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
 use common::pg::PgServer;
 use common::*;
 use reqwest::Method;
 use serde_json::json;
 use sluice::config::StoreUrl;
-use sluice::demo::{Load, LoadConfig};
+use sluice::demo::Load;
 use sluice::store::query::{Cursor, HistoryFilter};
 use sluice::store::*;
 
@@ -290,20 +288,30 @@ async fn weight(c: &reqwest::Client, gate: &sluice::gate::GateHandle, w: f64) {
     assert_eq!(status, 200, "{v}");
 }
 
+/// `GET path` once the history it asks for has at least one item (the writer puts events
+/// in the database a moment after they happen).
+async fn history_with(
+    c: &reqwest::Client,
+    gate: &sluice::gate::GateHandle,
+    path: &str,
+) -> serde_json::Value {
+    until_ok(WAIT, path, async || {
+        let (status, v) = admin(c, gate, Method::GET, path, None, None).await;
+        if status == 200 && v["items"].as_array().is_some_and(|i| !i.is_empty()) {
+            Ok(v)
+        } else {
+            Err(format!("{status} {v}"))
+        }
+    })
+    .await
+}
+
 async fn metric(c: &reqwest::Client, gate: &sluice::gate::GateHandle, name: &str) -> f64 {
     metrics_text(c, gate)
         .await
         .lines()
         .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
         .unwrap_or(f64::NAN)
-}
-
-async fn wait_for(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> bool) {
-    let until = Instant::now() + limit;
-    while !check().await {
-        assert!(Instant::now() < until, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -322,21 +330,19 @@ async fn postgres_down_mid_run_loses_nothing_and_keeps_order() {
         ),
     );
     let client = client();
-    wait_for("the store", Duration::from_secs(10), async || {
+    eventually(WAIT, "the store", async || {
         metric(&client, &gate, "sluice_store_up").await == 1.0
     })
     .await;
-    let load = Load::start(LoadConfig::new(gate.proxy_addr, 200)).unwrap();
+    let load = Load::start(load_config(&gate, 200)).unwrap();
 
     pg.stop();
     for i in 0..20 {
         weight(&client, &gate, 10.0 + i as f64).await;
     }
-    wait_for(
-        "the writer to notice",
-        Duration::from_secs(10),
-        async || metric(&client, &gate, "sluice_store_up").await == 0.0,
-    )
+    eventually(WAIT, "the writer to notice", async || {
+        metric(&client, &gate, "sluice_store_up").await == 0.0
+    })
     .await;
     assert!(metric(&client, &gate, "sluice_store_pending_bytes").await > 0.0);
     let (status, v) = admin(&client, &gate, Method::GET, "/api/v1/history", None, None).await;
@@ -347,11 +353,13 @@ async fn postgres_down_mid_run_loses_nothing_and_keeps_order() {
     );
 
     pg.resume();
-    wait_for("the spool to drain", Duration::from_secs(20), async || {
+    eventually(LONG_WAIT, "the spool to drain", async || {
         metric(&client, &gate, "sluice_store_pending_bytes").await == 0.0
             && metric(&client, &gate, "sluice_store_up").await == 1.0
     })
     .await;
+    // However fast that went: the load has sent its 500 before it stops.
+    load_reaches(&load, WAIT, "500 requests", |r| r.sent > 500).await;
     let report = load.stop();
     assert_eq!(
         report.client_errors(),
@@ -461,16 +469,9 @@ async fn a_restart_mid_canary_restores_the_state() {
             "traffic reached a cut-back canary"
         );
     }
-    // The restore is an event, and the deployment continues across the restart.
-    let (_, v) = admin(
-        &client,
-        &gate,
-        Method::GET,
-        "/api/v1/history?kind=restored",
-        None,
-        None,
-    )
-    .await;
+    // The restore is an event (in history once the writer has it there), and the
+    // deployment continues across the restart.
+    let v = history_with(&client, &gate, "/api/v1/history?kind=restored").await;
     let restored = &v["items"][0];
     assert_eq!(restored["kind"], "restored", "{v}");
     let (_, d) = admin(
@@ -557,7 +558,7 @@ async fn a_restart_while_postgres_is_down_restores_from_the_spool() {
     .await;
     assert_eq!(v["state"], "rolled_back", "{v}");
     pg.resume();
-    wait_for("the spool to drain", Duration::from_secs(20), async || {
+    eventually(LONG_WAIT, "the spool to drain", async || {
         metric(&client, &gate, "sluice_store_pending_bytes").await == 0.0
     })
     .await;
@@ -605,7 +606,7 @@ async fn history_api_refuses_bad_filters() {
             "{path}: {v}"
         );
     }
-    wait_for("the store", Duration::from_secs(10), async || {
+    eventually(WAIT, "the store", async || {
         admin(&c, &gate, Method::GET, "/api/v1/history", None, None)
             .await
             .0
@@ -622,15 +623,6 @@ async fn history_api_refuses_bad_filters() {
     )
     .await;
     assert_eq!(status, 404, "{v}");
-    let (status, v) = admin(
-        &c,
-        &gate,
-        Method::GET,
-        "/api/v1/history?since=-1h&kind=started",
-        None,
-        None,
-    )
-    .await;
-    assert_eq!(status, 200, "{v}");
+    let v = history_with(&c, &gate, "/api/v1/history?since=-1h&kind=started").await;
     assert_eq!(v["items"][0]["kind"], "started");
 }

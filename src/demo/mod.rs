@@ -36,11 +36,14 @@ pub struct DemoOptions {
     pub steps: Vec<f64>,
     /// Length of each step.
     pub step: Duration,
-    /// How long to keep going after v2 starts failing.
+    /// How long to keep going after the cut-back (default 2.5 s).
     pub after: Duration,
     /// SQLite file for the demo's history (replaced); `None` keeps no history.
     pub db: Option<std::path::PathBuf>,
 }
+
+/// How long the demo waits for the cut-back once v2 fails, at most.
+pub const CUTBACK_WAIT: Duration = Duration::from_secs(30);
 
 impl Default for DemoOptions {
     fn default() -> Self {
@@ -247,7 +250,9 @@ pub async fn run(options: DemoOptions, out: &mut dyn Write) -> Result<DemoSummar
     view.header();
     let load = Load::start(LoadConfig {
         clients: options.clients,
-        max_duration: options.step * (options.steps.len() as u32 + 2) + options.after,
+        max_duration: options.step * (options.steps.len() as u32 + 2)
+            + options.after
+            + CUTBACK_WAIT,
         ..LoadConfig::new(gate.proxy_addr, options.rate)
     })?;
     let tick = Duration::from_millis(250);
@@ -284,11 +289,16 @@ pub async fn run(options: DemoOptions, out: &mut dyn Write) -> Result<DemoSummar
     canary.set_error_rate(1.0);
     let mut summary = DemoSummary::default();
     let mut rolled_back: Option<Arc<Event>> = None;
-    let until = Instant::now() + options.after;
+    // Until the cut-back and `after` beyond it; without a cut-back, at most
+    // CUTBACK_WAIT (a loaded machine may take longer than an idle one, never that long).
+    let mut until = Instant::now() + CUTBACK_WAIT;
     while Instant::now() < until {
         tokio::time::sleep(tick).await;
         view.row(&gate, &load);
         if let Some(e) = drain_events(&mut events, &mut view) {
+            if rolled_back.is_none() {
+                until = Instant::now() + options.after;
+            }
             rolled_back.get_or_insert(e);
         }
     }

@@ -33,6 +33,63 @@ pub struct HistoryFilter {
     pub cursor: Option<Cursor>,
 }
 
+impl HistoryFilter {
+    /// Whether `e` matches, as the database query would decide (for records still in the
+    /// spool).
+    pub fn accepts(&self, e: &EventRow) -> bool {
+        self.service
+            .as_ref()
+            .is_none_or(|s| e.service.as_ref() == Some(s))
+            && self
+                .deployment
+                .as_ref()
+                .is_none_or(|d| e.deployment_id.as_ref() == Some(d))
+            && (self.kinds.is_empty() || self.kinds.contains(&e.kind))
+            && self.since_ms.is_none_or(|t| e.at_ms >= t)
+            && self.until_ms.is_none_or(|t| e.at_ms < t)
+            && self
+                .cursor
+                .as_ref()
+                .is_none_or(|c| (e.at_ms, e.id.as_str()) < (c.at_ms, c.id.as_str()))
+    }
+
+    /// One page of `stored` (the database's page, newest first) merged with the `pending`
+    /// events the filter accepts.
+    pub fn merge_page(&self, stored: Page<EventRow>, pending: &[EventRow]) -> Page<EventRow> {
+        // When the database had more rows than its page, a pending row older than the page's
+        // last belongs to a later page (the next cursor finds it there, in the spool or in
+        // the database by then).
+        let floor = stored
+            .next
+            .as_ref()
+            .and_then(|_| stored.items.last())
+            .map(|e| (e.at_ms, e.id.clone()));
+        let more_stored = floor.is_some();
+        let mut rows = stored.items;
+        let accepted: Vec<EventRow> = pending
+            .iter()
+            .filter(|e| self.accepts(e))
+            .filter(|e| floor.as_ref().is_none_or(|f| (e.at_ms, e.id.clone()) > *f))
+            .cloned()
+            .collect();
+        merge_by_id(&mut rows, &accepted, |e| (e.at_ms, e.id.clone()));
+        let mut out = page(&mut rows, limit(self.limit), |e| Cursor {
+            at_ms: e.at_ms,
+            id: e.id.clone(),
+        });
+        if out.next.is_none() && more_stored {
+            out.next = out.items.last().map(|e| {
+                Cursor {
+                    at_ms: e.at_ms,
+                    id: e.id.clone(),
+                }
+                .encode()
+            });
+        }
+        out
+    }
+}
+
 /// A position in newest-first order: `(at_ms, id)` of the last row seen.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cursor {
@@ -517,4 +574,78 @@ fn merge_by_id<T: Clone>(rows: &mut Vec<T>, more: &[T], key: impl Fn(&T) -> (i64
     let known: std::collections::HashSet<String> = rows.iter().map(|r| key(r).1).collect();
     rows.extend(more.iter().filter(|r| !known.contains(&key(r).1)).cloned());
     rows.sort_by_key(|r| std::cmp::Reverse(key(r)));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(at_ms: i64, id: &str, service: &str) -> EventRow {
+        EventRow {
+            id: id.into(),
+            seq: 0,
+            at_ms,
+            kind: "weight_set".into(),
+            service: Some(service.into()),
+            deployment_id: None,
+            actor: "t".into(),
+            message: String::new(),
+            table_from: None,
+            table_to: None,
+            evidence: "null".into(),
+        }
+    }
+
+    fn ids(p: &Page<EventRow>) -> Vec<&str> {
+        p.items.iter().map(|e| e.id.as_str()).collect()
+    }
+
+    #[test]
+    fn pending_events_join_the_page_once_and_in_order() {
+        let f = HistoryFilter {
+            service: Some("web".into()),
+            limit: 10,
+            ..Default::default()
+        };
+        let stored = Page {
+            items: vec![event(20, "b", "web"), event(10, "a", "web")],
+            next: None,
+        };
+        // "b" is both written and still pending (the writer's window); "x" is another
+        // service's.
+        let pending = [
+            event(20, "b", "web"),
+            event(30, "c", "web"),
+            event(40, "x", "db"),
+        ];
+        let page = f.merge_page(stored, &pending);
+        assert_eq!(ids(&page), ["c", "b", "a"]);
+        assert!(page.next.is_none());
+    }
+
+    #[test]
+    fn a_full_database_page_keeps_older_pending_rows_for_the_next_page() {
+        let f = HistoryFilter {
+            limit: 2,
+            ..Default::default()
+        };
+        let stored = Page {
+            items: vec![event(50, "e", "web"), event(40, "d", "web")],
+            next: Some("40:d".into()),
+        };
+        let pending = [event(60, "f", "web"), event(5, "old", "web")];
+        let page = f.merge_page(stored, &pending);
+        assert_eq!(ids(&page), ["f", "e"]);
+        assert_eq!(page.next.as_deref(), Some("50:e"));
+        // The next page (cursor 50:e) takes "old" from the spool.
+        let next = HistoryFilter {
+            cursor: Cursor::decode("50:e"),
+            ..f
+        };
+        let stored = Page {
+            items: vec![event(40, "d", "web")],
+            next: None,
+        };
+        assert_eq!(ids(&next.merge_page(stored, &pending)), ["d", "old"]);
+    }
 }

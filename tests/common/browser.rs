@@ -50,7 +50,7 @@ impl Browser {
             .expect("chromedriver starts");
         let base = format!("http://127.0.0.1:{port}");
         let http = reqwest::Client::new();
-        let until = Instant::now() + Duration::from_secs(20);
+        let until = Instant::now() + super::LONG_WAIT;
         loop {
             if let Ok(r) = http.get(format!("{base}/status")).send().await {
                 if r.status().is_success() {

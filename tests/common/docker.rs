@@ -62,7 +62,10 @@ pub fn image() -> String {
 }
 
 /// Builds an image of the test app `FROM scratch` tagged `tag`, with extra Dockerfile
-/// lines (`ENV APP_VERSION=v2`, `LABEL ...`); returns the tag.
+/// lines (`ENV APP_VERSION=v2`, `LABEL ...`); returns the tag. Its HEALTHCHECK runs every
+/// second, but gives one check the time a loaded machine needs (a `docker exec` can take
+/// seconds then) and takes three failures in a row to call the app unhealthy: a healthy
+/// container must never look unhealthy, as that fails its release at once.
 pub fn build_image(tag: &str, lines: &[String]) -> String {
     let bin = testapp();
     let dir = tempfile::tempdir().unwrap();
@@ -71,7 +74,7 @@ pub fn build_image(tag: &str, lines: &[String]) -> String {
         dir.path().join("Dockerfile"),
         format!(
             "FROM scratch\nCOPY testapp /testapp\nEXPOSE 8080\n\
-             HEALTHCHECK --interval=1s --timeout=1s --start-period=1s --retries=1 CMD [\"/testapp\", \"check\", \"http://127.0.0.1:8080/health\"]\n\
+             HEALTHCHECK --interval=1s --timeout=10s --start-period=1s --retries=3 CMD [\"/testapp\", \"check\", \"http://127.0.0.1:8080/health\"]\n\
              {}\nENTRYPOINT [\"/testapp\"]\nCMD [\"serve\", \"--port\", \"8080\"]\n",
             lines.join("\n")
         ),
@@ -227,10 +230,12 @@ impl Container {
             .find_map(|l| l.trim().parse().ok())
             .unwrap_or_else(|| panic!("no published port: {text}"));
         // Wait until it answers.
-        for _ in 0..100 {
-            if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
-                break;
-            }
+        let until = std::time::Instant::now() + Duration::from_secs(120);
+        while std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err() {
+            assert!(
+                std::time::Instant::now() < until,
+                "container {name} never accepted a connection on {addr}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         Container {

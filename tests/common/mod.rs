@@ -1,12 +1,20 @@
 //! Test scaffolding: real upstreams on 127.0.0.1:0 and a real gate in this process.
 #![allow(dead_code)]
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use sluice::config::Config;
-use sluice::demo::DemoUpstream;
+use sluice::demo::{DemoUpstream, Load, LoadConfig, LoadReport};
 use sluice::gate::{self, GateHandle};
+
+/// How long a test waits for something an idle machine does in well under a second or
+/// two (a cut-back, an event, a probe's verdict, a deployment of demo upstreams): the
+/// tests run on loaded machines, so every wait is bounded generously, never tight.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// How long a test waits for slow things: containers, a browser, a process starting.
+pub const LONG_WAIT: Duration = Duration::from_secs(120);
 
 /// A demo upstream named `name` on a free port.
 pub fn spawn_upstream(name: &str) -> DemoUpstream {
@@ -58,7 +66,7 @@ pub fn spawn_gate_from_file(path: &std::path::Path) -> GateHandle {
 /// An HTTP client that keeps no cookies of its own.
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
-        .timeout(Duration::from_secs(20))
+        .timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(16)
         .build()
         .unwrap()
@@ -183,7 +191,7 @@ pub async fn deployment(gate: &GateHandle, id: &str) -> Value {
 
 /// Polls the deployment until its state is one of `states`.
 pub async fn wait_state(gate: &GateHandle, id: &str, states: &[&str], limit: Duration) -> Value {
-    let until = std::time::Instant::now() + limit;
+    let until = Instant::now() + limit;
     loop {
         let v = deployment(gate, id).await;
         let state = v["state"].as_str().unwrap_or("");
@@ -191,8 +199,8 @@ pub async fn wait_state(gate: &GateHandle, id: &str, states: &[&str], limit: Dur
             return v;
         }
         assert!(
-            std::time::Instant::now() < until,
-            "deployment stuck in '{state}': {}",
+            Instant::now() < until,
+            "deployment stuck in '{state}' after {limit:?}: {}",
             v["live"]
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -201,14 +209,171 @@ pub async fn wait_state(gate: &GateHandle, id: &str, states: &[&str], limit: Dur
 
 /// Polls `f` until it is true or `limit` passes.
 pub async fn eventually(limit: Duration, what: &str, mut f: impl AsyncFnMut() -> bool) {
-    let until = std::time::Instant::now() + limit;
+    let until = Instant::now() + limit;
     while !f().await {
         assert!(
-            std::time::Instant::now() < until,
-            "timed out waiting for {what}"
+            Instant::now() < until,
+            "timed out after {limit:?} waiting for {what}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Polls `f` until it gives `Ok`, and returns that; after `limit`, fails with the last
+/// `Err` (which says what was seen instead).
+pub async fn until_ok<T>(
+    limit: Duration,
+    what: &str,
+    mut f: impl AsyncFnMut() -> Result<T, String>,
+) -> T {
+    let until = Instant::now() + limit;
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(seen) => assert!(
+                Instant::now() < until,
+                "timed out after {limit:?} waiting for {what}: {seen}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Load on `gate`'s proxy at `rate` (see [`LoadConfig::new`]) that goes on for as long as
+/// a test on a slow machine may need (its default hard stop is a minute); dropping the
+/// [`Load`] stops it.
+pub fn load_config(gate: &GateHandle, rate: u32) -> LoadConfig {
+    LoadConfig {
+        max_duration: Duration::from_secs(600),
+        ..LoadConfig::new(gate.proxy_addr, rate)
+    }
+}
+
+/// Polls a running load's counts until `ok` holds for them, and returns them.
+pub async fn load_reaches(
+    load: &Load,
+    limit: Duration,
+    what: &str,
+    ok: impl Fn(&LoadReport) -> bool,
+) -> LoadReport {
+    until_ok(limit, what, async || {
+        let r = load.report();
+        if ok(&r) {
+            Ok(r)
+        } else {
+            Err(format!("{r:?}"))
+        }
+    })
+    .await
+}
+
+/// An absence check made meaningful: first waits (within `limit`) until `count` has
+/// stopped moving for a quiet half second (what was already on its way has arrived), then
+/// watches it for `window` more and asserts it did not move. `what` names what must stop.
+pub async fn assert_stops(
+    limit: Duration,
+    window: Duration,
+    what: &str,
+    mut count: impl FnMut() -> u64,
+) -> u64 {
+    let quiet = Duration::from_millis(500);
+    let until = Instant::now() + limit;
+    let mut last = count();
+    let mut since = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let now = count();
+        if now != last {
+            (last, since) = (now, Instant::now());
+        } else if since.elapsed() >= quiet {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "{what}: still moving after {limit:?} (at {now})"
+        );
+    }
+    tokio::time::sleep(window).await;
+    assert_eq!(count(), last, "{what}: it moved again");
+    last
+}
+
+/// Polls `/metrics` until it has every one of `lines`; returns the text.
+pub async fn metrics_with(
+    c: &reqwest::Client,
+    gate: &GateHandle,
+    limit: Duration,
+    lines: &[&str],
+) -> String {
+    until_ok(limit, "the metrics", async || {
+        let text = metrics_text(c, gate).await;
+        match lines.iter().find(|l| !text.contains(**l)) {
+            None => Ok(text),
+            Some(missing) => Err(format!("{missing} missing")),
+        }
+    })
+    .await
+}
+
+/// Reads an SSE response until a whole event of `kind` has arrived (within `limit`), and
+/// returns its data; other events are skipped.
+pub async fn next_sse(resp: &mut reqwest::Response, kind: &str, limit: Duration) -> Value {
+    let mut pending = String::new();
+    tokio::time::timeout(limit, async {
+        loop {
+            while let Some(end) = pending.find("\n\n") {
+                let message: String = pending.drain(..end + 2).collect();
+                let field = |name: &str| {
+                    message
+                        .lines()
+                        .find_map(|l| l.strip_prefix(name))
+                        .map(str::trim)
+                        .map(str::to_string)
+                };
+                if field("event:").as_deref() == Some(kind) {
+                    let data = field("data:").expect("an event has data");
+                    return serde_json::from_str(&data).expect("JSON data");
+                }
+            }
+            let chunk = resp
+                .chunk()
+                .await
+                .expect("the stream reads")
+                .expect("the stream stays open");
+            pending.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {kind} event on the stream within {limit:?}: {pending:?}"))
+}
+
+/// The next text message on a WebSocket (within `limit`), as JSON.
+pub async fn next_ws_json<S>(ws: &mut S, limit: Duration) -> Value
+where
+    S: futures_util::Stream<
+            Item = Result<
+                tokio_tungstenite::tungstenite::Message,
+                tokio_tungstenite::tungstenite::Error,
+            >,
+        > + Unpin,
+{
+    use futures_util::StreamExt;
+    tokio::time::timeout(limit, async {
+        loop {
+            let msg = ws
+                .next()
+                .await
+                .expect("the socket stays open")
+                .expect("the socket reads");
+            if let Ok(text) = msg.to_text() {
+                if !text.is_empty() {
+                    return serde_json::from_str(text).expect("a JSON message");
+                }
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no WebSocket message within {limit:?}"))
 }
 
 /// The next event of `kind` on a bus subscription, within `limit`.

@@ -234,7 +234,7 @@ impl SmtpServer {
             }
         });
         ready_rx
-            .recv_timeout(Duration::from_secs(20))
+            .recv_timeout(super::LONG_WAIT)
             .expect("the SMTP server is ready");
         Some(SmtpServer { port, child, mails })
     }

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use sluice::config::Config;
 use sluice::demo::{DemoUpstream, Load, LoadConfig};
 use sluice::judge::{decide, Action, Evidence, Hysteresis, Policy};
-use sluice::stats::{ArmStats, StatusClass};
+use sluice::stats::ArmStats;
+use sluice::types::StatusClass;
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name)

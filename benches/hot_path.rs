@@ -9,11 +9,13 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use criterion::{criterion_group, criterion_main, Criterion};
-use sluice::config::{Config, Weight};
+use sluice::config::Config;
 use sluice::metrics::Metrics;
 use sluice::rollout::initial_table;
 use sluice::routing::{RoutingTable, Service};
-use sluice::stats::{ArmStats, StatusClass};
+use sluice::stats::ArmStats;
+use sluice::types::StatusClass;
+use sluice::types::Weight;
 
 fn config(services: usize) -> Config {
     let mut text = String::new();

@@ -30,6 +30,7 @@
 //! 404 (unknown service or route), 405, 409 (state conflict), 413 (body over 64 KiB),
 //! 415, 422 (invalid config on reload) or 503. A refused request changes nothing.
 
+use crate::time::parse_time;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -51,12 +52,13 @@ use serde_json::json;
 use subtle::ConstantTimeEq;
 use tokio::sync::watch;
 
-use crate::config::{parse_upstreams, Weight};
+use crate::config::parse_upstreams;
 use crate::events::{Event, EventBus, EventKind};
 use crate::metrics::Metrics;
 use crate::rollout::{Applied, ControlError, ControlHandle, DeploySource, JudgeStatus, Op};
 use crate::routing::{Arm, RoutingTable, Service};
 use crate::stats::StatsSummary;
+use crate::types::Weight;
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -337,7 +339,7 @@ fn arm_view(arm: &Arm) -> ArmView {
         panic: arm.panic(),
         stats: arm.stats.snapshot().summary(),
         consecutive_failures: arm.stats.consecutive_failures(),
-        totals: crate::stats::StatusClass::ALL
+        totals: crate::types::StatusClass::ALL
             .iter()
             .zip(arm.stats.totals())
             .map(|(c, n)| (c.label(), n))
@@ -728,27 +730,6 @@ async fn rollback(
     Ok(applied(&state, &name, done))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::parse_time;
-
-    #[test]
-    fn times_parse_in_three_forms() {
-        assert_eq!(parse_time("1795320126000", 0), Some(1_795_320_126_000));
-        assert_eq!(
-            parse_time("2026-11-22T04:02:06Z", 0),
-            Some(1_795_320_126_000)
-        );
-        assert_eq!(
-            parse_time("2026-11-22T04:02:06.5Z", 0),
-            Some(1_795_320_126_500)
-        );
-        assert_eq!(parse_time("-1h", 10_000_000), Some(10_000_000 - 3_600_000));
-        assert_eq!(parse_time("yesterday", 0), None);
-        assert_eq!(parse_time("2026-13-01T00:00:00Z", 0), None);
-    }
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ResumeBody {
@@ -936,40 +917,6 @@ async fn stream_to_socket(
     }
 }
 
-/// A time filter: epoch milliseconds, RFC 3339 in UTC (`2026-11-22T04:00:00Z`), or a
-/// duration ago (`-1h`, `-30m`).
-pub fn parse_time(text: &str, now_ms: u64) -> Option<i64> {
-    let t = text.trim();
-    if let Some(ago) = t.strip_prefix('-') {
-        let d = crate::config::parse_duration(ago).ok()?;
-        return Some(now_ms as i64 - d.as_millis() as i64);
-    }
-    if t.bytes().all(|b| b.is_ascii_digit()) && !t.is_empty() {
-        return t.parse().ok();
-    }
-    // YYYY-MM-DDTHH:MM:SS[.fff]Z
-    let t = t.strip_suffix('Z').or_else(|| t.strip_suffix('z'))?;
-    let (date, time) = t.split_once(['T', 't', ' '])?;
-    let mut d = date.split('-').map(|x| x.parse::<i64>().ok());
-    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
-    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
-    let mut h = hms.split(':').map(|x| x.parse::<i64>().ok());
-    let (hh, mm, ss) = (h.next()??, h.next()??, h.next().flatten().unwrap_or(0));
-    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || hh > 23 || mm > 59 || ss > 60 {
-        return None;
-    }
-    let ms: i64 = format!("{frac:0<3}")[..3].parse().ok()?;
-    // Days from civil (Howard Hinnant's algorithm).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(((days * 24 + hh) * 60 + mm) * 60_000 + ss * 1000 + ms)
-}
-
 fn store_of(state: &AdminState) -> Result<Arc<crate::store::Store>, ApiError> {
     let Some(history) = &state.history else {
         return Err(ApiError::new(
@@ -1043,7 +990,7 @@ async fn history(
     State(state): State<AdminState>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    let now = crate::events::now_ms();
+    let now = crate::time::now_ms();
     let mut f = crate::store::query::HistoryFilter::default();
     for (key, value) in &query {
         match key.as_str() {
@@ -1366,7 +1313,7 @@ fn duration_field(
     value: Option<&str>,
     default: &str,
 ) -> Result<std::time::Duration, ApiError> {
-    crate::config::parse_duration(value.unwrap_or(default))
+    crate::time::parse_duration(value.unwrap_or(default))
         .map_err(|m| ApiError::bad_request(format!("{name}: {m}")))
 }
 
@@ -1394,11 +1341,11 @@ fn deploy_spec(
                 ApiError::bad_request("steps: a canary deployment needs at least one step")
             })?;
             let mut out = Vec::new();
-            let mut last = crate::config::Weight::ZERO;
+            let mut last = crate::types::Weight::ZERO;
             for (i, st) in steps.iter().enumerate() {
                 let pause = st.pause.unwrap_or(false);
                 let w = match st.weight {
-                    Some(p) => crate::config::Weight::from_percent(p)
+                    Some(p) => crate::types::Weight::from_percent(p)
                         .map_err(|m| ApiError::bad_request(format!("steps[{i}].weight: {m}")))?,
                     None if pause => last,
                     None => {

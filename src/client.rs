@@ -3,6 +3,7 @@
 //! Plain HTTP/1.1 to the admin listener (loopback by default), bearer token from a flag or
 //! `SLUICE_TOKEN`, the caller's name sent as `x-sluice-actor` so events say who did it.
 
+use crate::time::format_time;
 use std::fmt::Write as _;
 use std::time::Duration;
 
@@ -219,28 +220,6 @@ fn api_error(status: u16, body: &[u8]) -> ClientError {
             .unwrap_or("the admin API refused the request")
             .to_string(),
     }
-}
-
-/// `2026-11-22 04:02:06` (UTC) from milliseconds since the epoch.
-pub fn format_time(ms: u64) -> String {
-    let secs = ms / 1000;
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
 }
 
 /// One deployment as a terminal line.
@@ -540,16 +519,4 @@ pub fn render_services(v: &Value) -> String {
         .as_array()
         .map(|a| a.iter().map(render_service).collect::<Vec<_>>().join(""))
         .unwrap_or_default()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn times_are_civil_utc() {
-        assert_eq!(format_time(0), "1970-01-01 00:00:00");
-        assert_eq!(format_time(1_795_320_126_000), "2026-11-22 04:02:06");
-        assert_eq!(format_time(951_782_400_000), "2000-02-29 00:00:00");
-    }
 }

@@ -5,9 +5,9 @@
 //! never waits: a subscriber that falls behind loses the oldest events and is told how many
 //! (`RecvError::Lagged`), it never slows the controller.
 
+use crate::time::now_ms;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use tokio::sync::broadcast;
@@ -196,14 +196,6 @@ pub struct Event {
     pub table: Option<TableChange>,
     /// The numbers behind it (weights, counts, rates, quantiles, thresholds).
     pub evidence: serde_json::Value,
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// Where events go to be kept (the history spool). Called synchronously by `publish`, so

@@ -68,61 +68,40 @@ pub struct Policy {
     /// Default [`DEFAULT_MAX_ERROR_RATE_INCREASE`]; 1.0 turns the rule off.
     pub max_error_rate_increase: f64,
     /// Default [`DEFAULT_MAX_P95`]; `None` turns the rule off.
-    #[serde(with = "opt_ms")]
+    #[serde(with = "crate::time::opt_text")]
     pub max_p95: Option<Duration>,
     /// Default none.
-    #[serde(with = "opt_ms")]
+    #[serde(with = "crate::time::opt_text")]
     pub max_p99: Option<Duration>,
     /// Default [`DEFAULT_MAX_P95_RATIO`]; `None` turns the rule off.
     pub max_p95_ratio: Option<f64>,
     /// Default [`DEFAULT_LATENCY_SLACK`].
-    #[serde(with = "ms")]
+    #[serde(with = "crate::time::text")]
     pub latency_slack: Duration,
     /// Default [`DEFAULT_MIN_REQUESTS`].
     pub min_requests: u64,
     /// Default [`DEFAULT_MAX_CONSECUTIVE_FAILURES`]; 0 turns the rule off.
     pub max_consecutive_failures: u32,
     /// Default [`DEFAULT_BREACH_FOR`].
-    #[serde(with = "ms")]
+    #[serde(with = "crate::time::text")]
     pub breach_for: Duration,
     /// Default [`DEFAULT_CONFIDENCE`].
     pub confidence: f64,
     /// The evidence window; default [`crate::stats::DEFAULT_WINDOW`].
-    #[serde(with = "ms")]
+    #[serde(with = "crate::time::text")]
     pub window: Duration,
     /// Canary container memory above this share of its limit for `max_memory_for` is a
     /// breach; `None` (the default) turns the rule off.
     pub max_memory: Option<f64>,
     /// Default [`DEFAULT_MAX_MEMORY_FOR`].
-    #[serde(with = "ms")]
+    #[serde(with = "crate::time::text")]
     pub max_memory_for: Duration,
     /// Canary container CPU above this share of its limit for `max_cpu_for` is a breach;
     /// `None` (the default) turns the rule off.
     pub max_cpu: Option<f64>,
     /// Default [`DEFAULT_MAX_CPU_FOR`].
-    #[serde(with = "ms")]
+    #[serde(with = "crate::time::text")]
     pub max_cpu_for: Duration,
-}
-
-pub(crate) mod ms {
-    pub fn serialize<S: serde::Serializer>(
-        d: &std::time::Duration,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&crate::config::format_duration(*d))
-    }
-}
-
-mod opt_ms {
-    pub fn serialize<S: serde::Serializer>(
-        d: &Option<std::time::Duration>,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
-        match d {
-            Some(d) => s.serialize_str(&crate::config::format_duration(*d)),
-            None => s.serialize_none(),
-        }
-    }
 }
 
 impl Default for Policy {
@@ -504,7 +483,7 @@ pub fn decide(e: &Evidence, p: &Policy) -> Verdict {
                         u.container,
                         u.upstream,
                         limit * 100.0,
-                        crate::config::format_duration(span),
+                        crate::time::format_duration(span),
                         low * 100.0
                     ),
                     threshold: limit,
@@ -982,7 +961,8 @@ fn normal_sf(z: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stats::{ArmStats, StatusClass};
+    use crate::stats::ArmStats;
+    use crate::types::StatusClass;
     use std::time::Instant;
 
     /// A window with `ok` 2xx and `bad` 5xx answers, all taking `latency`.

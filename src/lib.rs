@@ -23,3 +23,5 @@ pub mod rollout;
 pub mod routing;
 pub mod stats;
 pub mod store;
+pub mod time;
+pub mod types;

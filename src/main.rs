@@ -878,7 +878,7 @@ async fn deploy(
             } else {
                 format!(
                     "{}  {}",
-                    &sluice::client::format_time(now_ms())[11..19],
+                    &sluice::time::format_time(sluice::time::now_ms())[11..19],
                     sluice::client::render_progress(&v["live"])
                 )
             };
@@ -920,13 +920,6 @@ async fn deploy(
     }
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// Percent-encodes a query value.
 fn urlencode(v: &str) -> String {
     v.bytes()
@@ -943,7 +936,7 @@ fn render_freezes(v: &Value) -> String {
     let line = |what: &str, f: &Value| {
         format!(
             "{what:<16} frozen since {} by {}: {}\n",
-            sluice::client::format_time(f["at_ms"].as_u64().unwrap_or(0)),
+            sluice::time::format_time(f["at_ms"].as_u64().unwrap_or(0)),
             f["by"].as_str().unwrap_or("?"),
             f["reason"].as_str().unwrap_or("")
         )

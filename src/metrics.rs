@@ -12,7 +12,7 @@ use prometheus::{
     IntGauge, Opts, Registry, TextEncoder,
 };
 
-use crate::stats::StatusClass;
+use crate::types::StatusClass;
 
 /// Bucket bounds of the request duration histogram, in seconds.
 pub const DURATION_BUCKETS: &[f64] = &[

@@ -32,8 +32,9 @@ use pingora::{Error, ErrorSource, Result};
 use crate::linger::{DEFAULT_LINGER_BYTES, DEFAULT_LINGER_TIME};
 use crate::metrics::Metrics;
 use crate::rollout::Wake;
-use crate::routing::{Arm, ArmRole, RoutingTable, SharedTable};
-use crate::stats::StatusClass;
+use crate::routing::{Arm, RoutingTable, SharedTable};
+use crate::types::ArmRole;
+use crate::types::StatusClass;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");

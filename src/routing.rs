@@ -14,6 +14,7 @@
 //! arm while the weight stays, and when the weight rises only stable clients move over.
 //! A new canary (new generation) draws new buckets, so the same users are not always first.
 
+use crate::types::{ArmRole, ServiceState};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
@@ -21,68 +22,14 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::{HeaderMap, HeaderName};
-use serde::Serialize;
 
-use crate::config::{HostPattern, RoutingConfig, ServiceConfig, UpstreamAddr, Weight};
+use crate::config::{RoutingConfig, ServiceConfig};
 use crate::metrics::{ArmMetrics, Metrics};
 use crate::stats::ArmStats;
+use crate::types::{HostPattern, UpstreamAddr, Weight};
 
 /// The handle everyone reads and only the controller writes.
 pub type SharedTable = Arc<ArcSwap<RoutingTable>>;
-
-/// Which version of a service an arm serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ArmRole {
-    /// The version in production.
-    Stable,
-    /// The version on trial.
-    Canary,
-}
-
-impl ArmRole {
-    /// The metric label and JSON name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ArmRole::Stable => "stable",
-            ArmRole::Canary => "canary",
-        }
-    }
-
-    /// Parses a tester header value (`stable` / `canary`, any case).
-    pub fn parse(value: &[u8]) -> Option<ArmRole> {
-        if value.eq_ignore_ascii_case(b"canary") {
-            Some(ArmRole::Canary)
-        } else if value.eq_ignore_ascii_case(b"stable") {
-            Some(ArmRole::Stable)
-        } else {
-            None
-        }
-    }
-}
-
-/// What a service is doing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ServiceState {
-    /// No canary: everything goes to stable.
-    Stable,
-    /// A canary receives its weight.
-    Canary,
-    /// The canary was cut back and is held at 0 until a new canary is set.
-    RolledBack,
-}
-
-impl ServiceState {
-    /// The JSON name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ServiceState::Stable => "stable",
-            ServiceState::Canary => "canary",
-            ServiceState::RolledBack => "rolled_back",
-        }
-    }
-}
 
 /// One arm: a set of upstreams of one version, chosen round robin among those its probes
 /// did not take out. When the probes take out every one, the arm keeps sending to all of

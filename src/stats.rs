@@ -8,6 +8,7 @@
 //! histogram. The control plane calls [`ArmStats::maintain`] every tick to clear the slot
 //! that is about to become current, so recorders never have to.
 
+use crate::types::StatusClass;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
@@ -19,70 +20,6 @@ pub const DEFAULT_WINDOW: Duration = Duration::from_secs(30);
 pub const DEFAULT_SLOTS: u32 = 30;
 /// The shortest slot; shorter windows get fewer slots.
 pub const MIN_SLOT: Duration = Duration::from_millis(100);
-
-/// Status class of a finished request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-pub enum StatusClass {
-    /// 1xx (a 101 upgrade, say).
-    Informational,
-    /// 2xx
-    Success,
-    /// 3xx
-    Redirect,
-    /// 4xx
-    ClientError,
-    /// 5xx, including the gate's own 502/504 for an upstream that failed.
-    ServerError,
-    /// No response header was written (client gone, or the gate gave up before answering).
-    NoResponse,
-}
-
-impl StatusClass {
-    /// All classes, in label order.
-    pub const ALL: [StatusClass; 6] = [
-        StatusClass::Informational,
-        StatusClass::Success,
-        StatusClass::Redirect,
-        StatusClass::ClientError,
-        StatusClass::ServerError,
-        StatusClass::NoResponse,
-    ];
-
-    /// The class of an HTTP status code; `None` means no response was written.
-    pub fn of(status: Option<u16>) -> StatusClass {
-        match status {
-            Some(100..=199) => StatusClass::Informational,
-            Some(200..=299) => StatusClass::Success,
-            Some(300..=399) => StatusClass::Redirect,
-            Some(400..=499) => StatusClass::ClientError,
-            Some(_) => StatusClass::ServerError,
-            None => StatusClass::NoResponse,
-        }
-    }
-
-    /// The Prometheus `code_class` label.
-    pub fn label(self) -> &'static str {
-        match self {
-            StatusClass::Informational => "1xx",
-            StatusClass::Success => "2xx",
-            StatusClass::Redirect => "3xx",
-            StatusClass::ClientError => "4xx",
-            StatusClass::ServerError => "5xx",
-            StatusClass::NoResponse => "none",
-        }
-    }
-
-    /// Whether this counts against a version: a 5xx or no answer at all.
-    pub fn is_failure(self) -> bool {
-        matches!(self, StatusClass::ServerError | StatusClass::NoResponse)
-    }
-
-    /// Position in [`StatusClass::ALL`].
-    #[inline]
-    pub fn index(self) -> usize {
-        self as usize
-    }
-}
 
 /// Sub-buckets per power of two (2^SUB_BITS).
 const SUB_BITS: u32 = 4;
@@ -458,7 +395,7 @@ impl WindowSnapshot {
         let c = |k: StatusClass| self.count(k);
         let secs = self.window.as_secs_f64().max(0.001);
         StatsSummary {
-            window: crate::config::format_duration(self.window),
+            window: crate::time::format_duration(self.window),
             requests: self.requests(),
             rate_per_second: round3(self.requests() as f64 / secs),
             status: StatusCounts {

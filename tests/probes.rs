@@ -9,10 +9,10 @@ use common::docker::{self, Container};
 use common::*;
 use reqwest::Method;
 use serde_json::Value;
-use sluice::config::UpstreamAddr;
 use sluice::probes::check::RealChecker;
 use sluice::probes::*;
-use sluice::routing::ArmRole;
+use sluice::types::ArmRole;
+use sluice::types::UpstreamAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The time limit of a check that must come back (pass or fail) on its own: what a

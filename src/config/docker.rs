@@ -12,7 +12,8 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::file::{HealthcheckFile, ServiceDockerFile};
-use super::{parse_duration, Checker};
+use super::Checker;
+use crate::time::parse_duration;
 
 /// Replicas when `replicas` is absent.
 pub const DEFAULT_REPLICAS: usize = 1;
@@ -76,15 +77,15 @@ pub struct HealthCheck {
     /// The argv (no shell).
     pub command: Vec<String>,
     /// Between checks.
-    #[serde(with = "crate::judge::ms")]
+    #[serde(with = "crate::time::text")]
     pub interval: Duration,
     /// For one check.
-    #[serde(with = "crate::judge::ms")]
+    #[serde(with = "crate::time::text")]
     pub timeout: Duration,
     /// Failures before unhealthy.
     pub retries: u32,
     /// Grace period after start.
-    #[serde(with = "crate::judge::ms")]
+    #[serde(with = "crate::time::text")]
     pub start_period: Duration,
 }
 
@@ -148,10 +149,10 @@ pub struct DockerService {
     /// HEALTHCHECK override; `None` keeps the image's.
     pub healthcheck: Option<HealthCheck>,
     /// How long new containers get to become healthy.
-    #[serde(with = "crate::judge::ms")]
+    #[serde(with = "crate::time::text")]
     pub health_timeout: Duration,
     /// How long the previous release keeps running after a promotion.
-    #[serde(with = "crate::judge::ms")]
+    #[serde(with = "crate::time::text")]
     pub keep_old_for: Duration,
     /// Failed releases kept (stopped) for inspection.
     pub keep_failed: usize,

@@ -10,9 +10,11 @@ pub mod docker;
 pub mod file;
 pub mod notify;
 
+use crate::time::{format_duration, parse_duration};
+use crate::types::{fnv1a, HostPattern, UpstreamAddr, Weight};
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -68,194 +70,6 @@ pub const DEFAULT_SHIELD: bool = true;
 pub const DEFAULT_SHIELD_METHODS: &[&str] = &["GET", "HEAD", "OPTIONS"];
 /// Methods that may be replayed at all (idempotent per RFC 9110).
 pub const IDEMPOTENT_METHODS: &[&str] = &["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"];
-
-/// Canary weight in thousandths of a percent (0..=100_000), so 0.001 % steps are exact.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct Weight(u32);
-
-impl Weight {
-    /// The resolution: units per percent.
-    pub const UNITS_PER_PERCENT: u32 = 1_000;
-    /// 100 %.
-    pub const FULL: Weight = Weight(100 * Self::UNITS_PER_PERCENT);
-    /// 0 %.
-    pub const ZERO: Weight = Weight(0);
-
-    /// From a percentage; refuses NaN, infinities and values outside 0..=100.
-    pub fn from_percent(p: f64) -> Result<Weight, String> {
-        if !p.is_finite() || !(0.0..=100.0).contains(&p) {
-            return Err(format!("must be between 0 and 100 (got {p})"));
-        }
-        Ok(Weight((p * Self::UNITS_PER_PERCENT as f64).round() as u32))
-    }
-
-    /// The weight as a percentage.
-    pub fn percent(self) -> f64 {
-        self.0 as f64 / Self::UNITS_PER_PERCENT as f64
-    }
-
-    /// Raw units (thousandths of a percent).
-    pub fn units(self) -> u32 {
-        self.0
-    }
-
-    /// Whether no traffic goes to the canary by weight.
-    pub fn is_zero(self) -> bool {
-        self.0 == 0
-    }
-}
-
-impl serde::Serialize for Weight {
-    /// As a percentage.
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_f64(self.percent())
-    }
-}
-
-impl fmt::Display for Weight {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}%", self.percent())
-    }
-}
-
-/// Parses "250ms", "10s", "5m", "1h" (and "0s"); a bare number is refused so that the unit
-/// is never guessed.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .ok_or_else(|| format!("'{text}' has no unit (use ms, s, m or h, e.g. \"10s\")"))?;
-    let (num, unit) = t.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("'{text}' is not a duration (e.g. \"250ms\", \"10s\", \"5m\")"))?;
-    let secs = match unit.trim() {
-        "us" | "µs" => value / 1e6,
-        "ms" => value / 1e3,
-        "s" => value,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        "d" => value * 86_400.0,
-        other => {
-            return Err(format!(
-                "'{text}' has an unknown unit '{other}' (use ms, s, m, h or d)"
-            ))
-        }
-    };
-    if !secs.is_finite() || secs > 10.0 * 365.0 * 24.0 * 3600.0 {
-        return Err(format!("'{text}' is out of range"));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
-
-/// Formats a duration the way the config writes it ("250ms", "30s", "5m").
-pub fn format_duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms == 0 {
-        "0s".into()
-    } else if ms.is_multiple_of(86_400_000) {
-        format!("{}d", ms / 86_400_000)
-    } else if ms.is_multiple_of(3_600_000) {
-        format!("{}h", ms / 3_600_000)
-    } else if ms.is_multiple_of(60_000) {
-        format!("{}m", ms / 60_000)
-    } else if ms.is_multiple_of(1000) {
-        format!("{}s", ms / 1000)
-    } else {
-        format!("{ms}ms")
-    }
-}
-
-/// An upstream as written (`host:port`) and as resolved at load time.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct UpstreamAddr {
-    /// What the config or the API said.
-    pub spec: String,
-    /// The address it resolved to when the config was loaded (never resolved per request).
-    pub addr: SocketAddr,
-}
-
-impl UpstreamAddr {
-    /// Resolves `host:port`; a name is looked up once, here.
-    pub fn parse(spec: &str) -> Result<UpstreamAddr, String> {
-        let spec = spec.trim();
-        if spec.is_empty() {
-            return Err("is empty (expected host:port)".into());
-        }
-        if spec.contains("://") || spec.contains('/') {
-            return Err(format!(
-                "'{spec}' must be host:port, without a scheme or path"
-            ));
-        }
-        if let Ok(addr) = spec.parse::<SocketAddr>() {
-            return Ok(UpstreamAddr {
-                spec: spec.to_string(),
-                addr,
-            });
-        }
-        let (_, port) = spec
-            .rsplit_once(':')
-            .ok_or_else(|| format!("'{spec}' has no port (expected host:port)"))?;
-        port.parse::<u16>()
-            .map_err(|_| format!("'{spec}' has an invalid port"))?;
-        let addr = spec
-            .to_socket_addrs()
-            .map_err(|e| format!("'{spec}' does not resolve: {e}"))?
-            .next()
-            .ok_or_else(|| format!("'{spec}' resolves to no address"))?;
-        Ok(UpstreamAddr {
-            spec: spec.to_string(),
-            addr,
-        })
-    }
-}
-
-/// A Host pattern: an exact name or a `*.suffix` wildcard, lowercase, without port.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum HostPattern {
-    /// `web.example.com`
-    Exact(String),
-    /// `*.example.com` matches `a.example.com` and `a.b.example.com` (stored as `.example.com`).
-    Wildcard(String),
-}
-
-impl HostPattern {
-    fn parse(text: &str) -> Result<HostPattern, String> {
-        let t = text.trim().to_ascii_lowercase();
-        let (wild, name) = match t.strip_prefix("*.") {
-            Some(rest) => (true, rest.to_string()),
-            None => (false, t.clone()),
-        };
-        let valid = !name.is_empty()
-            && name.len() <= 253
-            && name.split('.').all(|label| {
-                !label.is_empty()
-                    && label.len() <= 63
-                    && label
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-            });
-        if !valid {
-            return Err(format!(
-                "'{text}' is not a host name (expected e.g. \"web.example.com\" or \"*.example.com\", no port)"
-            ));
-        }
-        Ok(if wild {
-            HostPattern::Wildcard(format!(".{name}"))
-        } else {
-            HostPattern::Exact(name)
-        })
-    }
-}
-
-impl fmt::Display for HostPattern {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            HostPattern::Exact(h) => f.write_str(h),
-            HostPattern::Wildcard(s) => write!(f, "*{s}"),
-        }
-    }
-}
 
 /// The validated configuration.
 #[derive(Debug, Clone)]
@@ -470,13 +284,6 @@ impl ServiceConfig {
             "cutback": self.cutback,
         })
     }
-}
-
-/// FNV-1a, 64 bits: a stable fingerprint (not for security).
-pub fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
 }
 
 /// The canary shield of a service.

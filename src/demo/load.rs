@@ -19,7 +19,8 @@ use hyper_util::rt::TokioExecutor;
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
-use crate::stats::{ArmStats, StatusClass, WindowSnapshot};
+use crate::stats::{ArmStats, WindowSnapshot};
+use crate::types::StatusClass;
 
 /// What to send.
 #[derive(Debug, Clone)]

@@ -17,11 +17,12 @@ use std::time::{Duration, Instant};
 pub use load::{Load, LoadConfig, LoadReport};
 pub use upstream::DemoUpstream;
 
-use crate::config::{Config, Weight};
+use crate::config::Config;
 use crate::events::{Event, EventKind};
 use crate::gate::{self, GateHandle};
 use crate::rollout::Op;
-use crate::routing::ArmRole;
+use crate::types::ArmRole;
+use crate::types::Weight;
 
 /// What the demo does.
 #[derive(Debug, Clone)]
@@ -261,7 +262,7 @@ pub async fn run(options: DemoOptions, out: &mut dyn Write) -> Result<DemoSummar
         let w = Weight::from_percent(*weight).map_err(crate::rollout::ControlError::Invalid)?;
         let op = if i == 0 {
             // The deployment of v2: a canary with a label, as an operator would set it.
-            let upstream = crate::config::UpstreamAddr::parse(&canary.addr.to_string())
+            let upstream = crate::types::UpstreamAddr::parse(&canary.addr.to_string())
                 .map_err(crate::rollout::ControlError::Invalid)?;
             Op::SetCanary {
                 service: "shop".into(),
@@ -308,7 +309,7 @@ pub async fn run(options: DemoOptions, out: &mut dyn Write) -> Result<DemoSummar
     let first_failure = canary.first_failure_at();
     if let (Some(first), Some(e)) = (first_failure, rolled_back.as_ref()) {
         // The event carries wall-clock time; map the failure instant onto it.
-        let failure_wall = crate::events::now_ms() as i64 - first.elapsed().as_millis() as i64;
+        let failure_wall = crate::time::now_ms() as i64 - first.elapsed().as_millis() as i64;
         summary.detect = Some(Duration::from_millis(
             (e.at_ms as i64 - failure_wall).max(0) as u64,
         ));

@@ -18,8 +18,8 @@ use futures_util::StreamExt;
 use serde::Serialize;
 
 use super::{labels, Engine};
-use crate::config::UpstreamAddr;
 use crate::rollout::{ControlHandle, Op};
+use crate::types::UpstreamAddr;
 
 /// A container discovery found.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

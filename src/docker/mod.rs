@@ -325,7 +325,7 @@ impl Engine {
             if Instant::now() >= deadline {
                 return Err(DockerError(format!(
                     "container {container} was not ready within {}: {last}",
-                    crate::config::format_duration(limit)
+                    crate::time::format_duration(limit)
                 )));
             }
             tokio::time::sleep(Duration::from_millis(200)).await;

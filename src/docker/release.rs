@@ -34,10 +34,12 @@ use tokio::sync::mpsc;
 use super::spec::{new_container, Snapshot};
 use super::{address, labels, Engine};
 use crate::config::docker::DockerService;
-use crate::config::{Config, UpstreamAddr};
-use crate::events::{now_ms, EventBus, EventKind, NewEvent};
+use crate::config::Config;
+use crate::events::{EventBus, EventKind, NewEvent};
 use crate::rollout::{ControlError, ControlHandle, Op};
 use crate::store::{Record, Recorder, ReleaseRow, Store};
+use crate::time::now_ms;
+use crate::types::UpstreamAddr;
 
 /// How long a container of the stable release may be missing or stopped before it is
 /// restored (an operator in the middle of something gets a moment).

@@ -198,7 +198,7 @@ impl Notice {
         fields.push(("By", event.actor.clone()));
         fields.push((
             "At",
-            format!("{} UTC", crate::client::format_time(event.at_ms)),
+            format!("{} UTC", crate::time::format_time(event.at_ms)),
         ));
         let base = dashboard.trim_end_matches('#');
         let link = match (&event.deployment, &event.service) {
@@ -308,7 +308,7 @@ pub fn discord_body(n: &Notice) -> Value {
         .take(25)
         .map(|(k, v)| json!({ "name": k, "value": clip(v, 1024), "inline": v.len() < 40 }))
         .collect();
-    let at = crate::client::format_time(n.event.at_ms).replace(' ', "T") + "Z";
+    let at = crate::time::format_time(n.event.at_ms).replace(' ', "T") + "Z";
     json!({
         "username": "Sluice",
         "allowed_mentions": { "parse": [] },

@@ -201,7 +201,7 @@ impl Sender {
                     .header(reqwest::header::CONTENT_TYPE, "application/json")
                     .header(EVENT_HEADER, n.kind.as_str());
                 if let Some(secret) = secret {
-                    let ts = crate::events::now_ms() / 1000;
+                    let ts = crate::time::now_ms() / 1000;
                     req = req
                         .header(TIMESTAMP_HEADER, ts.to_string())
                         .header(SIGNATURE_HEADER, sign(secret, ts, &body));

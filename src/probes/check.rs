@@ -151,7 +151,7 @@ impl RealChecker {
                     format!(
                         "HTTP {status} in {} ms, slower than {}",
                         latency.as_millis(),
-                        crate::config::format_duration(max)
+                        crate::time::format_duration(max)
                     ),
                 );
             }
@@ -397,7 +397,7 @@ async fn script_check(s: &ScriptCheck, target: &Target, timeout: Duration) -> Ou
                 started,
                 format!(
                     "killed after {} (process group {})",
-                    crate::config::format_duration(limit),
+                    crate::time::format_duration(limit),
                     pid.map(|p| p.to_string()).unwrap_or_default()
                 ),
             )

@@ -18,8 +18,8 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::config::UpstreamAddr;
-use crate::routing::ArmRole;
+use crate::types::ArmRole;
+use crate::types::UpstreamAddr;
 
 /// How often a probe runs.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
@@ -44,23 +44,23 @@ pub const RECENT_RESULTS: usize = 5;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ProbePolicy {
     /// Default [`DEFAULT_INTERVAL`].
-    #[serde(with = "crate::judge::ms")]
+    #[serde(with = "crate::time::text")]
     pub interval: Duration,
     /// Default [`DEFAULT_INITIAL_DELAY`].
-    #[serde(with = "crate::judge::ms")]
+    #[serde(with = "crate::time::text")]
     pub initial_delay: Duration,
     /// Default [`DEFAULT_TIMEOUT`].
-    #[serde(with = "crate::judge::ms")]
+    #[serde(with = "crate::time::text")]
     pub timeout: Duration,
     /// Default [`DEFAULT_SUCCESS_THRESHOLD`].
     pub success_threshold: u32,
     /// Default [`DEFAULT_FAILURE_THRESHOLD`].
     pub failure_threshold: u32,
     /// Default [`DEFAULT_MONITOR_FOR`].
-    #[serde(with = "crate::judge::ms")]
+    #[serde(with = "crate::time::text")]
     pub monitor_for: Duration,
     /// Default [`DEFAULT_RETRY_INTERVAL`].
-    #[serde(with = "crate::judge::ms")]
+    #[serde(with = "crate::time::text")]
     pub retry_interval: Duration,
 }
 
@@ -457,7 +457,7 @@ pub async fn run(
                 latency: p.timeout,
                 detail: format!(
                     "no answer within {}",
-                    crate::config::format_duration(p.timeout)
+                    crate::time::format_duration(p.timeout)
                 ),
             },
         };
@@ -468,7 +468,7 @@ pub async fn run(
         let observation = Observation {
             key: key.clone(),
             outcome,
-            at_ms: crate::events::now_ms(),
+            at_ms: crate::time::now_ms(),
         };
         if tx.send(observation).await.is_err() {
             return;

@@ -9,10 +9,10 @@ use serde_json::json;
 
 use super::plan::{Outcome, Plan};
 use super::{ops, Applied, ControlError, Controller};
-use crate::config::{UpstreamAddr, Weight};
 use crate::docker::discovery::Found;
 use crate::events::{EventKind, NewEvent};
 use crate::routing::Service;
+use crate::types::{UpstreamAddr, Weight};
 
 impl Controller {
     /// The service whose deployment `id` waits for its containers.
@@ -65,7 +65,7 @@ impl Controller {
             active.plan = plan;
             active.new = upstreams;
             active.preparing = false;
-            active.plan_origin_ms = crate::events::now_ms();
+            active.plan_origin_ms = crate::time::now_ms();
             wants
         };
         if let Err(e) = self.begin(&service, wants, actor) {

@@ -12,9 +12,11 @@ use serde_json::json;
 use super::history::{outcome, Planned};
 use super::plan::{Inputs, Judged, Outcome, Plan, Progress, Spec, Want};
 use super::{ops, Applied, ControlError, Controller};
-use crate::config::UpstreamAddr;
-use crate::events::{now_ms, EventKind, NewEvent};
-use crate::routing::{RoutingTable, ServiceState};
+use crate::events::{EventKind, NewEvent};
+use crate::routing::RoutingTable;
+use crate::time::now_ms;
+use crate::types::ServiceState;
+use crate::types::UpstreamAddr;
 
 /// A freeze: new deployments are refused until it is lifted.
 #[derive(Debug, Clone, Serialize)]
@@ -178,7 +180,7 @@ impl Controller {
             return Err(ControlError::Conflict(format!(
                 "deployments of '{service}' are frozen by {} since {}: {}",
                 f.by,
-                crate::client::format_time(f.at_ms),
+                crate::time::format_time(f.at_ms),
                 f.reason
             )));
         }
@@ -356,7 +358,7 @@ impl Controller {
             _ => {
                 let weight = match wants.first() {
                     Some(Want::Weight(w)) => *w,
-                    _ => crate::config::Weight::ZERO,
+                    _ => crate::types::Weight::ZERO,
                 };
                 let new = active.new.clone();
                 self.change_labelled(
@@ -792,7 +794,7 @@ impl Controller {
         }
         let all_down = s.stable.upstreams.iter().all(|u| {
             self.probing
-                .upstream_health(s, crate::routing::ArmRole::Stable, &u.spec)
+                .upstream_health(s, crate::types::ArmRole::Stable, &u.spec)
                 == crate::probes::Health::Unhealthy
         });
         all_down.then(|| {
@@ -900,7 +902,7 @@ impl Controller {
                 for u in canary.upstreams.iter() {
                     match self
                         .probing
-                        .upstream_health(s, crate::routing::ArmRole::Canary, &u.spec)
+                        .upstream_health(s, crate::types::ArmRole::Canary, &u.spec)
                     {
                         crate::probes::Health::Healthy => instances.healthy += 1,
                         crate::probes::Health::Unhealthy => instances.failed.push(u.spec.clone()),

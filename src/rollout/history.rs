@@ -14,12 +14,16 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::config::{Config, UpstreamAddr, Weight};
-use crate::events::{now_ms, EventKind};
+use crate::config::Config;
+use crate::events::EventKind;
 use crate::metrics::Metrics;
-use crate::routing::{Arm, ArmRole, RoutingOptions, RoutingTable, Service, ServiceState};
-use crate::stats::{ArmStats, StatusClass, WindowSnapshot};
+use crate::routing::{Arm, RoutingOptions, RoutingTable, Service};
+use crate::stats::{ArmStats, WindowSnapshot};
 use crate::store::{ArmMinuteRow, DeploymentRow, Record, Recorder, ServiceRow, SnapshotRow};
+use crate::time::now_ms;
+use crate::types::StatusClass;
+use crate::types::{ArmRole, ServiceState};
+use crate::types::{UpstreamAddr, Weight};
 
 /// Deployment outcomes.
 pub mod outcome {

@@ -29,11 +29,14 @@ use ops::Change;
 pub use ops::ReloadReport;
 pub use watch::{Board, JudgeStatus, SharedBoard, Wake};
 
-use crate::config::{Config, ConfigError, UpstreamAddr, Weight};
-use crate::events::{now_ms, Event, EventBus, EventKind, NewEvent, TableChange};
+use crate::config::{Config, ConfigError};
+use crate::events::{Event, EventBus, EventKind, NewEvent, TableChange};
 use crate::judge::{decide, Action, Hysteresis, Verdict};
 use crate::metrics::Metrics;
-use crate::routing::{Arm, RoutingOptions, RoutingTable, Service, ServiceState, SharedTable};
+use crate::routing::{Arm, RoutingOptions, RoutingTable, Service, SharedTable};
+use crate::time::now_ms;
+use crate::types::ServiceState;
+use crate::types::{UpstreamAddr, Weight};
 
 /// How often the controller judges every canary and maintains the windows.
 pub const TICK: Duration = Duration::from_millis(100);
@@ -744,7 +747,7 @@ impl Controller {
             format!(
                 "{}; cutting back if it holds for {}",
                 verdict.summary(),
-                crate::config::format_duration(policy.breach_for)
+                crate::time::format_duration(policy.breach_for)
             )
         };
         let event = self.bus.publish(NewEvent {
@@ -1139,7 +1142,7 @@ async fn load_blocking(path: PathBuf) -> Result<Config, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stats::StatusClass;
+    use crate::types::StatusClass;
 
     const WEB: &str = r#"
 [[services]]

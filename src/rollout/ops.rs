@@ -9,10 +9,12 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::ControlError;
-use crate::config::{Config, UpstreamAddr, Weight};
+use crate::config::Config;
 use crate::events::EventKind;
 use crate::metrics::Metrics;
-use crate::routing::{Arm, ArmRole, RoutingTable, Service, ServiceState};
+use crate::routing::{Arm, RoutingTable, Service};
+use crate::types::{ArmRole, ServiceState};
+use crate::types::{UpstreamAddr, Weight};
 
 /// A changed service with the event that describes the change.
 pub type Change = (Service, EventKind, String);

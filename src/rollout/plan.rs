@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::config::Weight;
+use crate::types::Weight;
 
 /// One step of a canary plan.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -30,7 +30,7 @@ pub struct Step {
     /// Weight for this step.
     pub weight: Weight,
     /// How long to stay before moving on.
-    #[serde(with = "crate::judge::ms")]
+    #[serde(with = "crate::time::text")]
     pub bake: Duration,
     /// Canary requests needed during the bake (with a healthy judge) to move on.
     pub min_samples: u64,
@@ -63,10 +63,10 @@ pub enum Spec {
     /// Preview, verify, switch, keep blue warm.
     BlueGreen {
         /// Green's probes must pass this long before the switch.
-        #[serde(with = "crate::judge::ms")]
+        #[serde(with = "crate::time::text")]
         verify_for: Duration,
         /// Blue stays ready this long after the switch.
-        #[serde(with = "crate::judge::ms")]
+        #[serde(with = "crate::time::text")]
         keep_blue_for: Duration,
         /// Switch by itself once verified (else wait for promote).
         auto_switch: bool,
@@ -80,13 +80,13 @@ pub enum Spec {
         /// Instances out of service at once (a batch never exceeds it).
         max_unavailable: usize,
         /// Wait between batches.
-        #[serde(with = "crate::judge::ms")]
+        #[serde(with = "crate::time::text")]
         pause_between: Duration,
         /// Longest wait for a batch's old instances to finish their requests.
-        #[serde(with = "crate::judge::ms")]
+        #[serde(with = "crate::time::text")]
         drain_timeout: Duration,
         /// How long new instances must stay healthy before the next batch.
-        #[serde(with = "crate::judge::ms")]
+        #[serde(with = "crate::time::text")]
         health_wait: Duration,
     },
 }

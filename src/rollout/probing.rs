@@ -17,7 +17,8 @@ use crate::judge::ProbeFailure;
 use crate::probes::{
     combine, Checker, Health, Observation, ProbeKey, ProbePolicy, ProbeSpec, ProbeState, Target,
 };
-use crate::routing::{Arm, ArmRole, RoutingTable, Service};
+use crate::routing::{Arm, RoutingTable, Service};
+use crate::types::ArmRole;
 
 /// Observations that may wait for the controller.
 pub const OBSERVATION_QUEUE: usize = 1024;
@@ -131,7 +132,7 @@ impl Probing {
                             self.tx.clone(),
                         ));
                         self.states
-                            .insert(k.clone(), ProbeState::new(crate::events::now_ms()));
+                            .insert(k.clone(), ProbeState::new(crate::time::now_ms()));
                         self.tasks.insert(k, Task { spec, handle });
                     }
                 }

@@ -354,7 +354,7 @@ impl Recorder {
     pub fn new(spool: std::sync::Arc<spool::Spool>) -> Recorder {
         Recorder {
             spool,
-            run: format!("{:011x}", crate::events::now_ms()).into(),
+            run: format!("{:011x}", crate::time::now_ms()).into(),
         }
     }
 

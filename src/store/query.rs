@@ -237,7 +237,7 @@ impl Trend {
                 .unwrap_or_else(|| format!("{:>9} {:>8} {:>9}", "-", "-", "-"))
         };
         for m in minutes {
-            let time = crate::client::format_time(m as u64);
+            let time = crate::time::format_time(m as u64);
             let _ = writeln!(
                 out,
                 "{:<17} {}   {}",
@@ -253,7 +253,7 @@ impl Trend {
             let _ = writeln!(
                 out,
                 "{}  {} by {}: {}",
-                crate::client::format_time(e.at_ms as u64),
+                crate::time::format_time(e.at_ms as u64),
                 e.kind,
                 e.actor,
                 e.message

@@ -365,7 +365,7 @@ pub async fn run_writer(
             },
         };
         if last_prune.elapsed() >= Duration::from_secs(3600) {
-            let now = crate::events::now_ms() as i64;
+            let now = crate::time::now_ms() as i64;
             let probes = now - config.probe_retention.as_millis() as i64;
             let samples = now - config.sample_retention.as_millis() as i64;
             match store.prune(probes, samples).await {

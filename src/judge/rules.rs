@@ -1,0 +1,677 @@
+//! The rules: `decide` runs them in order and the first that gives a verdict wins; each is a
+//! small pure function of the evidence and the policy (see the module doc of `judge` for
+//! what each one means).
+
+use std::time::Duration;
+
+use super::significance::{binomial_upper_tail, difference_p_value, newcombe_lower};
+use super::verdict::{round3, round6};
+use super::{ArmFigures, Breach, Evidence, Policy, ProbeFailure, Rule, UsageSample, Verdict};
+
+/// One evaluation: the evidence, the policy, both arms' figures and the remarks the rules
+/// leave for a healthy verdict.
+struct Case<'a> {
+    e: &'a Evidence,
+    p: &'a Policy,
+    stable: ArmFigures,
+    canary: ArmFigures,
+    notes: Vec<String>,
+}
+
+/// The counts the rate and latency rules compare (only once there is enough traffic).
+struct Counts {
+    /// Canary requests and failures.
+    n: u64,
+    k: u64,
+    /// Stable requests and failures.
+    ns: u64,
+    ks: u64,
+    rate_c: f64,
+    rate_s: f64,
+    /// Stable has enough requests for comparisons with it to mean anything.
+    stable_known: bool,
+}
+
+impl Case<'_> {
+    fn alpha(&self) -> f64 {
+        1.0 - self.p.confidence
+    }
+
+    fn breach(&self, b: Breach) -> Verdict {
+        Verdict::Breach {
+            breach: b,
+            stable: self.stable.clone(),
+            canary: self.canary.clone(),
+            probes: Vec::new(),
+        }
+    }
+
+    fn healthy(&self, note: String) -> Verdict {
+        Verdict::Healthy {
+            note: Some(note),
+            stable: self.stable.clone(),
+            canary: self.canary.clone(),
+        }
+    }
+
+    fn counts(&self) -> Counts {
+        let (n, k) = (self.e.canary.requests(), self.e.canary.failures());
+        let (ns, ks) = (self.e.stable.requests(), self.e.stable.failures());
+        Counts {
+            n,
+            k,
+            ns,
+            ks,
+            rate_c: if n > 0 { k as f64 / n as f64 } else { 0.0 },
+            rate_s: if ns > 0 { ks as f64 / ns as f64 } else { 0.0 },
+            stable_known: ns >= self.p.min_requests.max(1),
+        }
+    }
+}
+
+/// A rule: `Some(verdict)` ends the evaluation.
+type RuleFn = fn(&mut Case<'_>) -> Option<Verdict>;
+
+/// The rules, in the order they are tried.
+const RULES: [RuleFn; 8] = [
+    probes,
+    resources,
+    consecutive_failures,
+    enough_traffic,
+    error_rate,
+    error_rate_increase,
+    latency_ceilings,
+    latency_increase,
+];
+
+/// Decides on a canary. Pure: same evidence and policy, same verdict.
+pub fn decide(e: &Evidence, p: &Policy) -> Verdict {
+    let mut case = Case {
+        e,
+        p,
+        stable: ArmFigures::of(&e.stable, e.stable_consecutive_failures),
+        canary: ArmFigures::of(&e.canary, e.canary_consecutive_failures),
+        notes: Vec::new(),
+    };
+    for rule in RULES {
+        if let Some(verdict) = rule(&mut case) {
+            return verdict;
+        }
+    }
+    Verdict::Healthy {
+        note: (!case.notes.is_empty()).then(|| case.notes.join("; ")),
+        stable: case.stable,
+        canary: case.canary,
+    }
+}
+
+/// 0. A canary upstream failing its active probes breaches at once, traffic or not, unless
+///    the same probe fails on every stable upstream too (shared cause).
+fn probes(c: &mut Case<'_>) -> Option<Verdict> {
+    let e = c.e;
+    if e.probe_failures.is_empty() {
+        return None;
+    }
+    let own: Vec<&ProbeFailure> = e
+        .probe_failures
+        .iter()
+        .filter(|f| !e.stable_probes_failing.contains(&f.probe))
+        .collect();
+    let Some(first) = own.first() else {
+        return Some(c.healthy(format!(
+            "probe(s) {} fail on stable too: shared cause",
+            e.stable_probes_failing.join(", ")
+        )));
+    };
+    let last = first
+        .results
+        .last()
+        .map(|r| r.outcome.detail.clone())
+        .unwrap_or_default();
+    let more = if own.len() > 1 {
+        format!(" and {} more", own.len() - 1)
+    } else {
+        String::new()
+    };
+    Some(Verdict::Breach {
+        breach: Breach {
+            rule: Rule::ProbeFailed,
+            reason: format!(
+                "probe '{}' fails on canary {} ({} in a row: {last}){more}",
+                first.probe, first.upstream, first.failures,
+            ),
+            threshold: 0.0,
+            observed: first.failures as f64,
+            p_value: None,
+            confidence: c.p.confidence,
+        },
+        stable: c.stable.clone(),
+        canary: c.canary.clone(),
+        probes: own.into_iter().cloned().collect(),
+    })
+}
+
+/// 0b. A canary container over its share of its memory or CPU limit for the rule's whole
+///     duration.
+fn resources(c: &mut Case<'_>) -> Option<Verdict> {
+    type Reading = fn(&UsageSample) -> f64;
+    let p = c.p;
+    let rules: [(Rule, Option<f64>, Duration, &str, Reading); 2] = [
+        (
+            Rule::Memory,
+            p.max_memory,
+            p.max_memory_for,
+            "memory",
+            |s| s.memory,
+        ),
+        (Rule::Cpu, p.max_cpu, p.max_cpu_for, "CPU", |s| s.cpu),
+    ];
+    for (rule, limit, span, what, value) in rules {
+        let Some(limit) = limit else {
+            continue;
+        };
+        for u in &c.e.canary_usage {
+            if let Some(low) = u.above_for(limit, span, value) {
+                return Some(c.breach(Breach {
+                    rule,
+                    reason: format!(
+                        "canary container {} ({}) used over {:.0} % of its {what} limit for {} (at least {:.1} %)",
+                        u.container,
+                        u.upstream,
+                        limit * 100.0,
+                        crate::time::format_duration(span),
+                        low * 100.0
+                    ),
+                    threshold: limit,
+                    observed: round6(low),
+                    p_value: None,
+                    confidence: p.confidence,
+                }));
+            }
+        }
+    }
+    None
+}
+
+/// 1. `max_consecutive_failures` canary failures in a row breach at once, before any
+///    minimum of requests; not while stable fails the same way.
+fn consecutive_failures(c: &mut Case<'_>) -> Option<Verdict> {
+    let (e, p) = (c.e, c.p);
+    let run = e.canary_consecutive_failures;
+    if p.max_consecutive_failures == 0 || run < p.max_consecutive_failures {
+        return None;
+    }
+    if e.stable_consecutive_failures >= p.max_consecutive_failures {
+        return Some(c.healthy(format!(
+            "both arms fail in a row (stable {}, canary {run}): shared cause",
+            e.stable_consecutive_failures
+        )));
+    }
+    Some(c.breach(Breach {
+        rule: Rule::ConsecutiveFailures,
+        reason: format!(
+            "{run} canary requests failed in a row (limit {})",
+            p.max_consecutive_failures
+        ),
+        threshold: p.max_consecutive_failures as f64,
+        observed: run as f64,
+        p_value: None,
+        confidence: p.confidence,
+    }))
+}
+
+/// 2. Under `min_requests` canary requests nothing can be shown: inconclusive.
+fn enough_traffic(c: &mut Case<'_>) -> Option<Verdict> {
+    let n = c.e.canary.requests();
+    if n >= c.p.min_requests.max(1) {
+        return None;
+    }
+    let reason = if n == 0 {
+        "no canary traffic in the window".to_string()
+    } else {
+        format!("{n} of {} canary requests needed", c.p.min_requests)
+    };
+    Some(Verdict::Inconclusive {
+        reason,
+        stable: c.stable.clone(),
+        canary: c.canary.clone(),
+    })
+}
+
+/// 3. The canary's failure ratio over `max_error_rate`, significant by an exact binomial
+///    test; skipped when stable is over the same ceiling (shared cause).
+fn error_rate(c: &mut Case<'_>) -> Option<Verdict> {
+    let p = c.p;
+    let Counts {
+        n,
+        k,
+        rate_c,
+        rate_s,
+        stable_known,
+        ..
+    } = c.counts();
+    if p.max_error_rate >= 1.0 || rate_c <= p.max_error_rate {
+        return None;
+    }
+    if stable_known && rate_s > p.max_error_rate {
+        c.notes.push(format!(
+            "both arms over the {:.1} % error ceiling (stable {:.2} %, canary {:.2} %): shared cause",
+            p.max_error_rate * 100.0,
+            rate_s * 100.0,
+            rate_c * 100.0
+        ));
+        return None;
+    }
+    let pv = binomial_upper_tail(k, n, p.max_error_rate);
+    (pv < c.alpha()).then(|| {
+        c.breach(Breach {
+            rule: Rule::ErrorRate,
+            reason: format!(
+                "canary error rate {:.2} % ({k}/{n}) is above {:.2} % (p = {})",
+                rate_c * 100.0,
+                p.max_error_rate * 100.0,
+                fmt_p(pv)
+            ),
+            threshold: p.max_error_rate,
+            observed: round6(rate_c),
+            p_value: Some(pv),
+            confidence: p.confidence,
+        })
+    })
+}
+
+/// 4. The canary's ratio over stable's by more than `max_error_rate_increase`: the lower
+///    confidence bound of the difference (Newcombe's hybrid score interval) must clear
+///    the margin, so arms degrading together never breach.
+fn error_rate_increase(c: &mut Case<'_>) -> Option<Verdict> {
+    let p = c.p;
+    let Counts {
+        n,
+        k,
+        ns,
+        ks,
+        rate_c,
+        rate_s,
+        stable_known,
+    } = c.counts();
+    if p.max_error_rate_increase >= 1.0
+        || !stable_known
+        || rate_c - rate_s <= p.max_error_rate_increase
+    {
+        return None;
+    }
+    let lower = newcombe_lower(k, n, ks, ns, p.confidence);
+    if lower <= p.max_error_rate_increase {
+        return None;
+    }
+    let pv = difference_p_value(k, n, ks, ns, p.max_error_rate_increase);
+    Some(c.breach(Breach {
+        rule: Rule::ErrorRateIncrease,
+        reason: format!(
+            "canary error rate {:.2} % ({k}/{n}) exceeds stable's {:.2} % ({ks}/{ns}) by more than {:.2} points (at least {:.2} at {} % confidence)",
+            rate_c * 100.0,
+            rate_s * 100.0,
+            p.max_error_rate_increase * 100.0,
+            lower * 100.0,
+            p.confidence * 100.0
+        ),
+        threshold: p.max_error_rate_increase,
+        observed: round6(rate_c - rate_s),
+        p_value: Some(pv),
+        confidence: p.confidence,
+    }))
+}
+
+/// 5. Canary p95 over `max_p95` (p99 over `max_p99`), significant: the share of slower
+///    requests is tested against the 5 % (1 %) a healthy quantile allows; skipped when
+///    stable is over the same ceiling.
+fn latency_ceilings(c: &mut Case<'_>) -> Option<Verdict> {
+    let (e, p) = (c.e, c.p);
+    let Counts {
+        n, stable_known, ..
+    } = c.counts();
+    for (q, ceiling) in [(0.95, p.max_p95), (0.99, p.max_p99)] {
+        let Some(ceiling) = ceiling else { continue };
+        let limit_ms = ceiling.as_secs_f64() * 1e3;
+        let Some(observed) = e.canary.quantile_ms(q) else {
+            continue;
+        };
+        if observed <= limit_ms {
+            continue;
+        }
+        if stable_known && e.stable.quantile_ms(q).is_some_and(|s| s > limit_ms) {
+            c.notes.push(format!(
+                "both arms over the p{} ceiling of {limit_ms} ms: shared cause",
+                (q * 100.0) as u32
+            ));
+            continue;
+        }
+        let slow = e.canary.count_above_ms(limit_ms);
+        let pv = binomial_upper_tail(slow, n, 1.0 - q);
+        if pv < c.alpha() {
+            return Some(c.breach(Breach {
+                rule: Rule::Latency,
+                reason: format!(
+                    "canary p{} {observed:.1} ms is above {limit_ms} ms ({slow}/{n} slower, p = {})",
+                    (q * 100.0) as u32,
+                    fmt_p(pv)
+                ),
+                threshold: limit_ms,
+                observed: round3(observed),
+                p_value: Some(pv),
+                confidence: p.confidence,
+            }));
+        }
+    }
+    None
+}
+
+/// 6. Canary p95 over `max_p95_ratio` × stable's (and at least `latency_slack` above it),
+///    tested the same way against that threshold.
+fn latency_increase(c: &mut Case<'_>) -> Option<Verdict> {
+    let (e, p) = (c.e, c.p);
+    let Counts {
+        n, stable_known, ..
+    } = c.counts();
+    let ratio = p.max_p95_ratio.filter(|_| stable_known)?;
+    let (c95, s95) = (e.canary.quantile_ms(0.95)?, e.stable.quantile_ms(0.95)?);
+    let limit = (s95 * ratio).max(s95 + p.latency_slack.as_secs_f64() * 1e3);
+    if c95 <= limit {
+        return None;
+    }
+    let slow = e.canary.count_above_ms(limit);
+    let pv = binomial_upper_tail(slow, n, 0.05);
+    (pv < c.alpha()).then(|| {
+        c.breach(Breach {
+            rule: Rule::LatencyIncrease,
+            reason: format!(
+                "canary p95 {c95:.1} ms is above {ratio} x stable's {s95:.1} ms ({slow}/{n} slower than {limit:.1} ms, p = {})",
+                fmt_p(pv)
+            ),
+            threshold: round3(limit),
+            observed: round3(c95),
+            p_value: Some(pv),
+            confidence: p.confidence,
+        })
+    })
+}
+
+fn fmt_p(p: f64) -> String {
+    if p < 1e-6 {
+        format!("{p:.1e}")
+    } else {
+        format!("{p:.6}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::judge::{ContainerUsage, Policy, UsageSample};
+    use crate::stats::ArmStats;
+    use crate::stats::WindowSnapshot;
+    use crate::types::StatusClass;
+    use std::time::Instant;
+
+    /// A window with `ok` 2xx and `bad` 5xx answers, all taking `latency`.
+    fn window(ok: u64, bad: u64, latency: Duration) -> WindowSnapshot {
+        let origin = Instant::now();
+        let s = ArmStats::with_origin(Duration::from_secs(30), origin);
+        for _ in 0..ok {
+            s.record_at(origin, StatusClass::Success, latency);
+        }
+        for _ in 0..bad {
+            s.record_at(origin, StatusClass::ServerError, latency);
+        }
+        s.snapshot_at(origin)
+    }
+
+    fn evidence(stable: WindowSnapshot, canary: WindowSnapshot) -> Evidence {
+        Evidence {
+            stable,
+            canary,
+            canary_consecutive_failures: 0,
+            stable_consecutive_failures: 0,
+            probe_failures: Vec::new(),
+            stable_probes_failing: Vec::new(),
+            canary_usage: Vec::new(),
+        }
+    }
+
+    fn usage(memory: &[f64]) -> ContainerUsage {
+        ContainerUsage {
+            container: "web-v2-1".into(),
+            upstream: "127.0.0.1:3001".into(),
+            samples: memory
+                .iter()
+                .enumerate()
+                .map(|(i, m)| UsageSample {
+                    age_ms: i as u64 * 1000,
+                    cpu: 0.1,
+                    memory: *m,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn memory_over_its_share_for_long_enough_breaches() {
+        let policy = Policy {
+            max_memory: Some(0.9),
+            max_memory_for: Duration::from_secs(5),
+            ..Policy::default()
+        };
+        let mut e = evidence(window(0, 0, MS), window(0, 0, MS));
+        // Four seconds above: not yet.
+        e.canary_usage = vec![usage(&[0.95, 0.95, 0.96, 0.97, 0.5])];
+        assert_eq!(decide(&e, &policy).name(), "inconclusive");
+        // Six seconds above, with no gap: a breach, without any traffic.
+        e.canary_usage = vec![usage(&[0.95, 0.95, 0.96, 0.97, 0.93, 0.92, 0.91])];
+        let v = decide(&e, &policy);
+        let b = v.breach().expect("memory breach");
+        assert_eq!(b.rule, Rule::Memory);
+        assert!((b.observed - 0.92).abs() < 1e-9, "{b:?}");
+        assert!(b.reason.contains("web-v2-1"), "{}", b.reason);
+        // A gap in the samples proves nothing.
+        let mut gappy = usage(&[0.95, 0.95, 0.96, 0.97, 0.93, 0.92, 0.91]);
+        gappy.samples.remove(3);
+        gappy.samples.remove(3);
+        e.canary_usage = vec![gappy];
+        assert_eq!(decide(&e, &policy).name(), "inconclusive");
+        // Off by default.
+        e.canary_usage = vec![usage(&[0.99; 10])];
+        assert_eq!(decide(&e, &Policy::default()).name(), "inconclusive");
+        // Stale samples (the newest is old) prove nothing either.
+        let mut stale = usage(&[0.99; 10]);
+        for s in &mut stale.samples {
+            s.age_ms += 10_000;
+        }
+        e.canary_usage = vec![stale];
+        assert_eq!(decide(&e, &policy).name(), "inconclusive");
+    }
+
+    #[test]
+    fn a_failing_probe_breaches_without_any_traffic() {
+        let mut e = evidence(window(0, 0, MS), window(0, 0, MS));
+        e.probe_failures = vec![ProbeFailure {
+            probe: "health".into(),
+            upstream: "127.0.0.1:3001".into(),
+            failures: 3,
+            since_ms: 0,
+            results: vec![],
+        }];
+        let v = decide(&e, &Policy::default());
+        assert_eq!(v.breach().map(|b| b.rule), Some(Rule::ProbeFailed), "{v:?}");
+        assert!(Rule::ProbeFailed.is_immediate());
+        // The same probe failing on every stable upstream: shared cause.
+        e.stable_probes_failing = vec!["health".into()];
+        assert_eq!(decide(&e, &Policy::default()).name(), "healthy");
+    }
+
+    const MS: Duration = Duration::from_millis(10);
+
+    #[test]
+    fn no_traffic_is_inconclusive() {
+        let v = decide(
+            &evidence(window(500, 0, MS), window(0, 0, MS)),
+            &Policy::default(),
+        );
+        assert!(matches!(v, Verdict::Inconclusive { .. }), "{v:?}");
+        assert!(v.summary().contains("no canary traffic"));
+    }
+
+    #[test]
+    fn three_failures_in_a_row_breach_before_min_requests() {
+        let p = Policy {
+            max_consecutive_failures: 3,
+            ..Policy::default()
+        };
+        let mut e = evidence(window(500, 0, MS), window(0, 3, MS));
+        e.canary_consecutive_failures = 3;
+        let v = decide(&e, &p);
+        assert_eq!(
+            v.breach().map(|b| b.rule),
+            Some(Rule::ConsecutiveFailures),
+            "{v:?}"
+        );
+        // The same run while stable fails the same way is a shared outage.
+        e.stable_consecutive_failures = 7;
+        assert_eq!(decide(&e, &p).name(), "healthy");
+    }
+
+    #[test]
+    fn both_arms_failing_equally_is_not_the_canarys_fault() {
+        let v = decide(
+            &evidence(window(5_000, 5_000, MS), window(500, 500, MS)),
+            &Policy::default(),
+        );
+        assert_eq!(v.name(), "healthy", "{v:?}");
+        assert!(v.summary().contains("shared cause"), "{}", v.summary());
+    }
+
+    #[test]
+    fn two_against_one_percent_needs_enough_data() {
+        // 10 requests: inconclusive (min_requests).
+        let v = decide(
+            &evidence(window(990, 10, MS), window(10, 0, MS)),
+            &Policy::default(),
+        );
+        assert_eq!(v.name(), "inconclusive");
+        // Canary 2 % vs stable 1 %, 20,000 requests each, margin 0.5 points: breach.
+        let p = Policy {
+            max_error_rate_increase: 0.005,
+            ..Policy::default()
+        };
+        let v = decide(
+            &evidence(window(19_800, 200, MS), window(19_600, 400, MS)),
+            &p,
+        );
+        assert_eq!(
+            v.breach().map(|b| b.rule),
+            Some(Rule::ErrorRateIncrease),
+            "{v:?}"
+        );
+        // The same rates on 200 requests are not significant.
+        let v = decide(&evidence(window(198, 2, MS), window(196, 4, MS)), &p);
+        assert_eq!(v.name(), "healthy", "{v:?}");
+    }
+
+    #[test]
+    fn a_clearly_failing_canary_breaches_the_ceiling() {
+        let v = decide(
+            &evidence(window(1000, 5, MS), window(15, 15, MS)),
+            &Policy::default(),
+        );
+        let b = v.breach().expect("breach");
+        assert_eq!(b.rule, Rule::ErrorRate);
+        assert!(b.p_value.unwrap() < 1e-3);
+        // A few failures over the ceiling on little data are not enough.
+        let v = decide(
+            &evidence(window(1000, 5, MS), window(18, 2, MS)),
+            &Policy::default(),
+        );
+        assert_eq!(v.name(), "healthy", "{v:?}");
+    }
+
+    #[test]
+    fn latency_regression_against_stable() {
+        let v = decide(
+            &evidence(
+                window(2000, 0, MS),
+                window(200, 0, Duration::from_millis(80)),
+            ),
+            &Policy::default(),
+        );
+        let b = v.breach().expect("breach");
+        assert_eq!(b.rule, Rule::LatencyIncrease, "{v:?}");
+        // Within the slack: 10 ms vs 30 ms is over 2x but under 25 ms more.
+        let v = decide(
+            &evidence(
+                window(2000, 0, MS),
+                window(200, 0, Duration::from_millis(30)),
+            ),
+            &Policy::default(),
+        );
+        assert_eq!(v.name(), "healthy", "{v:?}");
+    }
+
+    #[test]
+    fn latency_ceiling_unless_stable_is_as_slow() {
+        let slow = Duration::from_millis(3000);
+        let v = decide(
+            &evidence(window(2000, 0, MS), window(100, 0, slow)),
+            &Policy::default(),
+        );
+        assert!(v.breach().is_some(), "{v:?}");
+        let v = decide(
+            &evidence(window(2000, 0, slow), window(100, 0, slow)),
+            &Policy::default(),
+        );
+        assert_eq!(v.name(), "healthy", "{v:?}");
+    }
+
+    #[test]
+    fn rules_can_be_turned_off() {
+        let p = Policy {
+            max_error_rate: 1.0,
+            max_error_rate_increase: 1.0,
+            max_consecutive_failures: 0,
+            ..Policy::default()
+        };
+        let mut e = evidence(window(1000, 0, MS), window(0, 100, MS));
+        e.canary_consecutive_failures = 100;
+        assert_eq!(decide(&e, &p).name(), "healthy");
+    }
+
+    #[test]
+    fn healthy_noisy_canaries_are_never_breached() {
+        // 1,000 simulated canaries with the same 1 % background error rate as stable and
+        // the same latency spread, judged on windows of 20..2,020 requests (benches/cutback.rs runs many more).
+        let mut rng = fastrand::Rng::with_seed(7);
+        let p = Policy::default();
+        let mut breaches = 0;
+        for i in 0..1_000u64 {
+            let n_canary = 20 + (i * 37) % 2_000;
+            let n_stable = n_canary * 9;
+            let draw = |n: u64, rng: &mut fastrand::Rng| {
+                let origin = Instant::now();
+                let s = ArmStats::with_origin(Duration::from_secs(30), origin);
+                for _ in 0..n {
+                    let class = if rng.f64() < 0.01 {
+                        StatusClass::ServerError
+                    } else {
+                        StatusClass::Success
+                    };
+                    let ms = 5.0 + rng.f64() * rng.f64() * 40.0;
+                    s.record_at(origin, class, Duration::from_secs_f64(ms / 1000.0));
+                }
+                s.snapshot_at(origin)
+            };
+            let e = evidence(draw(n_stable, &mut rng), draw(n_canary, &mut rng));
+            if decide(&e, &p).breach().is_some() {
+                breaches += 1;
+            }
+        }
+        assert_eq!(breaches, 0);
+    }
+}

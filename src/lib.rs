@@ -5,6 +5,7 @@
 //! canary back by publishing one new immutable routing table. See `DESIGN.md` for the flow
 //! and the invariants; each module's `//!` line names its concept.
 
+pub mod acme;
 pub mod admin;
 pub mod client;
 pub mod config;
@@ -24,4 +25,5 @@ pub mod routing;
 pub mod stats;
 pub mod store;
 pub mod time;
+pub mod tls;
 pub mod types;

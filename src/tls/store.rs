@@ -140,6 +140,11 @@ impl CertSet {
         self.acme.get(name).cloned()
     }
 
+    /// What a name no certificate covers gets.
+    pub fn unknown_name(&self) -> UnknownName {
+        self.unknown
+    }
+
     /// Whether no certificate is in the set.
     pub fn is_empty(&self) -> bool {
         self.files.is_empty() && self.acme.is_empty()

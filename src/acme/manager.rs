@@ -138,9 +138,27 @@ pub enum AcmeError {
     Http(#[from] super::http::HttpError),
 }
 
+/// How a name's certificate stands, as the admin API shows it.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct NameStatus {
+    /// Orders placed for it by this run.
+    pub orders: u32,
+    /// Failed orders in a row.
+    pub failures: u32,
+    /// The latest failure.
+    pub last_error: Option<String>,
+    /// When the next order is due (epoch ms).
+    pub next_order_ms: Option<u64>,
+}
+
+/// Every ACME name's status, swapped whole by the manager.
+pub type AcmeBoard = Arc<arc_swap::ArcSwap<std::collections::BTreeMap<String, NameStatus>>>;
+
 /// What the manager keeps per name.
 #[derive(Debug, Default)]
 struct NameState {
+    orders: u32,
+    last_error: Option<String>,
     failures: u32,
     /// No attempt before this (a backoff).
     not_before: Option<Instant>,
@@ -158,6 +176,7 @@ pub struct Manager {
     reports: mpsc::UnboundedSender<Report>,
     account: Option<Account>,
     names: HashMap<String, NameState>,
+    board: AcmeBoard,
 }
 
 fn now_epoch() -> i64 {
@@ -202,7 +221,36 @@ impl Manager {
             reports,
             account: None,
             names,
+            board: AcmeBoard::default(),
         })
+    }
+
+    /// The status board (for the admin API), kept up to date by [`Manager::run`].
+    pub fn board(&self) -> AcmeBoard {
+        self.board.clone()
+    }
+
+    fn publish_board(&self) {
+        let now = Instant::now();
+        let wall = crate::time::now_ms();
+        let board = self
+            .names
+            .iter()
+            .map(|(name, s)| {
+                let due = self.due(name, s, now);
+                let next = wall + due.saturating_duration_since(now).as_millis() as u64;
+                (
+                    name.clone(),
+                    NameStatus {
+                        orders: s.orders,
+                        failures: s.failures,
+                        last_error: s.last_error.clone(),
+                        next_order_ms: Some(next),
+                    },
+                )
+            })
+            .collect();
+        self.board.store(Arc::new(board));
     }
 
     /// Puts the stored certificates that are still valid back in service (at start, before
@@ -271,6 +319,7 @@ impl Manager {
     /// Runs until `shutdown` turns true.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         loop {
+            self.publish_board();
             let now = Instant::now();
             let mut next = now + RECHECK;
             let names: Vec<String> = self.names.keys().cloned().collect();
@@ -287,6 +336,7 @@ impl Manager {
                     if let Some(s) = self.names.get(&name) {
                         next = next.min(self.due(&name, s, Instant::now()));
                     }
+                    self.publish_board();
                 } else {
                     next = next.min(due);
                 }
@@ -310,9 +360,11 @@ impl Manager {
         let Some(state) = self.names.get_mut(name) else {
             return;
         };
+        state.orders += 1;
         match result {
             Ok(loaded) => {
                 state.failures = 0;
+                state.last_error = None;
                 state.not_before = None;
                 let report = Report::Issued {
                     name: name.to_string(),
@@ -335,6 +387,7 @@ impl Manager {
                     .min(self.settings.retry_max);
                 let retry_in = self.http.take_retry_after().unwrap_or(backoff);
                 state.not_before = Some(Instant::now() + retry_in);
+                state.last_error = Some(failure.error.clone());
                 let attempt = state.failures;
                 tracing::warn!(%name, error = %failure.error, ?retry_in, "certificate order failed");
                 self.report(Report::Failed {

@@ -9,6 +9,6 @@ pub mod storage;
 
 pub use challenges::{alpn_certificate, Http01, HTTP01_PREFIX};
 pub use manager::{
-    AcmeError, Challenge, Manager, Report, Settings, DEFAULT_RENEW_BEFORE, DEFAULT_RETRY_MAX,
-    DEFAULT_RETRY_MIN, LETS_ENCRYPT, LETS_ENCRYPT_STAGING,
+    AcmeBoard, AcmeError, Challenge, Manager, NameStatus, Report, Settings, DEFAULT_RENEW_BEFORE,
+    DEFAULT_RETRY_MAX, DEFAULT_RETRY_MIN, LETS_ENCRYPT, LETS_ENCRYPT_STAGING,
 };

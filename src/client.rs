@@ -14,7 +14,7 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
-use crate::admin::ACTOR_HEADER;
+use crate::api::ACTOR_HEADER;
 
 /// How long one admin call may take.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);

@@ -317,3 +317,8 @@ impl EventBus {
         self.tx.subscribe()
     }
 }
+
+/// A new deployment id: the service, the time, a little randomness.
+pub fn new_deployment_id(service: &str) -> String {
+    format!("{service}-{:x}-{:04x}", now_ms(), fastrand::u16(..))
+}

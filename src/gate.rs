@@ -293,7 +293,7 @@ pub fn start(config: Config) -> Result<GateHandle, GateError> {
             controller.attach_docker(tx);
             let manager = crate::docker::release::Manager::new(
                 engine.clone(),
-                control.clone(),
+                controller.reporter(),
                 bus.clone(),
                 recorder.clone(),
                 &manager_config,
@@ -305,7 +305,7 @@ pub fn start(config: Config) -> Result<GateHandle, GateError> {
         if discovery {
             background.push(Box::pin(crate::docker::discovery::run(
                 engine.clone(),
-                control.clone(),
+                controller.reporter(),
                 discovery_interval,
             )));
         }

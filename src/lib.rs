@@ -7,9 +7,9 @@
 
 pub mod acme;
 pub mod admin;
+pub mod api;
 pub mod client;
 pub mod config;
-pub mod dashboard;
 pub mod demo;
 pub mod docker;
 pub mod events;

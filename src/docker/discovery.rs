@@ -15,49 +15,11 @@ use std::time::Duration;
 
 use bollard::models::ContainerSummary;
 use futures_util::StreamExt;
-use serde::Serialize;
 
+pub use super::report::{Found, FoundContainer};
+use super::report::{NotApplied, Report, Reporter};
 use super::{labels, Engine};
-use crate::rollout::{ControlHandle, Op};
 use crate::types::UpstreamAddr;
-
-/// A container discovery found.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct FoundContainer {
-    /// Its name.
-    pub name: String,
-    /// Where the gate reaches it.
-    #[serde(serialize_with = "spec_of")]
-    pub upstream: UpstreamAddr,
-}
-
-fn spec_of<S: serde::Serializer>(u: &UpstreamAddr, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&u.spec)
-}
-
-/// What discovery found for one service.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
-pub struct Found {
-    /// Service name.
-    pub service: String,
-    /// Stable containers.
-    pub stable: Vec<FoundContainer>,
-    /// Canary containers.
-    pub canary: Vec<FoundContainer>,
-    /// `sluice.hosts` (for a service the config does not have).
-    pub hosts: Vec<String>,
-    /// `sluice.path_prefix`.
-    pub path_prefix: Option<String>,
-    /// `sluice.weight`, percent.
-    pub weight: Option<String>,
-}
-
-impl Found {
-    /// Nothing found (the service's containers are all gone).
-    pub fn is_empty(&self) -> bool {
-        self.stable.is_empty() && self.canary.is_empty()
-    }
-}
 
 /// Why a labelled container is not used.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -212,7 +174,7 @@ pub fn collect(list: &[ContainerSummary]) -> (BTreeMap<String, Found>, Vec<Skipp
 }
 
 /// Runs discovery until the control handle's controller stops: lists, then follows events.
-pub async fn run(engine: Engine, control: ControlHandle, interval: Duration) {
+pub async fn run(engine: Engine, reporter: Reporter, interval: Duration) {
     let mut sent: BTreeMap<String, Found> = BTreeMap::new();
     let mut warned: HashMap<String, String> = HashMap::new();
     let mut filters: HashMap<String, Vec<String>> = HashMap::new();
@@ -279,8 +241,8 @@ pub async fn run(engine: Engine, control: ControlHandle, interval: Duration) {
         }));
         for found in changes {
             let service = found.service.clone();
-            match control
-                .send(Op::Discovered(found.clone()), "docker:discovery")
+            match reporter
+                .send(Report::Discovered(found.clone()), "docker:discovery")
                 .await
             {
                 Ok(_) => {
@@ -290,7 +252,7 @@ pub async fn run(engine: Engine, control: ControlHandle, interval: Duration) {
                         sent.insert(service, found);
                     }
                 }
-                Err(crate::rollout::ControlError::Unavailable) => return,
+                Err(NotApplied::Stopped) => return,
                 Err(e) => {
                     // Refused (e.g. labels that do not make a valid service): say it once.
                     let why = e.to_string();

@@ -14,11 +14,15 @@
 //!   the engine's events.
 //! - [`usage`]: CPU and memory of canary containers for the judge's resource rules.
 //!
-//! The controller stays the one writer of the routing table: everything here sends it
-//! commands ([`crate::rollout::Op`]).
+//! - [`report`]: what the release manager and discovery tell the controller, on a channel
+//!   of their own.
+//!
+//! The controller stays the one writer of the routing table: everything here reports to it
+//! ([`report::Reporter`]) and imports nothing of `rollout`.
 
 pub mod discovery;
 pub mod release;
+pub mod report;
 pub mod spec;
 pub mod usage;
 

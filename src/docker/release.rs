@@ -31,12 +31,12 @@ use serde::Serialize;
 use serde_json::json;
 use tokio::sync::mpsc;
 
+use super::report::{NotApplied, Report, Reporter};
 use super::spec::{new_container, Snapshot};
 use super::{address, labels, Engine};
 use crate::config::docker::DockerService;
 use crate::config::Config;
 use crate::events::{EventBus, EventKind, NewEvent};
-use crate::rollout::{ControlError, ControlHandle, Op};
 use crate::store::{Record, Recorder, ReleaseRow, Store};
 use crate::time::now_ms;
 use crate::types::UpstreamAddr;
@@ -453,7 +453,7 @@ pub async fn bootstrap(
         let release = match found {
             Some(r) => r,
             None => {
-                let id = crate::rollout::history::new_deployment_id(&service);
+                let id = crate::events::new_deployment_id(&service);
                 match launch(&engine, &cfg, &service, &id, &cfg.image).await {
                     Ok(mut r) => {
                         r.state = "stable";
@@ -511,7 +511,7 @@ enum Done {
 /// The release manager (see the module's documentation).
 pub struct Manager {
     engine: Engine,
-    control: ControlHandle,
+    reporter: Reporter,
     bus: EventBus,
     recorder: Option<Recorder>,
     configs: HashMap<String, DockerService>,
@@ -525,7 +525,7 @@ impl Manager {
     /// A manager over the releases [`bootstrap`] found.
     pub fn new(
         engine: Engine,
-        control: ControlHandle,
+        reporter: Reporter,
         bus: EventBus,
         recorder: Option<Recorder>,
         config: &Config,
@@ -538,7 +538,7 @@ impl Manager {
             .collect();
         let mut manager = Manager {
             engine,
-            control,
+            reporter,
             bus,
             recorder,
             configs,
@@ -626,11 +626,11 @@ impl Manager {
                 image,
             } => {
                 let Some(cfg) = self.configs.get(&service).cloned() else {
-                    let control = self.control.clone();
+                    let reporter = self.reporter.clone();
                     tokio::spawn(async move {
-                        let _ = control
+                        let _ = reporter
                             .send(
-                                Op::PrepareFailed {
+                                Report::PrepareFailed {
                                     id: deployment,
                                     why: format!("'{service}' has no [services.docker] section"),
                                 },
@@ -700,9 +700,9 @@ impl Manager {
                         let evidence = release.evidence();
                         self.services.entry(service.clone()).or_default().candidate = Some(release);
                         let answer = self
-                            .control
+                            .reporter
                             .send(
-                                Op::Prepared {
+                                Report::Prepared {
                                     id: deployment.clone(),
                                     upstreams,
                                     evidence,
@@ -723,9 +723,9 @@ impl Manager {
                     Err((release, why)) => {
                         self.fail(&service, release, &why);
                         let _ = self
-                            .control
+                            .reporter
                             .send(
-                                Op::PrepareFailed {
+                                Report::PrepareFailed {
                                     id: deployment,
                                     why,
                                 },
@@ -783,9 +783,9 @@ impl Manager {
                             "config": after,
                         });
                         match self
-                            .control
+                            .reporter
                             .send(
-                                Op::StableMoved {
+                                Report::StableMoved {
                                     service: service.clone(),
                                     moved,
                                     why,
@@ -795,7 +795,7 @@ impl Manager {
                             )
                             .await
                         {
-                            Ok(_) | Err(ControlError::Unavailable) => {}
+                            Ok(_) | Err(NotApplied::Stopped) => {}
                             Err(e) => {
                                 tracing::warn!(service = %service, error = %e, "restored container not routed")
                             }
@@ -1004,9 +1004,9 @@ impl Manager {
             if gone != entry.gone && (gone.is_some() || entry.busy.is_empty()) {
                 entry.gone = gone.clone();
                 let answer = self
-                    .control
+                    .reporter
                     .send(
-                        Op::ReleaseGone {
+                        Report::ReleaseGone {
                             service: service.clone(),
                             why: gone,
                         },

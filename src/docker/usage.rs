@@ -134,40 +134,6 @@ pub fn shares(stats: &ContainerStatsResponse, cpu_limit: Option<f64>) -> Option<
     ))
 }
 
-/// The container behind an address: one publishing that port, or owning that address.
-pub fn container_at(
-    list: &[bollard::models::ContainerSummary],
-    addr: SocketAddr,
-) -> Option<(String, String)> {
-    let ip = addr.ip().to_string();
-    list.iter().find_map(|c| {
-        let published = c.ports.iter().flatten().any(|p| {
-            p.public_port == Some(addr.port())
-                && (addr.ip().is_loopback()
-                    || p.ip
-                        .as_deref()
-                        .is_none_or(|h| h == "0.0.0.0" || h == "::" || h == ip))
-        });
-        let on_network = c
-            .network_settings
-            .as_ref()
-            .and_then(|n| n.networks.as_ref())
-            .is_some_and(|nets| {
-                nets.values()
-                    .any(|n| n.ip_address.as_deref() == Some(ip.as_str()))
-            });
-        let name = c
-            .names
-            .as_ref()
-            .and_then(|n| n.first())
-            .map(|n| n.trim_start_matches('/').to_string())
-            .unwrap_or_default();
-        (published || on_network)
-            .then(|| c.id.clone().map(|id| (id, name)))
-            .flatten()
-    })
-}
-
 /// Follows one container's stats stream into the board until aborted or it ends.
 async fn follow(
     engine: Engine,
@@ -229,7 +195,7 @@ pub async fn run(engine: Engine, table: SharedTable, board: UsageBoard) {
         let stale = listed_at.is_none_or(|at| at.elapsed() > Duration::from_secs(5));
         let unknown = targets
             .iter()
-            .any(|(_, a, _)| container_at(&listing, *a).is_none());
+            .any(|(_, a, _)| crate::probes::check::container_at(&listing, *a).is_none());
         if stale || unknown {
             match engine.list(&[], false).await {
                 Ok(l) => {
@@ -244,7 +210,7 @@ pub async fn run(engine: Engine, table: SharedTable, board: UsageBoard) {
         }
         let mut keep = HashSet::new();
         for (service, addr, spec) in targets {
-            let Some((id, name)) = container_at(&listing, addr) else {
+            let Some((id, name)) = crate::probes::check::container_at(&listing, addr) else {
                 continue;
             };
             let key = (service.clone(), name.clone());

@@ -276,7 +276,7 @@ async fn find_container(docker: &Docker, addr: SocketAddr) -> Result<Option<Stri
         .list_containers(Some(options))
         .await
         .map_err(|e| format!("cannot list containers: {e}"))?;
-    Ok(crate::docker::usage::container_at(&list, addr).map(|(id, _)| id))
+    Ok(container_at(&list, addr).map(|(id, _)| id))
 }
 
 async fn tcp_check(t: &TcpCheck, addr: SocketAddr) -> Outcome {
@@ -403,4 +403,38 @@ async fn script_check(s: &ScriptCheck, target: &Target, timeout: Duration) -> Ou
             )
         }
     }
+}
+
+/// The container behind an address: one publishing that port, or owning that address.
+pub fn container_at(
+    list: &[bollard::models::ContainerSummary],
+    addr: SocketAddr,
+) -> Option<(String, String)> {
+    let ip = addr.ip().to_string();
+    list.iter().find_map(|c| {
+        let published = c.ports.iter().flatten().any(|p| {
+            p.public_port == Some(addr.port())
+                && (addr.ip().is_loopback()
+                    || p.ip
+                        .as_deref()
+                        .is_none_or(|h| h == "0.0.0.0" || h == "::" || h == ip))
+        });
+        let on_network = c
+            .network_settings
+            .as_ref()
+            .and_then(|n| n.networks.as_ref())
+            .is_some_and(|nets| {
+                nets.values()
+                    .any(|n| n.ip_address.as_deref() == Some(ip.as_str()))
+            });
+        let name = c
+            .names
+            .as_ref()
+            .and_then(|n| n.first())
+            .map(|n| n.trim_start_matches('/').to_string())
+            .unwrap_or_default();
+        (published || on_network)
+            .then(|| c.id.clone().map(|id| (id, name)))
+            .flatten()
+    })
 }

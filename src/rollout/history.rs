@@ -7,6 +7,7 @@
 //! `running` if resumed), `superseded` when another canary replaces it, or `aborted` when
 //! its canary goes away otherwise.
 
+pub use crate::events::new_deployment_id;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -75,11 +76,6 @@ pub struct Keeper {
     planned: HashMap<String, Planned>,
     open: HashMap<String, Open>,
     minutes: HashMap<(String, ArmRole), MinuteAcc>,
-}
-
-/// A new deployment id: the service, the time, a little randomness.
-pub fn new_deployment_id(service: &str) -> String {
-    format!("{service}-{:x}-{:04x}", now_ms(), fastrand::u16(..))
 }
 
 fn minute_of(ms: u64) -> i64 {

@@ -103,42 +103,6 @@ pub enum Op {
         /// Version label.
         label: Option<String>,
     },
-    /// The Docker release manager started a deployment's containers: its new arm.
-    Prepared {
-        /// Deployment id.
-        id: String,
-        /// The new containers' addresses.
-        upstreams: Vec<UpstreamAddr>,
-        /// What was started (containers, image id), for the event.
-        evidence: serde_json::Value,
-    },
-    /// The Docker release manager could not start a deployment's containers.
-    PrepareFailed {
-        /// Deployment id.
-        id: String,
-        /// Why.
-        why: String,
-    },
-    /// Containers of the stable release were recreated and have new addresses.
-    StableMoved {
-        /// Service name.
-        service: String,
-        /// Each old address and the new one.
-        moved: Vec<(UpstreamAddr, UpstreamAddr)>,
-        /// What happened.
-        why: String,
-        /// The restored containers' snapshots.
-        evidence: serde_json::Value,
-    },
-    /// Whether the stable release can still take traffic back (`None`) or is gone.
-    ReleaseGone {
-        /// Service name.
-        service: String,
-        /// Why it cannot, or `None` once it can again.
-        why: Option<String>,
-    },
-    /// Containers found by their labels: a service's discovered upstreams now.
-    Discovered(crate::docker::discovery::Found),
     /// Pause, resume, abort or promote a deployment.
     Deployment {
         /// Deployment id.
@@ -297,6 +261,9 @@ pub struct Controller {
     freezes: Arc<ArcSwap<serde_json::Value>>,
     /// The Docker release manager, when a service runs as containers.
     docker: Option<mpsc::UnboundedSender<crate::docker::release::Request>>,
+    /// Reports of the release manager and discovery, and the sender they clone.
+    reports: mpsc::Receiver<crate::docker::report::Envelope>,
+    reporter: crate::docker::report::Reporter,
     /// Services whose stable release cannot be restored, and why.
     docker_gone: HashMap<String, String>,
     /// What discovery found, by service (re-applied after a reload).
@@ -412,6 +379,7 @@ impl Controller {
         let notify = Arc::new(ArcSwap::from_pointee(notify_settings(&config)));
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         let (wake, wake_rx) = Wake::channel();
+        let (reporter, reports) = crate::docker::report::Reporter::channel();
         let (probing, probe_rx) =
             probing::Probing::new(Arc::new(crate::probes::check::RealChecker::new()));
         let deployment_views = Arc::new(ArcSwap::from_pointee(HashMap::new()));
@@ -442,6 +410,8 @@ impl Controller {
             refused: HashMap::new(),
             freezes: freezes.clone(),
             docker: None,
+            reports,
+            reporter,
             docker_gone: HashMap::new(),
             discovered: HashMap::new(),
             usage: crate::docker::usage::UsageBoard::default(),
@@ -467,6 +437,11 @@ impl Controller {
     /// Connects the Docker release manager (image deployments go to it).
     pub fn attach_docker(&mut self, tx: mpsc::UnboundedSender<crate::docker::release::Request>) {
         self.docker = Some(tx);
+    }
+
+    /// Where the release manager and discovery send their reports.
+    pub fn reporter(&self) -> crate::docker::report::Reporter {
+        self.reporter.clone()
     }
 
     /// The board the resource sampler fills with canary containers' CPU and memory.
@@ -534,6 +509,7 @@ impl Controller {
                     None => break,
                 },
                 Some(obs) = self.probe_rx.recv() => self.on_probe(obs),
+                Some(envelope) = self.reports.recv() => self.on_report(envelope),
                 Some(()) = self.wake_rx.recv() => {
                     let now = tokio::time::Instant::now();
                     if self.last_judged.is_none_or(|t| now - t >= MIN_WAKE_INTERVAL) {
@@ -802,20 +778,6 @@ impl Controller {
                 source,
                 label,
             } => self.start_deployment(&service, spec, source, label, &actor),
-            Op::Prepared {
-                id,
-                upstreams,
-                evidence,
-            } => self.prepared(&id, upstreams, evidence, &actor),
-            Op::PrepareFailed { id, why } => self.prepare_failed(&id, &why, &actor),
-            Op::StableMoved {
-                service,
-                moved,
-                why,
-                evidence,
-            } => self.stable_moved(&service, moved, &why, evidence, &actor),
-            Op::ReleaseGone { service, why } => self.release_gone(&service, why, &actor),
-            Op::Discovered(found) => self.discovered(found, &actor),
             Op::Deployment { id, control } => self.control_deployment(&id, control, &actor),
             Op::Freeze { service, reason } => self.set_freeze(service, reason, &actor),
             op => self.apply(op, &actor),
@@ -826,6 +788,37 @@ impl Controller {
             .store(Arc::new(self.deployment_views()));
         // The asker may have gone (client disconnected); the change stands either way.
         let _ = reply.send(result);
+    }
+
+    /// A report from the Docker side, applied like a command and answered.
+    fn on_report(&mut self, envelope: crate::docker::report::Envelope) {
+        use crate::docker::report::Report;
+        let crate::docker::report::Envelope {
+            report,
+            from,
+            answer,
+        } = envelope;
+        let result = match report {
+            Report::Prepared {
+                id,
+                upstreams,
+                evidence,
+            } => self.prepared(&id, upstreams, evidence, from),
+            Report::PrepareFailed { id, why } => self.prepare_failed(&id, &why, from),
+            Report::StableMoved {
+                service,
+                moved,
+                why,
+                evidence,
+            } => self.stable_moved(&service, moved, &why, evidence, from),
+            Report::ReleaseGone { service, why } => self.release_gone(&service, why, from),
+            Report::Discovered(found) => self.discovered(found, from),
+        };
+        self.judge_all();
+        self.deployment_views
+            .store(Arc::new(self.deployment_views()));
+        // The sender may have stopped waiting; the change stands either way.
+        let _ = answer.send(result.map(|_| ()).map_err(|e| e.to_string()));
     }
 
     /// Publishes `table` as the next version (and keeps it in history); the probes follow

@@ -1,0 +1,453 @@
+//! The deployments resource: starting, controlling and reading deployments (events, probe
+//! results, trend), and freezes.
+
+use std::collections::HashMap;
+
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::auth::actor;
+use super::error::{ApiError, JsonBody, ServiceName};
+use super::history::{pending_records, query_cursor, query_limit, store_failed, store_of};
+use super::AdminState;
+use crate::api::{DeployBody, FreezeBody, DEFAULT_BAKE};
+use crate::config::parse_upstreams;
+use crate::rollout::{ControlError, DeploySource, Op};
+
+pub(super) async fn deployments(
+    State(state): State<AdminState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let (mut service, mut limit, mut cursor) = (None, 0, None);
+    for (key, value) in &query {
+        match key.as_str() {
+            "service" => service = Some(value.clone()),
+            "limit" => limit = query_limit(value)?,
+            "cursor" => cursor = Some(query_cursor(value)?),
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown filter '{other}' (use service, limit, cursor)"
+                )))
+            }
+        }
+    }
+    let store = store_of(&state)?;
+    let page = store
+        .deployments(service.as_deref(), limit, cursor.as_ref())
+        .await
+        .map_err(|e| store_failed(&state, e))?;
+    let items: Vec<_> = page.items.iter().map(|d| d.to_json()).collect();
+    Ok(axum::Json(json!({ "items": items, "next": page.next })).into_response())
+}
+
+pub(super) fn trend_json(trend: &crate::store::query::Trend) -> serde_json::Value {
+    json!({
+        "deployment": trend.deployment.to_json(),
+        "arms": trend.arms,
+        "decisions": trend.decisions.iter().map(|e| e.to_json()).collect::<Vec<_>>(),
+    })
+}
+
+pub(super) fn no_deployment(id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no deployment with id '{id}'"),
+    )
+}
+
+pub(super) async fn deployment(
+    State(state): State<AdminState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Response, ApiError> {
+    // Read in this order so the answer holds everything already written: the live view
+    // first (the controller records every event before its view shows the change), then
+    // what the spool still holds, then the database (a record the writer commits in between
+    // is in the database by the time it is queried).
+    let live = state.control.deployment(&id);
+    let pending = crate::store::query::Pending::of(
+        &id,
+        pending_records(&state, |r| match r {
+            crate::store::Record::Event(e) => e.deployment_id.as_deref() == Some(&id),
+            crate::store::Record::Probe(p) => p.deployment_id.as_deref() == Some(&id),
+            crate::store::Record::Deployment(d) => d.id == id,
+            _ => false,
+        }),
+    );
+    let store = match store_of(&state) {
+        Ok(s) => Some(s),
+        // History unavailable: the live view and the spool still answer.
+        Err(_) if live.is_some() || !pending.is_empty() => None,
+        Err(e) => return Err(e),
+    };
+    let mut trend = None;
+    let (mut events, mut probes) = (Vec::new(), Vec::new());
+    if let Some(store) = store {
+        trend = store
+            .trend(&id)
+            .await
+            .map_err(|e| store_failed(&state, e))?;
+        if trend.is_some() {
+            let filter = crate::store::query::HistoryFilter {
+                deployment: Some(id.clone()),
+                limit: crate::store::query::MAX_LIMIT,
+                ..Default::default()
+            };
+            events = store
+                .history(&filter)
+                .await
+                .map_err(|e| store_failed(&state, e))?
+                .items;
+            probes = store
+                .probe_results(&id, PROBE_RESULTS_SHOWN as u32)
+                .await
+                .map_err(|e| store_failed(&state, e))?;
+        }
+    }
+    let events = pending.events_newest_first(events);
+    let probes = pending.probes_newest_first(probes, PROBE_RESULTS_SHOWN);
+    if let Some(t) = &mut trend {
+        pending.update_trend(t);
+    }
+    let row = trend
+        .as_ref()
+        .map(|t| t.deployment.clone())
+        .or_else(|| pending.deployment.clone());
+    if live.is_none() && row.is_none() {
+        return Err(no_deployment(&id));
+    }
+    let state_name = live
+        .as_ref()
+        .map(|v| v.state.to_string())
+        .or_else(|| row.as_ref().map(|r| r.outcome.clone()));
+    let mut answer = json!({
+        "state": state_name,
+        "live": live,
+        "events": events.iter().map(|e| e.to_json()).collect::<Vec<_>>(),
+        "probe_results": probes,
+    });
+    if let Some(row) = &row {
+        answer["deployment"] = row.to_json();
+    }
+    if let Some(t) = &trend {
+        answer["trend"] = trend_json(t);
+    }
+    Ok(axum::Json(answer).into_response())
+}
+
+/// Probe results a deployment view shows, newest first.
+pub(super) const PROBE_RESULTS_SHOWN: usize = 200;
+
+pub(super) async fn deployment_trend(
+    State(state): State<AdminState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let text = match query.get("format").map(String::as_str) {
+        None | Some("json") => false,
+        Some("text") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "format: '{other}' is not json or text"
+            )))
+        }
+    };
+    if let Some(k) = query.keys().find(|k| k.as_str() != "format") {
+        return Err(ApiError::bad_request(format!(
+            "unknown parameter '{k}' (use format)"
+        )));
+    }
+    let store = store_of(&state)?;
+    let trend = store
+        .trend(&id)
+        .await
+        .map_err(|e| store_failed(&state, e))?
+        .ok_or_else(|| no_deployment(&id))?;
+    if text {
+        return Ok((
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            trend.render(),
+        )
+            .into_response());
+    }
+    Ok(axum::Json(trend_json(&trend)).into_response())
+}
+
+pub(super) fn duration_field(
+    name: &str,
+    value: Option<&str>,
+    default: &str,
+) -> Result<std::time::Duration, ApiError> {
+    crate::time::parse_duration(value.unwrap_or(default))
+        .map_err(|m| ApiError::bad_request(format!("{name}: {m}")))
+}
+
+pub(super) fn deploy_spec(
+    b: &DeployBody,
+    stable_instances: usize,
+    min_requests: u64,
+) -> Result<crate::rollout::plan::Spec, ApiError> {
+    use crate::rollout::plan::{SoftRollback, Spec, Step};
+    let only = |field: &str, present: bool, strategy: &str| {
+        if present {
+            Err(ApiError::bad_request(format!(
+                "{field}: only applies to the {strategy} strategy"
+            )))
+        } else {
+            Ok(())
+        }
+    };
+    match b.strategy.as_str() {
+        "canary" => {
+            only("verify_for", b.verify_for.is_some(), "blue_green")?;
+            only("keep_blue_for", b.keep_blue_for.is_some(), "blue_green")?;
+            only("batch_size", b.batch_size.is_some(), "rolling")?;
+            let steps = b.steps.as_ref().filter(|s| !s.is_empty()).ok_or_else(|| {
+                ApiError::bad_request("steps: a canary deployment needs at least one step")
+            })?;
+            let mut out = Vec::new();
+            let mut last = crate::types::Weight::ZERO;
+            for (i, st) in steps.iter().enumerate() {
+                let pause = st.pause.unwrap_or(false);
+                let w = match st.weight {
+                    Some(p) => crate::types::Weight::from_percent(p)
+                        .map_err(|m| ApiError::bad_request(format!("steps[{i}].weight: {m}")))?,
+                    None if pause => last,
+                    None => {
+                        return Err(ApiError::bad_request(format!(
+                            "steps[{i}].weight: required"
+                        )))
+                    }
+                };
+                last = w;
+                out.push(Step {
+                    weight: w,
+                    bake: duration_field(
+                        &format!("steps[{i}].bake"),
+                        st.bake.as_deref(),
+                        if pause { "0s" } else { DEFAULT_BAKE },
+                    )?,
+                    min_samples: st
+                        .min_samples
+                        .unwrap_or(if pause { 0 } else { min_requests }),
+                    pause,
+                });
+            }
+            let soft_rollback = match b.soft_rollback.as_deref() {
+                None | Some("instant") => SoftRollback::Instant,
+                Some("step_back") => SoftRollback::StepBack,
+                Some(o) => {
+                    return Err(ApiError::bad_request(format!(
+                        "soft_rollback: '{o}' is not instant or step_back"
+                    )))
+                }
+            };
+            Ok(Spec::Canary {
+                steps: out,
+                soft_rollback,
+            })
+        }
+        "blue_green" => {
+            only("steps", b.steps.is_some(), "canary")?;
+            only("batch_size", b.batch_size.is_some(), "rolling")?;
+            Ok(Spec::BlueGreen {
+                verify_for: duration_field("verify_for", b.verify_for.as_deref(), "1m")?,
+                keep_blue_for: duration_field("keep_blue_for", b.keep_blue_for.as_deref(), "10m")?,
+                auto_switch: b.auto_switch.unwrap_or(true),
+            })
+        }
+        "rolling" => {
+            only("steps", b.steps.is_some(), "canary")?;
+            only("verify_for", b.verify_for.is_some(), "blue_green")?;
+            let batch_size = b.batch_size.unwrap_or(1);
+            if batch_size == 0 {
+                return Err(ApiError::bad_request("batch_size: must be at least 1"));
+            }
+            let max_unavailable = b.max_unavailable.unwrap_or(batch_size);
+            if batch_size > max_unavailable {
+                return Err(ApiError::bad_request(format!(
+                    "batch_size: {batch_size} is more than max_unavailable ({max_unavailable})"
+                )));
+            }
+            Ok(Spec::Rolling {
+                instances: stable_instances,
+                batch_size,
+                max_unavailable,
+                pause_between: duration_field("pause_between", b.pause_between.as_deref(), "0s")?,
+                drain_timeout: duration_field("drain_timeout", b.drain_timeout.as_deref(), "30s")?,
+                health_wait: duration_field("health_wait", b.health_wait.as_deref(), "10s")?,
+            })
+        }
+        other => Err(ApiError::bad_request(format!(
+            "strategy: '{other}' is not canary, blue_green or rolling"
+        ))),
+    }
+}
+
+pub(super) async fn start_deployment(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    ServiceName(name): ServiceName,
+    JsonBody(body): JsonBody<DeployBody>,
+) -> Result<Response, ApiError> {
+    let table = state.control.table();
+    let service = table
+        .service(&name)
+        .ok_or_else(|| ControlError::NotFound(name.clone()))?;
+    let spec = deploy_spec(
+        &body,
+        service.stable.upstreams.len(),
+        service.config.cutback.min_requests,
+    )?;
+    let label = body
+        .label
+        .clone()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty());
+    if label
+        .as_ref()
+        .is_some_and(|l| l.len() > 128 || l.chars().any(char::is_control))
+    {
+        return Err(ApiError::bad_request(
+            "label: at most 128 characters, no control characters",
+        ));
+    }
+    let source = match (&body.image, body.upstreams.is_empty()) {
+        (Some(_), false) => {
+            return Err(ApiError::bad_request(
+                "image: give either upstreams (running versions) or an image (containers Sluice runs), not both",
+            ))
+        }
+        (Some(image), true) => {
+            crate::config::validate::docker::check_image(image)
+                .map_err(|m| ApiError::bad_request(format!("image: {m}")))?;
+            DeploySource::Image(image.clone())
+        }
+        (None, true) => {
+            return Err(ApiError::bad_request(
+                "upstreams: give the new version's upstreams, or an image for a service with [services.docker]",
+            ))
+        }
+        (None, false) => {
+            if body.upstreams.len() > 256 {
+                return Err(ApiError::bad_request("upstreams: 1 to 256 upstreams"));
+            }
+            let list = body.upstreams.clone();
+            let upstreams = tokio::task::spawn_blocking(move || parse_upstreams(&list))
+                .await
+                .map_err(|_| ApiError::bad_request("upstreams: could not be resolved"))?
+                .map_err(|errors| {
+                    let (j, m) = &errors[0];
+                    ApiError::bad_request(format!("upstreams[{j}]: {m}"))
+                })?;
+            DeploySource::Upstreams(upstreams)
+        }
+    };
+    let done = state
+        .control
+        .send(
+            Op::Deploy {
+                service: name.clone(),
+                spec,
+                source,
+                label,
+            },
+            actor(&headers),
+        )
+        .await?;
+    let id = done.event.deployment.clone().unwrap_or_default();
+    let view = state.control.deployment(&id);
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, format!("/api/v1/deployments/{id}"))],
+        axum::Json(json!({ "id": id, "deployment": view, "event": done.event })),
+    )
+        .into_response())
+}
+
+pub(super) async fn control_deployment(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    axum::extract::Path((id, action)): axum::extract::Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    use crate::rollout::deploy::Control;
+    let control = match action.as_str() {
+        "pause" => Control::Pause,
+        "resume" => Control::Resume,
+        "abort" => Control::Abort,
+        "promote" => Control::Promote,
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no action '{action}' (use pause, resume, abort, promote)"),
+            ))
+        }
+    };
+    let done = state
+        .control
+        .send(
+            Op::Deployment {
+                id: id.clone(),
+                control,
+            },
+            actor(&headers),
+        )
+        .await?;
+    Ok(axum::Json(json!({
+        "table_version": done.table_version,
+        "event": done.event,
+        "deployment": state.control.deployment(&id),
+    }))
+    .into_response())
+}
+
+pub(super) async fn freeze(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<FreezeBody>,
+) -> Result<Response, ApiError> {
+    let reason = body
+        .reason
+        .map(|r| r.trim().to_string())
+        .filter(|r| !r.is_empty())
+        .ok_or_else(|| ApiError::bad_request("reason: say why deployments are frozen"))?;
+    if reason.len() > 1024 {
+        return Err(ApiError::bad_request("reason: at most 1024 characters"));
+    }
+    let done = state
+        .control
+        .send(
+            Op::Freeze {
+                service: body.service,
+                reason: Some(reason),
+            },
+            actor(&headers),
+        )
+        .await?;
+    Ok(axum::Json(json!({ "event": done.event })).into_response())
+}
+
+pub(super) async fn unfreeze(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<FreezeBody>,
+) -> Result<Response, ApiError> {
+    let done = state
+        .control
+        .send(
+            Op::Freeze {
+                service: body.service,
+                reason: None,
+            },
+            actor(&headers),
+        )
+        .await?;
+    Ok(axum::Json(json!({ "event": done.event })).into_response())
+}
+
+pub(super) async fn freezes(State(state): State<AdminState>) -> Response {
+    axum::Json(state.control.freezes()).into_response()
+}

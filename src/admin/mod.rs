@@ -1,0 +1,213 @@
+//! The admin API: an axum router on the admin listener.
+//!
+//! Endpoints (JSON; every `/api` route needs `Authorization: Bearer TOKEN` when a token is
+//! configured, compared in constant time):
+//!
+//! | method | path | what |
+//! |---|---|---|
+//! | GET | `/healthz` | `{"status":"ok"}`; 503 `draining` during shutdown (no auth) |
+//! | GET | `/metrics` | Prometheus text format (no auth) |
+//! | GET | `/api/v1/services` | every service with live per-arm stats |
+//! | GET | `/api/v1/services/{name}` | one service |
+//! | PUT | `/api/v1/services/{name}/canary` | `{"upstreams": [...], "weight": N}` sets a new canary |
+//! | POST | `/api/v1/services/{name}/weight` | `{"weight": N}` |
+//! | POST | `/api/v1/services/{name}/promote` | the canary becomes stable |
+//! | POST | `/api/v1/services/{name}/rollback` | `{"reason": "..."}` cuts the canary to 0 and holds it |
+//! | POST | `/api/v1/services/{name}/resume` | `{"weight": N}` lifts a rolled-back hold |
+//! | POST | `/api/v1/reload` | re-reads the config file; an invalid file is refused (422) |
+//! | GET | `/api/v1/events` | live events: WebSocket when asked to upgrade, else SSE; `?service=a,b&kind=breach,rolled_back&since=SEQ` |
+//! | POST | `/api/v1/services/{name}/deployments` | starts a deployment (`canary`, `blue_green`, `rolling`) of upstreams or an image: `201 {"id"}` |
+//! | GET | `/api/v1/services/{name}/releases` | a container service's releases: live, and every one in history with its snapshots |
+//! | DELETE | `/api/v1/services/{name}/canary` | removes a held or idle canary |
+//! | POST | `/api/v1/deployments/{id}/pause\|resume\|abort\|promote` | controls a running deployment |
+//! | GET/POST | `/api/v1/freeze`, `POST /api/v1/unfreeze` | freezes (refuses new deployments) for one service or all |
+//! | GET | `/api/v1/history` | stored events, newest first: `?service=&kind=a,b&deployment=&since=&until=&limit=&cursor=` |
+//! | GET | `/api/v1/deployments` | deployments, newest first: `?service=&limit=&cursor=` |
+//! | GET | `/api/v1/deployments/{id}` | one deployment with its events, probe results and health trend |
+//! | GET | `/api/v1/deployments/{id}/trend` | the trend alone; `?format=text` for a plain-text table |
+//!
+//! Errors are `{"error": {"code": "...", "message": "..."}}` with 400 (bad body), 401,
+//! 404 (unknown service or route), 405, 409 (state conflict), 413 (body over 64 KiB),
+//! 415, 422 (invalid config on reload) or 503. A refused request changes nothing.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::Router;
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::events::EventBus;
+use crate::metrics::Metrics;
+use crate::rollout::{ControlHandle, Op};
+
+mod auth;
+pub mod dashboard;
+mod deployments;
+mod error;
+mod history;
+mod services;
+mod stream;
+
+use crate::api::{EmptyBody, MAX_BODY};
+use auth::{actor, issue_ticket, require_token, Tickets};
+use deployments::{
+    control_deployment, deployment, deployment_trend, deployments, freeze, freezes,
+    start_deployment, unfreeze,
+};
+pub use error::ApiError;
+use error::JsonBody;
+use history::history;
+use services::{
+    clear_canary, list_services, promote, resume, rollback, service_releases, set_canary,
+    set_weight, show_service,
+};
+use stream::events;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AdminState {
+    /// Commands to the controller; also the table to read.
+    pub control: ControlHandle,
+    /// The registry `/metrics` renders.
+    pub metrics: Arc<Metrics>,
+    /// The bearer token (swapped on reload); `None` disables auth (loopback only).
+    pub token: Arc<ArcSwapOption<String>>,
+    /// Set when the gate drains; `/healthz` then answers 503.
+    pub draining: Arc<AtomicBool>,
+    /// The event bus (for the live stream).
+    pub bus: EventBus,
+    /// History, when kept.
+    pub history: Option<crate::store::History>,
+    /// Releases of services run as containers, when any.
+    pub releases: Option<crate::docker::release::ReleaseBoard>,
+    /// Short-lived tickets for browsers' event streams.
+    pub tickets: Tickets,
+    /// Serve the dashboard at `/`.
+    pub dashboard: bool,
+}
+
+/// Builds the router.
+pub fn router(state: AdminState) -> Router {
+    let api = Router::new()
+        .route("/services", get(list_services))
+        .route("/services/{name}", get(show_service))
+        .route(
+            "/services/{name}/canary",
+            put(set_canary).delete(clear_canary),
+        )
+        .route("/services/{name}/deployments", post(start_deployment))
+        .route("/services/{name}/releases", get(service_releases))
+        .route("/deployments/{id}/{action}", post(control_deployment))
+        .route("/freeze", get(freezes).post(freeze))
+        .route("/unfreeze", post(unfreeze))
+        .route("/services/{name}/weight", post(set_weight))
+        .route("/services/{name}/promote", post(promote))
+        .route("/services/{name}/rollback", post(rollback))
+        .route("/services/{name}/resume", post(resume))
+        .route("/reload", post(reload))
+        .route("/events", get(events))
+        .route("/tickets", post(issue_ticket))
+        .route("/history", get(history))
+        .route("/deployments", get(deployments))
+        .route("/deployments/{id}", get(deployment))
+        .route("/deployments/{id}/trend", get(deployment_trend))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/", get(dashboard::index))
+        .route("/dashboard", get(dashboard::index))
+        .route("/dashboard/{file}", get(dashboard::asset))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .nest("/api/v1", api)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+/// Serves the router on `listener` until `stop` turns true.
+pub async fn serve(
+    listener: std::net::TcpListener,
+    state: AdminState,
+    mut stop: watch::Receiver<bool>,
+) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "admin listener cannot be registered");
+            return;
+        }
+    };
+    let shutdown = async move {
+        while !*stop.borrow() {
+            if stop.changed().await.is_err() {
+                break;
+            }
+        }
+    };
+    // Lingering close: a client refused mid-upload (413) still reads its answer.
+    let listener = crate::linger::LingeringListener(listener);
+    if let Err(e) = axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
+        tracing::error!(error = %e, "admin server stopped");
+    }
+}
+
+pub(super) async fn healthz(State(state): State<AdminState>) -> Response {
+    let version = state.control.table().version;
+    if state.draining.load(Ordering::Relaxed) {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({ "status": "draining", "table_version": version })),
+        )
+            .into_response()
+    } else {
+        axum::Json(json!({ "status": "ok", "table_version": version })).into_response()
+    }
+}
+
+pub(super) async fn metrics(State(state): State<AdminState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+pub(super) async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}
+
+pub(super) async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not take that method",
+    )
+}
+
+pub(super) async fn reload(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    JsonBody(EmptyBody {}): JsonBody<EmptyBody>,
+) -> Result<Response, ApiError> {
+    let done = state.control.send(Op::Reload, actor(&headers)).await?;
+    Ok(axum::Json(json!({
+        "table_version": done.table_version,
+        "report": done.reload,
+        "event": done.event,
+    }))
+    .into_response())
+}

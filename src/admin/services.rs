@@ -1,0 +1,290 @@
+//! The services resource: views with live per-arm stats, and the operator's direct
+//! commands on one service (canary, weight, promote, rollback, resume, releases).
+
+use std::collections::HashMap;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::auth::actor;
+use super::error::{ApiError, JsonBody, ServiceName};
+use super::history::{store_failed, store_of};
+use super::AdminState;
+use crate::api::{
+    ArmView, ArmsView, CanaryBody, EmptyBody, ResumeBody, RollbackBody, ServiceView, WeightBody,
+};
+use crate::config::parse_upstreams;
+use crate::rollout::{Applied, ControlError, JudgeStatus, Op};
+use crate::routing::{Arm, RoutingTable, Service};
+use crate::types::Weight;
+
+pub(super) fn arm_view(arm: &Arm) -> ArmView {
+    ArmView {
+        upstreams: arm.upstreams.iter().map(|u| u.spec.clone()).collect(),
+        down: arm
+            .upstreams
+            .iter()
+            .zip(arm.down.iter())
+            .filter(|(_, d)| **d)
+            .map(|(u, _)| u.spec.clone())
+            .collect(),
+        panic: arm.panic(),
+        stats: arm.stats.snapshot().summary(),
+        consecutive_failures: arm.stats.consecutive_failures(),
+        totals: crate::types::StatusClass::ALL
+            .iter()
+            .zip(arm.stats.totals())
+            .map(|(c, n)| (c.label(), n))
+            .collect(),
+    }
+}
+
+/// The API view of a service in a table, with the judge's status from `board`.
+pub fn service_view(
+    table: &RoutingTable,
+    board: &HashMap<String, JudgeStatus>,
+    s: &Service,
+) -> ServiceView {
+    ServiceView {
+        name: s.name().to_string(),
+        hosts: s.config.hosts.iter().map(|h| h.to_string()).collect(),
+        path_prefix: s.config.path_prefix.clone(),
+        state: s.state.as_str(),
+        canary_weight: s.weight.percent(),
+        generation: s.generation,
+        table_version: table.version,
+        arms: ArmsView {
+            stable: arm_view(&s.stable),
+            canary: s.canary.as_ref().map(arm_view),
+        },
+        judge: board.get(s.name()).cloned(),
+        probes: board
+            .get(s.name())
+            .map(|b| b.probes.clone())
+            .unwrap_or_default(),
+    }
+}
+
+pub(super) async fn list_services(State(state): State<AdminState>) -> Response {
+    let table = state.control.table();
+    let board = state.control.board();
+    let services: Vec<_> = table
+        .services
+        .iter()
+        .map(|s| service_view(&table, &board, s))
+        .collect();
+    axum::Json(json!({ "table_version": table.version, "services": services })).into_response()
+}
+
+pub(super) async fn show_service(
+    State(state): State<AdminState>,
+    ServiceName(name): ServiceName,
+) -> Result<Response, ApiError> {
+    let table = state.control.table();
+    let service = table
+        .service(&name)
+        .ok_or_else(|| ControlError::NotFound(name.clone()))?;
+    let board = state.control.board();
+    Ok(axum::Json(service_view(&table, &board, service)).into_response())
+}
+
+/// The answer to a change: the new table version, the event, the service as it is now.
+pub(super) fn applied(state: &AdminState, name: &str, applied: Applied) -> Response {
+    let table = state.control.table();
+    let board = state.control.board();
+    let service = table.service(name).map(|s| service_view(&table, &board, s));
+    axum::Json(json!({
+        "table_version": applied.table_version,
+        "event": applied.event,
+        "service": service,
+    }))
+    .into_response()
+}
+
+pub(super) fn weight(value: f64) -> Result<Weight, ApiError> {
+    Weight::from_percent(value).map_err(|m| ApiError::bad_request(format!("weight: {m}")))
+}
+
+pub(super) async fn set_canary(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    ServiceName(name): ServiceName,
+    JsonBody(body): JsonBody<CanaryBody>,
+) -> Result<Response, ApiError> {
+    let weight = body.weight.map(weight).transpose()?;
+    let label = body
+        .label
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty());
+    if label
+        .as_ref()
+        .is_some_and(|l| l.len() > 128 || l.chars().any(char::is_control))
+    {
+        return Err(ApiError::bad_request(
+            "label: at most 128 characters, no control characters",
+        ));
+    }
+    if body.upstreams.is_empty() {
+        return Err(ApiError::bad_request(
+            "upstreams: at least one upstream is required",
+        ));
+    }
+    if body.upstreams.len() > 256 {
+        return Err(ApiError::bad_request("upstreams: at most 256 upstreams"));
+    }
+    // Names resolve here, once, off the async workers.
+    let list = body.upstreams;
+    let upstreams = tokio::task::spawn_blocking(move || parse_upstreams(&list))
+        .await
+        .map_err(|_| ApiError::bad_request("upstreams: could not be resolved"))?
+        .map_err(|errors| {
+            let (j, m) = &errors[0];
+            ApiError::bad_request(format!("upstreams[{j}]: {m}"))
+        })?;
+    let done = state
+        .control
+        .send(
+            Op::SetCanary {
+                service: name.clone(),
+                upstreams,
+                weight,
+                label,
+            },
+            actor(&headers),
+        )
+        .await?;
+    Ok(applied(&state, &name, done))
+}
+
+pub(super) async fn set_weight(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    ServiceName(name): ServiceName,
+    JsonBody(body): JsonBody<WeightBody>,
+) -> Result<Response, ApiError> {
+    let weight = weight(body.weight)?;
+    let done = state
+        .control
+        .send(
+            Op::SetWeight {
+                service: name.clone(),
+                weight,
+            },
+            actor(&headers),
+        )
+        .await?;
+    Ok(applied(&state, &name, done))
+}
+
+pub(super) async fn promote(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    ServiceName(name): ServiceName,
+    JsonBody(EmptyBody {}): JsonBody<EmptyBody>,
+) -> Result<Response, ApiError> {
+    let done = state
+        .control
+        .send(
+            Op::Promote {
+                service: name.clone(),
+            },
+            actor(&headers),
+        )
+        .await?;
+    Ok(applied(&state, &name, done))
+}
+
+pub(super) async fn rollback(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    ServiceName(name): ServiceName,
+    JsonBody(body): JsonBody<RollbackBody>,
+) -> Result<Response, ApiError> {
+    if body.reason.len() > 1024 {
+        return Err(ApiError::bad_request("reason: at most 1024 characters"));
+    }
+    let done = state
+        .control
+        .send(
+            Op::Rollback {
+                service: name.clone(),
+                reason: body.reason,
+            },
+            actor(&headers),
+        )
+        .await?;
+    Ok(applied(&state, &name, done))
+}
+
+pub(super) async fn resume(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    ServiceName(name): ServiceName,
+    JsonBody(body): JsonBody<ResumeBody>,
+) -> Result<Response, ApiError> {
+    let weight = body.weight.map(weight).transpose()?;
+    let done = state
+        .control
+        .send(
+            Op::Resume {
+                service: name.clone(),
+                weight,
+            },
+            actor(&headers),
+        )
+        .await?;
+    Ok(applied(&state, &name, done))
+}
+
+pub(super) async fn service_releases(
+    State(state): State<AdminState>,
+    ServiceName(name): ServiceName,
+) -> Result<Response, ApiError> {
+    let table = state.control.table();
+    let service = table
+        .service(&name)
+        .ok_or_else(|| ControlError::NotFound(name.clone()))?;
+    if service.config.docker.is_none() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("'{name}' has no [services.docker] section: it has no releases"),
+        ));
+    }
+    let live = state
+        .releases
+        .as_ref()
+        .map(|b| b.load().get(&name).cloned().unwrap_or_default())
+        .unwrap_or_default();
+    // History keeps every release, retired ones included, with their snapshots.
+    let stored = match store_of(&state) {
+        Ok(store) => store
+            .releases(&name, 50)
+            .await
+            .map_err(|e| store_failed(&state, e))?
+            .iter()
+            .map(|r| r.to_json())
+            .collect::<Vec<_>>(),
+        Err(_) => Vec::new(),
+    };
+    Ok(axum::Json(json!({ "service": name, "releases": live, "history": stored })).into_response())
+}
+
+pub(super) async fn clear_canary(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    ServiceName(name): ServiceName,
+) -> Result<Response, ApiError> {
+    let done = state
+        .control
+        .send(
+            Op::ClearCanary {
+                service: name.clone(),
+            },
+            actor(&headers),
+        )
+        .await?;
+    Ok(applied(&state, &name, done))
+}

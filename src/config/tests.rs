@@ -1,0 +1,288 @@
+//! The config parser and validators, file text in, errors with key paths out.
+
+use super::*;
+
+use crate::time::{format_duration, parse_duration};
+use crate::types::{HostPattern, Weight};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::probes::{Combine, ProbeKind, ProbePolicy};
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(text, "test.toml")
+}
+
+const MINIMAL: &str = r#"
+[[services]]
+name = "web"
+stable = ["127.0.0.1:3000"]
+"#;
+
+#[test]
+fn minimal_file_gets_defaults() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(c.server.listen, DEFAULT_LISTEN.parse().unwrap());
+    assert_eq!(c.server.threads, DEFAULT_THREADS);
+    assert_eq!(c.services[0].path_prefix, "/");
+    assert!(c.services[0].canary.is_empty());
+    assert_eq!(
+        c.routing.override_header.as_deref(),
+        Some(DEFAULT_OVERRIDE_HEADER)
+    );
+    assert!(c.admin.token.is_none());
+}
+
+#[test]
+fn weight_parses_fractions_and_refuses_out_of_range() {
+    assert_eq!(Weight::from_percent(0.1).unwrap().units(), 100);
+    assert_eq!(Weight::from_percent(12.345).unwrap().units(), 12_345);
+    assert!(Weight::from_percent(100.01).is_err());
+    assert!(Weight::from_percent(-1.0).is_err());
+    assert!(Weight::from_percent(f64::NAN).is_err());
+}
+
+#[test]
+fn durations_need_units() {
+    assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+    assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+    assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+    assert!(parse_duration("10").is_err());
+    assert!(parse_duration("10 parsecs").is_err());
+    assert_eq!(format_duration(Duration::from_secs(300)), "5m");
+    assert_eq!(format_duration(Duration::from_millis(250)), "250ms");
+}
+
+#[test]
+fn unknown_key_names_its_path() {
+    let err = parse(
+        r#"
+[[services]]
+name = "web"
+stable = ["127.0.0.1:3000"]
+colour = "blue"
+"#,
+    )
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(text.starts_with("test.toml: services[0]"), "{text}");
+    assert!(text.contains("colour"), "{text}");
+    assert!(text.contains("line 5"), "{text}");
+}
+
+#[test]
+fn wrong_type_names_its_path() {
+    let err =
+        parse("[server]\nthreads = \"two\"\n[[services]]\nname=\"a\"\nstable=[\"127.0.0.1:1\"]\n")
+            .unwrap_err();
+    assert!(
+        err.to_string().starts_with("test.toml: server.threads: "),
+        "{err}"
+    );
+}
+
+#[test]
+fn every_problem_is_reported_with_its_key() {
+    let err = parse(
+        r#"
+[server]
+threads = 0
+[[services]]
+name = "Web Site"
+stable = []
+canary_weight = 150.0
+[[services]]
+name = "api"
+stable = ["nonsense"]
+canary_weight = 5
+"#,
+    )
+    .unwrap_err();
+    let paths = err.paths();
+    for p in [
+        "server.threads",
+        "services[0].name",
+        "services[0].stable",
+        "services[0].canary_weight",
+        "services[1].stable[0]",
+        "services[1].canary_weight",
+    ] {
+        assert!(paths.iter().any(|x| x == p), "{p} missing in {paths:?}");
+    }
+}
+
+#[test]
+fn duplicate_names_and_routes_are_refused() {
+    let err = parse(
+        r#"
+[[services]]
+name = "a"
+stable = ["127.0.0.1:1"]
+[[services]]
+name = "a"
+stable = ["127.0.0.1:2"]
+"#,
+    )
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("services[1].name"), "{text}");
+    assert!(text.contains("second catch-all"), "{text}");
+}
+
+#[test]
+fn public_admin_needs_a_token() {
+    let err = parse(&format!(
+        "[server]\nadmin_listen = \"0.0.0.0:9901\"\n{MINIMAL}"
+    ))
+    .unwrap_err();
+    assert_eq!(err.paths(), vec!["admin.token".to_string()]);
+    let ok = parse(&format!(
+        "[server]\nadmin_listen = \"0.0.0.0:9901\"\n[admin]\ntoken = \"0123456789\"\n{MINIMAL}"
+    ))
+    .unwrap();
+    assert_eq!(ok.admin.token.as_deref(), Some("0123456789"));
+}
+
+#[test]
+fn store_paths_are_relative_to_the_config() {
+    let c = Config::parse_in(MINIMAL, "t.toml", Path::new("/etc/sluice")).unwrap();
+    assert_eq!(
+        c.store.url,
+        StoreUrl::Sqlite("/etc/sluice/sluice.db".into())
+    );
+    assert_eq!(c.store.spool, PathBuf::from("/etc/sluice/sluice.db.spool"));
+    let c = Config::parse_in(
+        &format!("[store]\nurl = \"postgres://gate:s3cret@db.internal/sluice\"\n{MINIMAL}"),
+        "t.toml",
+        Path::new("/srv"),
+    )
+    .unwrap();
+    assert_eq!(
+        c.store.url.to_string(),
+        "postgres://gate:***@db.internal/sluice"
+    );
+    assert_eq!(c.store.spool, PathBuf::from("/srv/sluice.spool"));
+    let err = Config::parse(
+        &format!("[store]\nurl = \"mysql://x\"\n{MINIMAL}"),
+        "t.toml",
+    )
+    .unwrap_err();
+    assert_eq!(err.paths(), vec!["store.url".to_string()]);
+}
+
+#[test]
+fn probes_are_validated_with_their_key_paths() {
+    let err = parse(
+        r#"
+[[services]]
+name = "web"
+stable = ["127.0.0.1:3000"]
+probe_combine = "most"
+[[services.probes]]
+name = "a"
+kind = "http"
+interval = "0s"
+expect_status = ["2xx", "600"]
+send = "PING"
+[[services.probes]]
+name = "b"
+kind = "script"
+command = ["/definitely/not/here"]
+[[services.probes]]
+name = "c"
+kind = "carrier-pigeon"
+[[services.probes]]
+name = "a"
+kind = "tcp"
+timeout = "20s"
+"#,
+    )
+    .unwrap_err();
+    let paths = err.paths();
+    for p in [
+        "services[0].probe_combine",
+        "services[0].probes[0].interval",
+        "services[0].probes[0].expect_status[1]",
+        "services[0].probes[0].send",
+        "services[0].probes[1].command[0]",
+        "services[0].probes[2].kind",
+        "services[0].probes[3].timeout",
+    ] {
+        assert!(paths.iter().any(|x| x == p), "{p} missing in {paths:?}");
+    }
+}
+
+#[test]
+fn probes_get_their_defaults() {
+    let c = parse(
+        r#"
+[[services]]
+name = "web"
+stable = ["127.0.0.1:3000"]
+probe_combine = "any"
+[[services.probes]]
+name = "health"
+kind = "http"
+path = "/health"
+expect_status = [200, "3xx"]
+body_contains = "ok"
+[[services.probes]]
+name = "redis"
+kind = "tcp"
+send = "PING\\r\\n"
+expect = "+PONG"
+[[services.probes]]
+name = "check"
+kind = "script"
+command = ["true"]
+"#,
+    )
+    .unwrap();
+    let s = &c.services[0];
+    assert_eq!(s.probe_combine, Combine::Any);
+    assert_eq!(s.probes.len(), 3);
+    assert_eq!(s.probes[0].policy, ProbePolicy::default());
+    let ProbeKind::Http(h) = &s.probes[0].kind else {
+        panic!()
+    };
+    assert!(
+        h.expect_status.contains(200)
+            && h.expect_status.contains(302)
+            && !h.expect_status.contains(204)
+    );
+    let ProbeKind::Tcp(t) = &s.probes[1].kind else {
+        panic!()
+    };
+    assert_eq!(t.send.as_deref(), Some(&b"PING\r\n"[..]));
+    let ProbeKind::Script(sc) = &s.probes[2].kind else {
+        panic!()
+    };
+    assert!(
+        sc.command[0].ends_with("/true"),
+        "resolved on PATH: {:?}",
+        sc.command
+    );
+}
+
+#[test]
+fn hosts_are_normalised() {
+    let c = parse(
+        r#"
+[[services]]
+name = "a"
+hosts = ["Web.Example.com", "*.example.org"]
+stable = ["127.0.0.1:1"]
+"#,
+    )
+    .unwrap();
+    assert_eq!(
+        c.services[0].hosts,
+        vec![
+            HostPattern::Exact("web.example.com".into()),
+            HostPattern::Wildcard(".example.org".into())
+        ]
+    );
+    assert!(
+        parse("[[services]]\nname=\"a\"\nhosts=[\"a.com:80\"]\nstable=[\"127.0.0.1:1\"]").is_err()
+    );
+}

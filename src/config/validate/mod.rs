@@ -1,0 +1,233 @@
+//! Validation: the file model checked key by key into a [`Config`](crate::config::Config),
+//! every problem collected with its key path before any is reported.
+
+pub mod cutback;
+pub mod docker;
+pub mod notify;
+pub mod probe;
+pub mod server;
+pub mod service;
+
+use crate::time::parse_duration;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::config::file::FileConfig;
+
+use crate::config::model::*;
+use crate::config::{ConfigError, Problem};
+use server::{validate_admin, validate_routing, validate_store};
+use service::{validate_name, validate_service};
+
+/// Collects problems while walking the model.
+pub(crate) struct Checker<'a> {
+    file: &'a str,
+    problems: Vec<Problem>,
+}
+
+impl Checker<'_> {
+    fn fail(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    /// Unwraps a per-key result, recording the problem and returning the fallback.
+    fn take<T>(&mut self, path: &str, result: Result<T, String>, fallback: T) -> T {
+        match result {
+            Ok(v) => v,
+            Err(m) => {
+                self.fail(path, m);
+                fallback
+            }
+        }
+    }
+
+    fn duration(&mut self, path: &str, value: Option<&str>, default: Duration) -> Duration {
+        match value {
+            None => default,
+            Some(text) => {
+                let d = self.take(path, parse_duration(text), default);
+                if d.is_zero() {
+                    self.fail(path, "must be greater than zero");
+                }
+                d
+            }
+        }
+    }
+
+    fn socket_addr(&mut self, path: &str, value: Option<&str>, default: &str) -> SocketAddr {
+        let text = value.unwrap_or(default);
+        let fallback = SocketAddr::from(([127, 0, 0, 1], 0));
+        self.take(
+            path,
+            text.parse::<SocketAddr>()
+                .map_err(|_| format!("'{text}' is not an ip:port address")),
+            fallback,
+        )
+    }
+}
+
+pub(crate) fn validate(
+    model: FileConfig,
+    file: &str,
+    base_dir: &Path,
+) -> Result<Config, ConfigError> {
+    let base = base_dir;
+    let mut c = Checker {
+        file,
+        problems: Vec::new(),
+    };
+
+    let s = &model.server;
+    let listen = c.socket_addr("server.listen", s.listen.as_deref(), DEFAULT_LISTEN);
+    let admin_listen = c.socket_addr(
+        "server.admin_listen",
+        s.admin_listen.as_deref(),
+        DEFAULT_ADMIN_LISTEN,
+    );
+    let threads = match s.threads {
+        None => DEFAULT_THREADS,
+        Some(n) if (1..=256).contains(&n) => n as usize,
+        Some(n) => {
+            c.fail(
+                "server.threads",
+                format!("must be between 1 and 256 (got {n})"),
+            );
+            DEFAULT_THREADS
+        }
+    };
+    let keepalive_pool_size = match s.keepalive_pool_size {
+        None => DEFAULT_KEEPALIVE_POOL_SIZE,
+        Some(n) if (0..=65_536).contains(&n) => n as usize,
+        Some(n) => {
+            c.fail(
+                "server.keepalive_pool_size",
+                format!("must be between 0 and 65536 (got {n})"),
+            );
+            DEFAULT_KEEPALIVE_POOL_SIZE
+        }
+    };
+    let server = ServerConfig {
+        listen,
+        admin_listen,
+        threads,
+        drain_timeout: c.duration(
+            "server.drain_timeout",
+            s.drain_timeout.as_deref(),
+            DEFAULT_DRAIN_TIMEOUT,
+        ),
+        connect_timeout: c.duration(
+            "server.connect_timeout",
+            s.connect_timeout.as_deref(),
+            DEFAULT_CONNECT_TIMEOUT,
+        ),
+        read_timeout: c.duration(
+            "server.read_timeout",
+            s.read_timeout.as_deref(),
+            DEFAULT_READ_TIMEOUT,
+        ),
+        idle_timeout: c.duration(
+            "server.idle_timeout",
+            s.idle_timeout.as_deref(),
+            DEFAULT_IDLE_TIMEOUT,
+        ),
+        keepalive_pool_size,
+    };
+    if server.listen == server.admin_listen && server.listen.port() != 0 {
+        c.fail(
+            "server.admin_listen",
+            format!("is the same address as server.listen ({})", server.listen),
+        );
+    }
+
+    let admin = validate_admin(&mut c, &model, &server);
+    let routing = validate_routing(&mut c, &model);
+    let store = validate_store(&mut c, &model, base);
+    let docker_socket = model
+        .docker
+        .socket
+        .as_deref()
+        .map(|s| PathBuf::from(s.strip_prefix("unix://").unwrap_or(s)))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DOCKER_SOCKET));
+    let docker_discovery = model.docker.discovery.unwrap_or(false);
+    let discovery_interval = c.duration(
+        "docker.discovery_interval",
+        model.docker.discovery_interval.as_deref(),
+        crate::config::docker::DEFAULT_DISCOVERY_INTERVAL,
+    );
+
+    if model.services.is_empty() {
+        c.fail("services", "at least one [[services]] table is required");
+    }
+    let mut services = Vec::with_capacity(model.services.len());
+    let mut names: HashMap<String, usize> = HashMap::new();
+    let mut routes: HashMap<(String, String), usize> = HashMap::new();
+    for (i, svc) in model.services.iter().enumerate() {
+        let base = format!("services[{i}]");
+        let Some(service) = validate_service(&mut c, &base, svc, &server, &docker_socket, base_dir)
+        else {
+            continue;
+        };
+        if let Some(first) = names.insert(service.name.clone(), i) {
+            c.fail(
+                format!("{base}.name"),
+                format!(
+                    "'{}' is already the name of services[{first}]",
+                    service.name
+                ),
+            );
+        }
+        let route_keys: Vec<String> = if service.hosts.is_empty() {
+            vec!["*catch-all*".into()]
+        } else {
+            service.hosts.iter().map(|h| h.to_string()).collect()
+        };
+        for host in route_keys {
+            let key = (host.clone(), service.path_prefix.clone());
+            if let Some(first) = routes.insert(key, i) {
+                let what = if host == "*catch-all*" {
+                    "a second catch-all service (no hosts)".to_string()
+                } else {
+                    format!("host '{host}'")
+                };
+                c.fail(
+                    format!("{base}.hosts"),
+                    format!(
+                        "{what} with path prefix '{}' is already routed to services[{first}]",
+                        service.path_prefix
+                    ),
+                );
+            }
+        }
+        services.push(service);
+    }
+
+    let names: Vec<String> = services.iter().map(|s| s.name.clone()).collect();
+    let notify = notify::validate_notify(&mut c, &model.notify, &names);
+    let dashboard = notify::validate_dashboard(&mut c, &model.dashboard, &server);
+
+    if c.problems.is_empty() {
+        Ok(Config {
+            source: None,
+            server,
+            admin,
+            routing,
+            store,
+            docker_socket,
+            docker_discovery,
+            discovery_interval,
+            services,
+            notify,
+            dashboard,
+        })
+    } else {
+        Err(ConfigError::Invalid {
+            file: c.file.to_string(),
+            problems: c.problems,
+        })
+    }
+}

@@ -291,7 +291,7 @@ pub fn start(config: Config) -> Result<GateHandle, GateError> {
         if runs_containers {
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
             controller.attach_docker(tx);
-            let manager = crate::docker::release::Manager::new(
+            let manager = crate::docker::manager::Manager::new(
                 engine.clone(),
                 controller.reporter(),
                 bus.clone(),

@@ -21,6 +21,7 @@
 //! ([`report::Reporter`]) and imports nothing of `rollout`.
 
 pub mod discovery;
+pub mod manager;
 pub mod release;
 pub mod report;
 pub mod spec;

@@ -3,19 +3,18 @@
 //! (pause, resume, abort, promote), and the progress the API shows.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Weak};
+use std::sync::Weak;
 use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::json;
 
-use super::history::{outcome, Planned};
-use super::plan::{Inputs, Judged, Outcome, Plan, Progress, Spec, Want};
+use super::history::Planned;
+use super::plan::{Outcome, Plan, Progress, Spec, Want};
 use super::{ops, Applied, ControlError, Controller};
 use crate::events::{EventKind, NewEvent};
 use crate::routing::RoutingTable;
 use crate::time::now_ms;
-use crate::types::ServiceState;
 use crate::types::UpstreamAddr;
 
 /// A freeze: new deployments are refused until it is lifted.
@@ -61,15 +60,15 @@ pub struct Active {
     /// The plan.
     pub plan: Plan,
     /// Canary requests counted when the current phase began.
-    phase_requests: u64,
+    pub(super) phase_requests: u64,
     /// The phase (and pause state) last recorded.
-    last_seen: String,
+    pub(super) last_seen: String,
     /// The phase the sample count belongs to.
-    samples_phase: String,
+    pub(super) samples_phase: String,
     /// The plan before a failing transition, in case the rollback is refused.
-    before_failure: Option<Plan>,
+    pub(super) before_failure: Option<Plan>,
     /// The table routing before the last change of arms: drained when no request holds it.
-    before_reshape: Option<Weak<RoutingTable>>,
+    pub(super) before_reshape: Option<Weak<RoutingTable>>,
     /// The image, for a deployment Sluice runs as containers.
     pub image: Option<String>,
     /// Waiting for the release manager to start the new containers.
@@ -151,7 +150,7 @@ fn state_of(plan: &Plan) -> &'static str {
 }
 
 impl Controller {
-    fn plan_now(active: &Active) -> Duration {
+    pub(super) fn plan_now(active: &Active) -> Duration {
         Duration::from_millis(now_ms().saturating_sub(active.plan_origin_ms))
     }
 
@@ -316,7 +315,7 @@ impl Controller {
         );
         if let Some(image) = image {
             let sent = self.docker.as_ref().is_some_and(|tx| {
-                tx.send(crate::docker::release::Request::Prepare {
+                tx.send(crate::docker::manager::Request::Prepare {
                     deployment: id.clone(),
                     service: service.to_string(),
                     image,
@@ -376,71 +375,6 @@ impl Controller {
         Ok(())
     }
 
-    /// Applies what a plan wants, in order; ends the deployment on `Finish`.
-    pub(super) fn apply_wants(&mut self, service: &str, wants: Vec<Want>, actor: &str) {
-        for want in wants {
-            let Some(active) = self.deployments.active.get(service) else {
-                return;
-            };
-            let (id, old, new) = (active.id.clone(), active.old.clone(), active.new.clone());
-            let extra = json!({ "deployment": id });
-            let result = match want {
-                Want::Weight(w) => {
-                    self.change(service, actor, extra, |s, _| ops::plan_weight(s, w))
-                }
-                Want::Reshape { replaced, weight } => {
-                    let before = Arc::downgrade(&self.table.load_full());
-                    let r = self.change(service, actor, extra, |s, m| {
-                        ops::reshape(s, &old, &new, replaced, weight, m)
-                    });
-                    if let Some(a) = self.deployments.active.get_mut(service) {
-                        a.before_reshape = Some(before);
-                    }
-                    r
-                }
-                Want::Restore { out } => {
-                    self.change(service, actor, extra, |s, _| ops::restore_old(s, &old, out))
-                }
-                Want::Promote => self.change(service, actor, extra, ops::promote),
-                Want::CutBack(reason) => {
-                    let held = self
-                        .table
-                        .load()
-                        .service(service)
-                        .is_some_and(|s| s.state == ServiceState::RolledBack);
-                    if held {
-                        continue;
-                    }
-                    if let Some(why) = self.previous_version_gone(service) {
-                        self.refuse_rollback(service, &why, actor);
-                        // The deployment does not end: it waits, paused, where it was.
-                        if let Some(a) = self.deployments.active.get_mut(service) {
-                            let now = Self::plan_now(a);
-                            if let Some(before) = a.before_failure.take() {
-                                a.plan = before;
-                            }
-                            a.plan
-                                .pause_because(now, &format!("rollback refused: {why}"));
-                        }
-                        return;
-                    }
-                    let r = self.change(service, actor, extra, |s, _| ops::rollback(s, &reason));
-                    if r.is_ok() {
-                        self.metrics.rollback(service, "deployment");
-                    }
-                    r
-                }
-                Want::Finish(end, why) => {
-                    self.finish_deployment(service, end, &why, actor);
-                    return;
-                }
-            };
-            if let Err(e) = result {
-                tracing::warn!(service, deployment = %id, error = %e, "a deployment step was refused");
-            }
-        }
-    }
-
     pub(super) fn finish_deployment(
         &mut self,
         service: &str,
@@ -486,7 +420,7 @@ impl Controller {
         self.remember(&event);
         if active.image.is_some() {
             if let Some(tx) = &self.docker {
-                let _ = tx.send(crate::docker::release::Request::Finished {
+                let _ = tx.send(crate::docker::manager::Request::Finished {
                     deployment: active.id.clone(),
                     service: service.to_string(),
                     succeeded: end == Outcome::Succeeded,
@@ -498,113 +432,6 @@ impl Controller {
         self.deployments.finished.push(view);
         if self.deployments.finished.len() > 50 {
             self.deployments.finished.remove(0);
-        }
-    }
-
-    /// Drives every running deployment one tick.
-    pub(super) fn drive_deployments(&mut self) {
-        let services: Vec<String> = self.deployments.active.keys().cloned().collect();
-        for name in services {
-            let table = self.table.load_full();
-            let Some(service) = table.service(&name).cloned() else {
-                self.finish_deployment(
-                    &name,
-                    Outcome::Aborted,
-                    "the service left the config",
-                    "config",
-                );
-                continue;
-            };
-            let board = self.board.load();
-            let judged = match board.get(&name).and_then(|b| b.verdict.as_ref()) {
-                Some(crate::judge::Verdict::Healthy { .. }) => Judged::Healthy,
-                Some(crate::judge::Verdict::Breach { .. }) => Judged::Breach,
-                _ => Judged::Inconclusive,
-            };
-            let canary_requests: u64 = service
-                .canary
-                .as_ref()
-                .map(|c| c.stats.totals().iter().sum())
-                .unwrap_or(0);
-            let has_probes = !service.config.probes.is_empty();
-            let healthy_since = self.probing.canary_healthy_since(&service);
-            let Some(active) = self.deployments.active.get_mut(&name) else {
-                continue;
-            };
-            if active.preparing {
-                continue;
-            }
-            let phase_key = format!("{:?}", active.plan.phase());
-            if phase_key != active.samples_phase {
-                active.samples_phase = phase_key;
-                active.phase_requests = canary_requests;
-            }
-            let started = active.plan_origin_ms;
-            let inputs = Inputs {
-                now: Self::plan_now(active),
-                judged,
-                samples: canary_requests.saturating_sub(active.phase_requests),
-                probes: has_probes.then(|| {
-                    healthy_since.map(|ms| Duration::from_millis(ms.saturating_sub(started)))
-                }),
-                drained: active
-                    .before_reshape
-                    .as_ref()
-                    .is_none_or(|w| w.strong_count() == 0),
-            };
-            let wants = active.plan.tick(&inputs);
-            if !wants.is_empty() {
-                self.apply_wants(&name, wants, "deployment");
-            }
-            self.record_progress(&name);
-        }
-    }
-
-    /// Records (history, events) a deployment's move to another phase or pause state.
-    pub(super) fn record_progress(&mut self, service: &str) {
-        let Some(active) = self.deployments.active.get(service) else {
-            return;
-        };
-        let seen = format!("{:?}/{}", active.plan.phase(), active.plan.paused());
-        if seen == active.last_seen {
-            return;
-        }
-        let view = self.view(active);
-        let first = active.last_seen.is_empty();
-        let id = active.id.clone();
-        if let Some(a) = self.deployments.active.get_mut(service) {
-            a.last_seen = seen;
-        }
-        self.keeper.update(
-            service,
-            if view.progress.paused {
-                outcome::PAUSED
-            } else {
-                outcome::RUNNING
-            },
-            json!({ "progress": view.progress, "instances": view.instances }),
-            false,
-        );
-        if !first {
-            let event = self.bus.publish(NewEvent {
-                kind: EventKind::DeploymentStep,
-                service: Some(service.to_string()),
-                deployment: Some(id),
-                actor: "deployment".into(),
-                message: format!(
-                    "{}: {}{}",
-                    view.strategy,
-                    view.summary,
-                    view.progress
-                        .waiting
-                        .as_deref()
-                        .map(|w| format!(" ({w})"))
-                        .unwrap_or_default()
-                ),
-                table: None,
-                evidence: serde_json::to_value(&view).unwrap_or_default(),
-            });
-            self.remember(&event);
         }
     }
 
@@ -733,149 +560,6 @@ impl Controller {
                     })
                 }),
         };
-        Ok(Applied {
-            table_version: self.table.load().version,
-            event,
-            reload: None,
-        })
-    }
-
-    /// The judge found a breach on `service`. Returns true when a running deployment chose
-    /// to step back (no cut-back then).
-    pub(super) fn deployment_breached(&mut self, service: &str, soft: bool, reason: &str) -> bool {
-        let Some(active) = self.deployments.active.get_mut(service) else {
-            return false;
-        };
-        let now = Self::plan_now(active);
-        active.before_failure = Some(active.plan.clone());
-        let wants = active.plan.breached(soft, now, reason);
-        let step_back = matches!(wants.first(), Some(Want::Weight(_)));
-        if step_back {
-            self.apply_wants(service, wants, "judge");
-            self.record_progress(service);
-            return true;
-        }
-        // The judge cuts back; the plan's own cut-back is then a no-op. Its revert steps
-        // (rolling) follow on the next ticks.
-        self.pending_wants.insert(service.to_string(), wants);
-        false
-    }
-
-    /// After a cut-back the judge made, the plan's own follow-up.
-    pub(super) fn after_cut_back(&mut self, service: &str) {
-        if let Some(wants) = self.pending_wants.remove(service) {
-            self.apply_wants(service, wants, "judge");
-            self.record_progress(service);
-        }
-    }
-
-    /// An operator rolled the service back by hand during a deployment: it has failed.
-    pub(super) fn manual_rollback_during_deployment(&mut self, service: &str, reason: &str) {
-        let Some(active) = self.deployments.active.get_mut(service) else {
-            return;
-        };
-        let now = Self::plan_now(active);
-        active.before_failure = Some(active.plan.clone());
-        let wants = active.plan.breached(false, now, reason);
-        self.apply_wants(service, wants, "api");
-        self.record_progress(service);
-    }
-
-    /// Why the previous version cannot take the traffic back, if it cannot: its containers
-    /// and image are gone, or every stable upstream fails its probes.
-    pub(super) fn previous_version_gone(&self, service: &str) -> Option<String> {
-        if let Some(why) = self.docker_gone.get(service) {
-            return Some(why.clone());
-        }
-        let table = self.table.load();
-        let s = table.service(service)?;
-        if s.config.probes.is_empty() || s.stable.upstreams.is_empty() {
-            return None;
-        }
-        let all_down = s.stable.upstreams.iter().all(|u| {
-            self.probing
-                .upstream_health(s, crate::types::ArmRole::Stable, &u.spec)
-                == crate::probes::Health::Unhealthy
-        });
-        all_down.then(|| {
-            format!(
-                "every stable upstream of '{service}' ({}) fails its probes: the previous version is gone",
-                s.stable.upstreams.iter().map(|u| u.spec.as_str()).collect::<Vec<_>>().join(", ")
-            )
-        })
-    }
-
-    /// Warns that a rollback was refused (the current version keeps serving).
-    pub(super) fn refuse_rollback(&mut self, service: &str, why: &str, actor: &str) {
-        let event = self.bus.publish(NewEvent {
-            kind: EventKind::RollbackRefused,
-            service: Some(service.to_string()),
-            deployment: self.keeper.deployment_of(service),
-            actor: actor.to_string(),
-            message: format!("rollback refused, the current version keeps serving: {why}"),
-            table: None,
-            evidence: json!({ "why": why }),
-        });
-        tracing::warn!(service, "{}", event.message);
-        self.remember(&event);
-    }
-
-    /// Freezes (or unfreezes) deployments of one service or all.
-    pub(super) fn set_freeze(
-        &mut self,
-        service: Option<String>,
-        freeze: Option<String>,
-        actor: &str,
-    ) -> Result<Applied, ControlError> {
-        if let Some(name) = &service {
-            if self.table.load().service(name).is_none() {
-                return Err(ControlError::NotFound(name.clone()));
-            }
-        }
-        let what = service.clone().unwrap_or_else(|| "every service".into());
-        let message = match (&service, freeze) {
-            (Some(name), Some(reason)) => {
-                self.deployments.frozen.insert(
-                    name.clone(),
-                    Freeze {
-                        reason: reason.clone(),
-                        by: actor.to_string(),
-                        at_ms: now_ms(),
-                    },
-                );
-                format!("deployments of {what} frozen: {reason}")
-            }
-            (None, Some(reason)) => {
-                self.deployments.frozen_all = Some(Freeze {
-                    reason: reason.clone(),
-                    by: actor.to_string(),
-                    at_ms: now_ms(),
-                });
-                format!("deployments of {what} frozen: {reason}")
-            }
-            (Some(name), None) => {
-                self.deployments.frozen.remove(name);
-                format!("deployments of {what} unfrozen")
-            }
-            (None, None) => {
-                self.deployments.frozen_all = None;
-                self.deployments.frozen.clear();
-                format!("deployments of {what} unfrozen")
-            }
-        };
-        self.freezes.store(Arc::new(json!({
-            "all": self.deployments.frozen_all,
-            "services": self.deployments.frozen,
-        })));
-        let event = self.bus.publish(NewEvent {
-            kind: EventKind::FreezeChanged,
-            service,
-            deployment: None,
-            actor: actor.to_string(),
-            message,
-            table: None,
-            evidence: json!({ "all": self.deployments.frozen_all, "services": self.deployments.frozen }),
-        });
         Ok(Applied {
             table_version: self.table.load().version,
             event,

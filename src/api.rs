@@ -67,94 +67,148 @@ pub struct ServiceView {
     pub probes: Vec<crate::rollout::probing::ProbeView>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// `PUT /services/{name}/canary`: a new canary.
+#[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CanaryBody {
     pub upstreams: Vec<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight: Option<f64>,
     /// A version label kept in history ("v2", a commit, an image tag).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// `POST /services/{name}/weight`.
+#[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WeightBody {
     pub weight: f64,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// A command that takes no fields (`promote`); unknown fields are refused.
+#[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EmptyBody {}
 
-#[derive(Debug, Serialize, Deserialize)]
+/// `POST /services/{name}/rollback`.
+#[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RollbackBody {
     #[serde(default)]
     pub reason: String,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// `POST /services/{name}/resume`: the weight to resume at (default: the one it had).
+#[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ResumeBody {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight: Option<f64>,
 }
 
+/// One canary step of a deployment: a weight held for `bake` (default [`DEFAULT_BAKE`]) and at least `min_samples` requests, or a pause.
 #[derive(Debug, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct StepBody {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight: Option<f64>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bake: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_samples: Option<u64>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pause: Option<bool>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// `POST /services/{name}/deployments`: strategy (`canary`, `blue_green`, `rolling`), the new version (upstreams or an image) and the strategy's settings; absent ones take the service's defaults.
+#[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeployBody {
     pub strategy: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub upstreams: Vec<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub steps: Option<Vec<StepBody>>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub soft_rollback: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify_for: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keep_blue_for: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auto_switch: Option<bool>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch_size: Option<usize>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_unavailable: Option<usize>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pause_between: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drain_timeout: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_wait: Option<String>,
 }
 
 /// Step bake time when a step names none.
 pub const DEFAULT_BAKE: &str = "30s";
 
-#[derive(Debug, Serialize, Deserialize)]
+/// `POST /freeze` (with a reason) and `POST /unfreeze`: one service, or all when absent.
+#[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FreezeBody {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+}
+
+/// Paths of the API's resources, under [`PREFIX`]. Names and ids are path segments: the
+/// caller passes them as given, and they are percent-encoded here.
+pub mod path {
+    use super::PREFIX;
+
+    /// Percent-encodes a path segment or query value (RFC 3986 unreserved and `:` kept).
+    pub fn encode(v: &str) -> String {
+        let mut out = String::with_capacity(v.len());
+        for b in v.bytes() {
+            match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b':' => {
+                    out.push(b as char)
+                }
+                _ => out.push_str(&format!("%{b:02X}")),
+            }
+        }
+        out
+    }
+
+    /// Every service.
+    pub fn services() -> String {
+        format!("{PREFIX}/services")
+    }
+
+    /// One service, or one of its sub-resources (`canary`, `weight`, `promote`, ...).
+    pub fn service(name: &str, sub: Option<&str>) -> String {
+        match sub {
+            Some(sub) => format!("{PREFIX}/services/{}/{sub}", encode(name)),
+            None => format!("{PREFIX}/services/{}", encode(name)),
+        }
+    }
+
+    /// One deployment, or an action on it (`pause`, `resume`, `abort`, `promote`).
+    pub fn deployment(id: &str, action: Option<&str>) -> String {
+        match action {
+            Some(a) => format!("{PREFIX}/deployments/{}/{a}", encode(id)),
+            None => format!("{PREFIX}/deployments/{}", encode(id)),
+        }
+    }
+
+    /// A top-level resource: `reload`, `events`, `history`, `deployments`, `freeze`, ...
+    pub fn root(resource: &str) -> String {
+        format!("{PREFIX}/{resource}")
+    }
 }

@@ -8,7 +8,7 @@
 pub mod acme;
 pub mod admin;
 pub mod api;
-pub mod client;
+pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod docker;

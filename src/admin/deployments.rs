@@ -449,5 +449,5 @@ pub(super) async fn unfreeze(
 }
 
 pub(super) async fn freezes(State(state): State<AdminState>) -> Response {
-    axum::Json(state.control.freezes()).into_response()
+    axum::Json(&*state.control.freezes()).into_response()
 }

@@ -278,7 +278,7 @@ impl Manager {
                 }
                 match result {
                     Ok(mut release) => {
-                        release.state = "candidate";
+                        release.state = ReleaseState::Candidate;
                         self.record(&release);
                         let upstreams = release.upstreams();
                         let evidence = release.evidence();
@@ -401,12 +401,12 @@ impl Manager {
             .get(service)
             .map(|c| c.keep_old_for)
             .unwrap_or_default();
-        release.state = "stable";
+        release.state = ReleaseState::Stable;
         self.record(&release);
         let entry = self.services.entry(service.to_string()).or_default();
         entry.missing.clear();
         if let Some(mut old) = entry.stable.replace(release) {
-            old.state = "retiring";
+            old.state = ReleaseState::Retiring;
             self.record(&old);
             let entry = self.services.get_mut(service).expect("present");
             entry.retiring.push((old, Instant::now() + keep));
@@ -425,7 +425,7 @@ impl Manager {
             due.extend(ready.into_iter().map(|(r, _)| (service.clone(), r)));
         }
         for (service, mut release) in due {
-            release.state = "retired";
+            release.state = ReleaseState::Retired;
             self.record(&release);
             self.event(
                 EventKind::ReleaseStopped,
@@ -456,7 +456,7 @@ impl Manager {
     /// Stops a failed release's containers (kept for inspection) and removes the oldest
     /// failed releases beyond `keep_failed`.
     fn fail(&mut self, service: &str, mut release: Release, why: &str) {
-        release.state = "failed";
+        release.state = ReleaseState::Failed;
         self.record(&release);
         self.event(
             EventKind::ReleaseStopped,

@@ -24,6 +24,38 @@ pub const SETTLE: Duration = Duration::from_secs(1);
 /// How long a stopped container gets to exit.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
 
+/// Where a release is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReleaseState {
+    /// Its containers are being created and health-gated.
+    Preparing,
+    /// Started and healthy: the deployment's new arm.
+    Candidate,
+    /// Serving as the stable arm.
+    Stable,
+    /// Replaced by a promotion, kept running `keep_old_for`.
+    Retiring,
+    /// Stopped and removed after a promotion (its snapshots stay in history).
+    Retired,
+    /// Rolled back or never healthy: stopped and kept for inspection.
+    Failed,
+}
+
+impl ReleaseState {
+    /// The name kept in history and shown by the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReleaseState::Preparing => "preparing",
+            ReleaseState::Candidate => "candidate",
+            ReleaseState::Stable => "stable",
+            ReleaseState::Retiring => "retiring",
+            ReleaseState::Retired => "retired",
+            ReleaseState::Failed => "failed",
+        }
+    }
+}
+
 /// One container of a release.
 #[derive(Debug, Clone)]
 pub struct Managed {
@@ -44,8 +76,8 @@ pub struct Release {
     pub image: String,
     /// Image id.
     pub image_id: String,
-    /// `preparing`, `candidate`, `stable`, `retiring`, `retired`, `failed`.
-    pub state: &'static str,
+    /// Where it is in its life.
+    pub state: ReleaseState,
     /// When created (epoch ms).
     pub created_ms: u64,
     /// Its containers, in index order.
@@ -62,7 +94,7 @@ pub struct ReleaseView {
     /// Image id.
     pub image_id: String,
     /// State.
-    pub state: &'static str,
+    pub state: ReleaseState,
     /// Created (epoch ms).
     pub created_ms: u64,
     /// Containers: name, id, address.
@@ -91,7 +123,7 @@ impl Release {
             service: self.service.clone(),
             image: self.image.clone(),
             image_id: self.image_id.clone(),
-            state: self.state.to_string(),
+            state: self.state.as_str().to_string(),
             containers: serde_json::to_string(&snapshots).unwrap_or_default(),
             created_ms: self.created_ms as i64,
             updated_ms: now_ms() as i64,
@@ -143,7 +175,7 @@ pub async fn launch(
         service: service.to_string(),
         image: image.to_string(),
         image_id: String::new(),
-        state: "preparing",
+        state: ReleaseState::Preparing,
         created_ms: now_ms(),
         containers: Vec::new(),
     };
@@ -298,7 +330,7 @@ pub(super) async fn adopt(
     if release.containers.is_empty() {
         return Err("it has no containers".into());
     }
-    release.state = "stable";
+    release.state = ReleaseState::Stable;
     Ok(release)
 }
 
@@ -321,7 +353,10 @@ pub async fn bootstrap(
         if let Some(store) = &store {
             match store.releases(&service, 50).await {
                 Ok(rows) => {
-                    if let Some(row) = rows.into_iter().find(|r| r.state == "stable") {
+                    if let Some(row) = rows
+                        .into_iter()
+                        .find(|r| r.state == ReleaseState::Stable.as_str())
+                    {
                         let snapshots: Vec<Snapshot> =
                             serde_json::from_str(&row.containers).unwrap_or_default();
                         let release = Release {
@@ -329,7 +364,7 @@ pub async fn bootstrap(
                             service: service.clone(),
                             image: row.image.clone(),
                             image_id: row.image_id.clone(),
-                            state: "stable",
+                            state: ReleaseState::Stable,
                             created_ms: row.created_ms.max(0) as u64,
                             containers: Vec::new(),
                         };
@@ -397,7 +432,7 @@ pub async fn bootstrap(
                     service: service.clone(),
                     image: first.as_ref().map(|s| s.image.clone()).unwrap_or_default(),
                     image_id: first.map(|s| s.image_id).unwrap_or_default(),
-                    state: "stable",
+                    state: ReleaseState::Stable,
                     created_ms: now_ms(),
                     containers: Vec::new(),
                 };
@@ -416,7 +451,7 @@ pub async fn bootstrap(
                 let id = crate::events::new_deployment_id(&service);
                 match launch(&engine, &cfg, &service, &id, &cfg.image).await {
                     Ok(mut r) => {
-                        r.state = "stable";
+                        r.state = ReleaseState::Stable;
                         r
                     }
                     Err((partial, why)) => {

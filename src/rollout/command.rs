@@ -151,13 +151,13 @@ pub struct ControlHandle {
     pub(super) table: SharedTable,
     pub(super) board: SharedBoard,
     pub(super) deployments: Arc<ArcSwap<HashMap<String, deploy::DeploymentView>>>,
-    pub(super) freezes: Arc<ArcSwap<serde_json::Value>>,
+    pub(super) freezes: Arc<ArcSwap<deploy::Freezes>>,
 }
 
 impl ControlHandle {
     /// The freezes in force (`{"all": ..., "services": {...}}`).
-    pub fn freezes(&self) -> serde_json::Value {
-        (**self.freezes.load()).clone()
+    pub fn freezes(&self) -> Arc<deploy::Freezes> {
+        self.freezes.load_full()
     }
 
     /// The table serving now.

@@ -10,7 +10,8 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::history::Planned;
-use super::plan::{Outcome, Plan, Progress, Spec, Want};
+use super::plan::{Outcome, Phase, Plan, Progress, Spec, Want};
+use super::state::{DeploymentState, Strategy};
 use super::{ops, Applied, ControlError, Controller};
 use crate::events::{EventKind, NewEvent};
 use crate::routing::RoutingTable;
@@ -26,6 +27,15 @@ pub struct Freeze {
     pub by: String,
     /// Since (epoch ms).
     pub at_ms: u64,
+}
+
+/// The freezes in force, as the API shows them.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Freezes {
+    /// All services frozen, or null.
+    pub all: Option<Freeze>,
+    /// Frozen services, by name.
+    pub services: std::collections::BTreeMap<String, Freeze>,
 }
 
 /// An operator's control of a running deployment.
@@ -62,9 +72,9 @@ pub struct Active {
     /// Canary requests counted when the current phase began.
     pub(super) phase_requests: u64,
     /// The phase (and pause state) last recorded.
-    pub(super) last_seen: String,
+    pub(super) last_seen: Option<(Phase, bool)>,
     /// The phase the sample count belongs to.
-    pub(super) samples_phase: String,
+    pub(super) samples_phase: Option<Phase>,
     /// The plan before a failing transition, in case the rollback is refused.
     pub(super) before_failure: Option<Plan>,
     /// The table routing before the last change of arms: drained when no request holds it.
@@ -84,10 +94,10 @@ pub struct DeploymentView {
     pub id: String,
     /// Service.
     pub service: String,
-    /// `canary`, `blue_green`, `rolling`.
-    pub strategy: &'static str,
-    /// `running`, `paused`, `succeeded`, `rolled_back`, `aborted`.
-    pub state: &'static str,
+    /// How it moves traffic.
+    pub strategy: Strategy,
+    /// Where it is.
+    pub state: DeploymentState,
     /// Version label.
     pub label: Option<String>,
     /// Who started it.
@@ -136,16 +146,16 @@ pub struct Deployments {
     pub finished: Vec<DeploymentView>,
 }
 
-fn state_of(plan: &Plan) -> &'static str {
+fn state_of(plan: &Plan) -> DeploymentState {
     if let Some(o) = plan.progress(Duration::ZERO).outcome {
         if plan.done() {
-            return o.as_str();
+            return o.into();
         }
     }
     if plan.paused() {
-        "paused"
+        DeploymentState::Paused
     } else {
-        "running"
+        DeploymentState::Running
     }
 }
 
@@ -304,8 +314,8 @@ impl Controller {
                 old,
                 plan,
                 phase_requests: 0,
-                last_seen: String::new(),
-                samples_phase: String::new(),
+                last_seen: None,
+                samples_phase: None,
                 before_failure: None,
                 before_reshape: None,
                 image: image.clone(),
@@ -428,7 +438,7 @@ impl Controller {
             }
         }
         let mut view = view;
-        view.state = end.as_str();
+        view.state = end.into();
         self.deployments.finished.push(view);
         if self.deployments.finished.len() > 50 {
             self.deployments.finished.remove(0);
@@ -598,7 +608,7 @@ impl Controller {
         let mut view = DeploymentView {
             id: active.id.clone(),
             service: active.service.clone(),
-            strategy: active.plan.spec().name(),
+            strategy: Strategy::of(active.plan.spec()),
             state: state_of(&active.plan),
             label: active.label.clone(),
             started_by: active.started_by.clone(),

@@ -51,10 +51,15 @@ impl Controller {
                 format!("deployments of {what} unfrozen")
             }
         };
-        self.freezes.store(Arc::new(json!({
-            "all": self.deployments.frozen_all,
-            "services": self.deployments.frozen,
-        })));
+        self.freezes.store(Arc::new(Freezes {
+            all: self.deployments.frozen_all.clone(),
+            services: self
+                .deployments
+                .frozen
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        }));
         let event = self.bus.publish(NewEvent {
             kind: EventKind::FreezeChanged,
             service,

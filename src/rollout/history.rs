@@ -7,6 +7,7 @@
 //! `running` if resumed), `superseded` when another canary replaces it, or `aborted` when
 //! its canary goes away otherwise.
 
+use super::state::DeploymentState;
 pub use crate::events::new_deployment_id;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,22 +26,6 @@ use crate::time::now_ms;
 use crate::types::StatusClass;
 use crate::types::{ArmRole, ServiceState};
 use crate::types::{UpstreamAddr, Weight};
-
-/// Deployment outcomes.
-pub mod outcome {
-    /// Receiving traffic.
-    pub const RUNNING: &str = "running";
-    /// A planned deployment waiting for an operator.
-    pub const PAUSED: &str = "paused";
-    /// Promoted to stable.
-    pub const SUCCEEDED: &str = "succeeded";
-    /// Cut back (by the judge or an operator) and held.
-    pub const ROLLED_BACK: &str = "rolled_back";
-    /// Its canary went away without a promotion.
-    pub const ABORTED: &str = "aborted";
-    /// Replaced by a newer canary.
-    pub const SUPERSEDED: &str = "superseded";
-}
 
 struct Open {
     row: DeploymentRow,
@@ -199,7 +184,7 @@ impl Keeper {
                     if let Some(old) = self.open.remove(&name) {
                         self.close(
                             old,
-                            outcome::SUPERSEDED,
+                            DeploymentState::Superseded.as_str(),
                             json!({ "replaced_by_generation": after.generation }),
                         );
                     }
@@ -222,7 +207,7 @@ impl Keeper {
                         started_by: actor.to_string(),
                         started_ms: now,
                         finished_ms: None,
-                        outcome: outcome::RUNNING.into(),
+                        outcome: DeploymentState::Running.as_str().into(),
                         detail: match &planned {
                             Some(p) => json!({ "plan": p.plan }),
                             None => json!({ "weight": after.weight.percent() }),
@@ -242,14 +227,15 @@ impl Keeper {
                     return;
                 };
                 let wanted = if after.state == ServiceState::RolledBack {
-                    outcome::ROLLED_BACK
+                    DeploymentState::RolledBack.as_str()
                 } else {
-                    outcome::RUNNING
+                    DeploymentState::Running.as_str()
                 };
                 let mut changed = false;
                 if open.row.outcome != wanted {
                     open.row.outcome = wanted.into();
-                    open.row.finished_ms = (wanted == outcome::ROLLED_BACK).then_some(now);
+                    open.row.finished_ms =
+                        (wanted == DeploymentState::RolledBack.as_str()).then_some(now);
                     changed = true;
                 }
                 if matches!(
@@ -273,11 +259,11 @@ impl Keeper {
             None => {
                 if let Some(old) = self.open.remove(&name) {
                     let end = if kind == EventKind::Promoted {
-                        outcome::SUCCEEDED
-                    } else if old.row.outcome == outcome::ROLLED_BACK {
-                        outcome::ROLLED_BACK
+                        DeploymentState::Succeeded.as_str()
+                    } else if old.row.outcome == DeploymentState::RolledBack.as_str() {
+                        DeploymentState::RolledBack.as_str()
                     } else {
-                        outcome::ABORTED
+                        DeploymentState::Aborted.as_str()
                     };
                     self.close(old, end, json!({ "by": actor, "last": kind.as_str() }));
                 }
@@ -287,7 +273,9 @@ impl Keeper {
 
     fn close(&mut self, mut old: Open, end: &str, detail: serde_json::Value) {
         // A rolled-back deployment that is replaced stays rolled back in history.
-        if !(old.row.outcome == outcome::ROLLED_BACK && end == outcome::SUPERSEDED) {
+        if !(old.row.outcome == DeploymentState::RolledBack.as_str()
+            && end == DeploymentState::Superseded.as_str())
+        {
             old.row.outcome = end.into();
         }
         old.row.finished_ms = old.row.finished_ms.or(Some(now_ms() as i64));
@@ -307,7 +295,7 @@ impl Keeper {
             if let Some(old) = self.open.remove(&name) {
                 self.close(
                     old,
-                    outcome::ABORTED,
+                    DeploymentState::Aborted.as_str(),
                     json!({ "why": "service removed from the config" }),
                 );
             }
@@ -629,7 +617,7 @@ canary_weight = 10.0
         assert!(t2.services[0].weight.is_zero());
         assert_eq!(
             k2.open_deployment("web").unwrap().outcome,
-            outcome::ROLLED_BACK
+            DeploymentState::RolledBack.as_str()
         );
 
         // The file raised the weight of the same canary: still held.

@@ -18,6 +18,7 @@ mod judging;
 pub mod ops;
 pub mod plan;
 pub mod probing;
+pub mod state;
 mod steering;
 pub mod watch;
 
@@ -83,7 +84,7 @@ pub struct Controller {
     deployment_views: Arc<ArcSwap<HashMap<String, deploy::DeploymentView>>>,
     pending_wants: HashMap<String, Vec<plan::Want>>,
     refused: HashMap<String, tokio::time::Instant>,
-    freezes: Arc<ArcSwap<serde_json::Value>>,
+    freezes: Arc<ArcSwap<deploy::Freezes>>,
     /// The Docker release manager, when a service runs as containers.
     docker: Option<mpsc::UnboundedSender<crate::docker::manager::Request>>,
     /// Reports of the release manager and discovery, and the sender they clone.
@@ -196,9 +197,7 @@ impl Controller {
         let (probing, probe_rx) =
             probing::Probing::new(Arc::new(crate::probes::check::RealChecker::new()));
         let deployment_views = Arc::new(ArcSwap::from_pointee(HashMap::new()));
-        let freezes = Arc::new(ArcSwap::from_pointee(
-            json!({ "all": null, "services": {} }),
-        ));
+        let freezes = Arc::new(ArcSwap::from_pointee(deploy::Freezes::default()));
         let controller = Controller {
             config,
             table: table.clone(),

@@ -3,8 +3,8 @@
 //! previous version is gone.
 
 use crate::events::{EventKind, NewEvent};
-use crate::rollout::history::outcome;
 use crate::rollout::plan::{Inputs, Judged, Outcome, Want};
+use crate::rollout::state::DeploymentState;
 use crate::rollout::{ops, Controller};
 use crate::types::ServiceState;
 use serde_json::json;
@@ -110,9 +110,9 @@ impl Controller {
             if active.preparing {
                 continue;
             }
-            let phase_key = format!("{:?}", active.plan.phase());
-            if phase_key != active.samples_phase {
-                active.samples_phase = phase_key;
+            let phase = active.plan.phase().clone();
+            if active.samples_phase.as_ref() != Some(&phase) {
+                active.samples_phase = Some(phase);
                 active.phase_requests = canary_requests;
             }
             let started = active.plan_origin_ms;
@@ -141,22 +141,22 @@ impl Controller {
         let Some(active) = self.deployments.active.get(service) else {
             return;
         };
-        let seen = format!("{:?}/{}", active.plan.phase(), active.plan.paused());
-        if seen == active.last_seen {
+        let seen = (active.plan.phase().clone(), active.plan.paused());
+        if active.last_seen.as_ref() == Some(&seen) {
             return;
         }
         let view = self.view(active);
-        let first = active.last_seen.is_empty();
+        let first = active.last_seen.is_none();
         let id = active.id.clone();
         if let Some(a) = self.deployments.active.get_mut(service) {
-            a.last_seen = seen;
+            a.last_seen = Some(seen);
         }
         self.keeper.update(
             service,
             if view.progress.paused {
-                outcome::PAUSED
+                DeploymentState::Paused.as_str()
             } else {
-                outcome::RUNNING
+                DeploymentState::Running.as_str()
             },
             json!({ "progress": view.progress, "instances": view.instances }),
             false,

@@ -247,6 +247,56 @@ pub struct NewEvent {
     pub evidence: serde_json::Value,
 }
 
+impl NewEvent {
+    /// An event of `kind` caused by `actor`, about no service, with no table change and no
+    /// evidence; the builders below add them.
+    pub fn new(kind: EventKind, actor: impl Into<String>, message: impl Into<String>) -> NewEvent {
+        NewEvent {
+            kind,
+            service: None,
+            deployment: None,
+            actor: actor.into(),
+            message: message.into(),
+            table: None,
+            evidence: serde_json::Value::Null,
+        }
+    }
+
+    /// About `service`.
+    pub fn service(self, service: impl Into<String>) -> NewEvent {
+        self.maybe_service(Some(service.into()))
+    }
+
+    /// About `service`, when there is one.
+    pub fn maybe_service(mut self, service: Option<String>) -> NewEvent {
+        self.service = service;
+        self
+    }
+
+    /// During the deployment `id`, when one runs.
+    pub fn deployment(mut self, id: Option<String>) -> NewEvent {
+        self.deployment = id;
+        self
+    }
+
+    /// With the table change it made.
+    pub fn table(self, change: TableChange) -> NewEvent {
+        self.maybe_table(Some(change))
+    }
+
+    /// With the table change it made, when it made one.
+    pub fn maybe_table(mut self, change: Option<TableChange>) -> NewEvent {
+        self.table = change;
+        self
+    }
+
+    /// With the numbers behind it.
+    pub fn evidence(mut self, evidence: serde_json::Value) -> NewEvent {
+        self.evidence = evidence;
+        self
+    }
+}
+
 impl EventBus {
     /// A bus whose subscribers may lag `capacity` events.
     pub fn new(capacity: usize) -> EventBus {

@@ -467,19 +467,18 @@ impl GateHandle {
     pub fn drain(mut self) -> DrainReport {
         let started = Instant::now();
         self.draining.store(true, Ordering::Relaxed);
-        self.bus.publish(NewEvent {
-            kind: EventKind::ShuttingDown,
-            service: None,
-            deployment: None,
-            actor: "signal".into(),
-            message: format!(
-                "draining {} request(s) in flight, at most {:?}",
-                self.in_flight.count(),
-                self.drain_timeout
-            ),
-            table: None,
-            evidence: serde_json::json!({ "in_flight": self.in_flight.count() }),
-        });
+        self.bus.publish(
+            NewEvent::new(
+                EventKind::ShuttingDown,
+                "signal",
+                format!(
+                    "draining {} request(s) in flight, at most {:?}",
+                    self.in_flight.count(),
+                    self.drain_timeout
+                ),
+            )
+            .evidence(serde_json::json!({ "in_flight": self.in_flight.count() })),
+        );
         let _ = self.stop_accepting.send(true);
         let deadline = started + self.drain_timeout;
         while self.in_flight.count() > 0 && Instant::now() < deadline {

@@ -170,15 +170,12 @@ impl Manager {
         message: String,
         evidence: serde_json::Value,
     ) {
-        self.bus.publish(NewEvent {
-            kind,
-            service: Some(service.to_string()),
-            deployment: deployment.map(str::to_string),
-            actor: "docker".into(),
-            message,
-            table: None,
-            evidence,
-        });
+        self.bus.publish(
+            NewEvent::new(kind, "docker", message)
+                .service(service.to_string())
+                .deployment(deployment.map(str::to_string))
+                .evidence(evidence),
+        );
     }
 
     /// Runs until the controller is gone.

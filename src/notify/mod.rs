@@ -330,18 +330,11 @@ async fn deliver(cfg: NotifierConfig, queue: Arc<Queue>, bus: EventBus, metrics:
 
 /// Publishes a `notify_failed` event.
 fn report(bus: &EventBus, cfg: &NotifierConfig, failed: u64, dropped: u64, error: &str) {
-    bus.publish(NewEvent {
-        kind: EventKind::NotifyFailed,
-        service: None,
-        deployment: None,
-        actor: format!("notify:{}", cfg.name),
-        message: format!(
+    bus.publish(NewEvent::new(EventKind::NotifyFailed, format!("notify:{}", cfg.name), format!(
             "{} notifier '{}' could not deliver {failed} notification(s) ({dropped} dropped from a full queue): {error}",
             cfg.target.kind(),
             cfg.name
-        ),
-        table: None,
-        evidence: json!({
+        )).evidence(json!({
             "notifier": cfg.name,
             "kind": cfg.target.kind(),
             "failed": failed,
@@ -349,8 +342,7 @@ fn report(bus: &EventBus, cfg: &NotifierConfig, failed: u64, dropped: u64, error
             "error": error,
             "retries": cfg.retries,
             "timeout_ms": cfg.timeout.as_millis() as u64,
-        }),
-    });
+        })));
 }
 
 /// Follows the bus and feeds every notifier's queue, until the bus closes. Picks up new

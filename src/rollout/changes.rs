@@ -142,15 +142,13 @@ impl Controller {
         let mut services = current.services.clone();
         services[index] = Arc::new(next);
         let change = self.publish(current.next(services, None), kind.as_str());
-        let event = self.bus.publish(NewEvent {
-            kind,
-            service: Some(name.to_string()),
-            deployment,
-            actor: actor.to_string(),
-            message,
-            table: Some(change),
-            evidence,
-        });
+        let event = self.bus.publish(
+            NewEvent::new(kind, actor.to_string(), message)
+                .service(name.to_string())
+                .deployment(deployment)
+                .table(change)
+                .evidence(evidence),
+        );
         self.remember(&event);
         Ok(Applied {
             table_version: change.to,
@@ -168,15 +166,14 @@ impl Controller {
         let new = match load_blocking(path).await {
             Ok(c) => c,
             Err(e) => {
-                self.bus.publish(NewEvent {
-                    kind: EventKind::ReloadFailed,
-                    service: None,
-                    deployment: None,
-                    actor: actor.to_string(),
-                    message: "config reload refused; the current table keeps serving".into(),
-                    table: None,
-                    evidence: json!({ "error": e.to_string(), "paths": e.paths() }),
-                });
+                self.bus.publish(
+                    NewEvent::new(
+                        EventKind::ReloadFailed,
+                        actor.to_string(),
+                        "config reload refused; the current table keeps serving",
+                    )
+                    .evidence(json!({ "error": e.to_string(), "paths": e.paths() })),
+                );
                 return Err(ControlError::Config(e));
             }
         };
@@ -208,17 +205,14 @@ impl Controller {
                 "service '{}' is new and runs as containers: restart the gate to start its first release",
                 added.name
             );
-            self.bus.publish(NewEvent {
-                kind: EventKind::ReloadFailed,
-                service: Some(added.name.clone()),
-                deployment: None,
-                actor: actor.to_string(),
-                message: format!(
-                    "config reload refused; the current table keeps serving: {message}"
-                ),
-                table: None,
-                evidence: serde_json::Value::Null,
-            });
+            self.bus.publish(
+                NewEvent::new(
+                    EventKind::ReloadFailed,
+                    actor.to_string(),
+                    format!("config reload refused; the current table keeps serving: {message}"),
+                )
+                .service(added.name.clone()),
+            );
             return Err(ControlError::Conflict(message));
         }
         let (services, report) = ops::merge(&old, &new, &current, &self.metrics);
@@ -268,20 +262,20 @@ impl Controller {
                 .collect();
             let _ = tx.send(crate::docker::manager::Request::Configs(configs));
         }
-        let event = self.bus.publish(NewEvent {
-            kind: EventKind::ConfigReloaded,
-            service: None,
-            deployment: None,
-            actor: actor.to_string(),
-            message: format!(
-                "config reloaded: {} added, {} removed, {} changed",
-                report.added.len(),
-                report.removed.len(),
-                report.changed.len()
-            ),
-            table: Some(change),
-            evidence: serde_json::to_value(&report).unwrap_or_default(),
-        });
+        let event = self.bus.publish(
+            NewEvent::new(
+                EventKind::ConfigReloaded,
+                actor.to_string(),
+                format!(
+                    "config reloaded: {} added, {} removed, {} changed",
+                    report.added.len(),
+                    report.removed.len(),
+                    report.changed.len()
+                ),
+            )
+            .table(change)
+            .evidence(serde_json::to_value(&report).unwrap_or_default()),
+        );
         // Containers found by their labels join their services again.
         self.reapply_discovery();
         Ok(Applied {

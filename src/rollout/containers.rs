@@ -38,22 +38,23 @@ impl Controller {
         actor: &str,
     ) -> Result<Applied, ControlError> {
         let service = self.preparing_service(id)?;
-        let event = self.bus.publish(NewEvent {
-            kind: EventKind::ReleaseReady,
-            service: Some(service.clone()),
-            deployment: Some(id.to_string()),
-            actor: actor.to_string(),
-            message: format!(
-                "containers of deployment {id} are ready at {}",
-                upstreams
-                    .iter()
-                    .map(|u| u.spec.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-            table: None,
-            evidence,
-        });
+        let event = self.bus.publish(
+            NewEvent::new(
+                EventKind::ReleaseReady,
+                actor.to_string(),
+                format!(
+                    "containers of deployment {id} are ready at {}",
+                    upstreams
+                        .iter()
+                        .map(|u| u.spec.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )
+            .service(service.clone())
+            .deployment(Some(id.to_string()))
+            .evidence(evidence),
+        );
         self.remember(&event);
         let wants = {
             let active = self
@@ -93,15 +94,16 @@ impl Controller {
         actor: &str,
     ) -> Result<Applied, ControlError> {
         let service = self.preparing_service(id)?;
-        let event = self.bus.publish(NewEvent {
-            kind: EventKind::ReleaseFailed,
-            service: Some(service.clone()),
-            deployment: Some(id.to_string()),
-            actor: actor.to_string(),
-            message: format!("containers of deployment {id} failed: {why}"),
-            table: None,
-            evidence: json!({ "why": why }),
-        });
+        let event = self.bus.publish(
+            NewEvent::new(
+                EventKind::ReleaseFailed,
+                actor.to_string(),
+                format!("containers of deployment {id} failed: {why}"),
+            )
+            .service(service.clone())
+            .deployment(Some(id.to_string()))
+            .evidence(json!({ "why": why })),
+        );
         self.remember(&event);
         self.finish_deployment(
             &service,
@@ -156,15 +158,12 @@ impl Controller {
                 format!("the stable release of '{service}' can take traffic again")
             }
         };
-        let event = self.bus.publish(NewEvent {
-            kind: EventKind::ReleaseMissing,
-            service: Some(service.to_string()),
-            deployment: self.keeper.deployment_of(service),
-            actor: actor.to_string(),
-            message,
-            table: None,
-            evidence: json!({ "why": why }),
-        });
+        let event = self.bus.publish(
+            NewEvent::new(EventKind::ReleaseMissing, actor.to_string(), message)
+                .service(service.to_string())
+                .deployment(self.keeper.deployment_of(service))
+                .evidence(json!({ "why": why })),
+        );
         tracing::warn!(service, "{}", event.message);
         self.remember(&event);
         Ok(Applied {
@@ -315,18 +314,19 @@ impl Controller {
         let mut services = table.services.clone();
         services.push(Arc::new(service));
         let change = self.publish(table.next(services, None), "discovered");
-        let event = self.bus.publish(NewEvent {
-            kind: EventKind::Discovered,
-            service: Some(name.clone()),
-            deployment: None,
-            actor: actor.to_string(),
-            message: format!(
-                "service '{name}' discovered from container labels: stable {}",
-                specs.join(", ")
-            ),
-            table: Some(change),
-            evidence: json!({ "found": found }),
-        });
+        let event = self.bus.publish(
+            NewEvent::new(
+                EventKind::Discovered,
+                actor.to_string(),
+                format!(
+                    "service '{name}' discovered from container labels: stable {}",
+                    specs.join(", ")
+                ),
+            )
+            .service(name.clone())
+            .table(change)
+            .evidence(json!({ "found": found })),
+        );
         self.remember(&event);
         Ok(Applied {
             table_version: change.to,
@@ -352,15 +352,15 @@ impl Controller {
         self.hysteresis.remove(name);
         self.metrics.forget_service(name);
         let change = self.publish(next, "discovered");
-        let event = self.bus.publish(NewEvent {
-            kind: EventKind::Discovered,
-            service: Some(name.to_string()),
-            deployment: None,
-            actor: actor.to_string(),
-            message: format!("service '{name}' removed: its last labelled container is gone"),
-            table: Some(change),
-            evidence: serde_json::Value::Null,
-        });
+        let event = self.bus.publish(
+            NewEvent::new(
+                EventKind::Discovered,
+                actor.to_string(),
+                format!("service '{name}' removed: its last labelled container is gone"),
+            )
+            .service(name.to_string())
+            .table(change),
+        );
         self.remember(&event);
         Ok(Applied {
             table_version: change.to,

@@ -279,27 +279,28 @@ impl Controller {
                 .collect::<Vec<_>>()
                 .join(", "),
         };
-        let event = self.bus.publish(NewEvent {
-            kind: EventKind::DeploymentStarted,
-            service: Some(service.to_string()),
-            deployment: Some(id.clone()),
-            actor: actor.to_string(),
-            message: format!(
-                "{} deployment of {what} started{}",
-                spec.name(),
-                label
-                    .as_deref()
-                    .filter(|l| Some(*l) != image.as_deref())
-                    .map(|l| format!(" ({l})"))
-                    .unwrap_or_default()
-            ),
-            table: None,
-            evidence: json!({
+        let event = self.bus.publish(
+            NewEvent::new(
+                EventKind::DeploymentStarted,
+                actor.to_string(),
+                format!(
+                    "{} deployment of {what} started{}",
+                    spec.name(),
+                    label
+                        .as_deref()
+                        .filter(|l| Some(*l) != image.as_deref())
+                        .map(|l| format!(" ({l})"))
+                        .unwrap_or_default()
+                ),
+            )
+            .service(service.to_string())
+            .deployment(Some(id.clone()))
+            .evidence(json!({
                 "plan": spec,
                 "upstreams": upstreams.iter().map(|u| u.spec.clone()).collect::<Vec<_>>(),
                 "image": image,
-            }),
-        });
+            })),
+        );
         self.remember(&event);
         let preparing = image.is_some();
         self.deployments.active.insert(
@@ -413,20 +414,21 @@ impl Controller {
             Outcome::RolledBack => EventKind::DeploymentFailed,
             Outcome::Aborted => EventKind::DeploymentAborted,
         };
-        let event = self.bus.publish(NewEvent {
-            kind,
-            service: Some(service.to_string()),
-            deployment: Some(active.id.clone()),
-            actor: actor.to_string(),
-            message: format!(
-                "{} deployment {} {}: {why}",
-                active.plan.spec().name(),
-                active.id,
-                end.as_str()
-            ),
-            table: None,
-            evidence: serde_json::to_value(&view).unwrap_or_default(),
-        });
+        let event = self.bus.publish(
+            NewEvent::new(
+                kind,
+                actor.to_string(),
+                format!(
+                    "{} deployment {} {}: {why}",
+                    active.plan.spec().name(),
+                    active.id,
+                    end.as_str()
+                ),
+            )
+            .service(service.to_string())
+            .deployment(Some(active.id.clone()))
+            .evidence(serde_json::to_value(&view).unwrap_or_default()),
+        );
         self.remember(&event);
         if active.image.is_some() {
             if let Some(tx) = &self.docker {
@@ -536,15 +538,11 @@ impl Controller {
             Control::Promote => format!("deployment {id} promoted: skipping the rest"),
         };
         let event = if matches!(control, Control::Pause | Control::Resume | Control::Promote) {
-            let e = self.bus.publish(NewEvent {
-                kind,
-                service: Some(service.clone()),
-                deployment: Some(id.to_string()),
-                actor: actor.to_string(),
-                message,
-                table: None,
-                evidence: serde_json::Value::Null,
-            });
+            let e = self.bus.publish(
+                NewEvent::new(kind, actor.to_string(), message)
+                    .service(service.clone())
+                    .deployment(Some(id.to_string())),
+            );
             self.remember(&e);
             Some(e)
         } else {
@@ -559,15 +557,11 @@ impl Controller {
                 .get(&service)
                 .cloned()
                 .unwrap_or_else(|| {
-                    self.bus.publish(NewEvent {
-                        kind,
-                        service: Some(service.clone()),
-                        deployment: Some(id.to_string()),
-                        actor: actor.to_string(),
-                        message: format!("deployment {id} aborted"),
-                        table: None,
-                        evidence: serde_json::Value::Null,
-                    })
+                    self.bus.publish(
+                        NewEvent::new(kind, actor.to_string(), format!("deployment {id} aborted"))
+                            .service(service.clone())
+                            .deployment(Some(id.to_string())),
+                    )
                 }),
         };
         Ok(Applied {

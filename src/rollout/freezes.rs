@@ -60,15 +60,7 @@ impl Controller {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
         }));
-        let event = self.bus.publish(NewEvent {
-            kind: EventKind::FreezeChanged,
-            service,
-            deployment: None,
-            actor: actor.to_string(),
-            message,
-            table: None,
-            evidence: json!({ "all": self.deployments.frozen_all, "services": self.deployments.frozen }),
-        });
+        let event = self.bus.publish(NewEvent::new(EventKind::FreezeChanged, actor.to_string(), message).maybe_service(service).evidence(json!({ "all": self.deployments.frozen_all, "services": self.deployments.frozen })));
         Ok(Applied {
             table_version: self.table.load().version,
             event,

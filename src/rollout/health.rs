@@ -55,27 +55,28 @@ impl Controller {
                         && v.arm == obs.key.role
                 })
                 .collect();
-            let event = self.bus.publish(NewEvent {
-                kind,
-                service: Some(obs.key.service.clone()),
-                deployment: self.keeper.deployment_of(&obs.key.service),
-                actor: format!("probe:{}", obs.key.probe),
-                message: format!(
-                    "probe '{}' {} on {} upstream {} (upstream now {:?}): {}",
-                    obs.key.probe,
-                    if kind == EventKind::ProbeFailed {
-                        "fails"
-                    } else {
-                        "passes again"
-                    },
-                    obs.key.role.as_str(),
-                    obs.key.upstream,
-                    after,
-                    obs.outcome.detail
-                ),
-                table: None,
-                evidence: json!({ "probe": recent, "policy": policy, "upstream_health": after }),
-            });
+            let event = self.bus.publish(
+                NewEvent::new(
+                    kind,
+                    format!("probe:{}", obs.key.probe),
+                    format!(
+                        "probe '{}' {} on {} upstream {} (upstream now {:?}): {}",
+                        obs.key.probe,
+                        if kind == EventKind::ProbeFailed {
+                            "fails"
+                        } else {
+                            "passes again"
+                        },
+                        obs.key.role.as_str(),
+                        obs.key.upstream,
+                        after,
+                        obs.outcome.detail
+                    ),
+                )
+                .service(obs.key.service.clone())
+                .deployment(self.keeper.deployment_of(&obs.key.service))
+                .evidence(json!({ "probe": recent, "policy": policy, "upstream_health": after })),
+            );
             self.remember(&event);
         }
         // Routing follows the stable arm's health at once.

@@ -122,28 +122,26 @@ impl Controller {
                 crate::time::format_duration(policy.breach_for)
             )
         };
-        let event = self.bus.publish(NewEvent {
-            kind: EventKind::Breach,
-            service: Some(service.name().to_string()),
-            deployment: self.keeper.deployment_of(service.name()),
-            actor: "judge".into(),
-            message,
-            table: None,
-            evidence: json!({ "verdict": verdict, "policy": policy }),
-        });
+        let event = self.bus.publish(
+            NewEvent::new(EventKind::Breach, "judge", message)
+                .service(service.name().to_string())
+                .deployment(self.keeper.deployment_of(service.name()))
+                .evidence(json!({ "verdict": verdict, "policy": policy })),
+        );
         self.remember(&event);
     }
 
     pub(super) fn report_cleared(&mut self, service: &Service, verdict: &Verdict) {
-        let event = self.bus.publish(NewEvent {
-            kind: EventKind::BreachCleared,
-            service: Some(service.name().to_string()),
-            deployment: self.keeper.deployment_of(service.name()),
-            actor: "judge".into(),
-            message: format!("breach cleared before the cut-back: {}", verdict.summary()),
-            table: None,
-            evidence: json!({ "verdict": verdict, "policy": &service.config.cutback }),
-        });
+        let event = self.bus.publish(
+            NewEvent::new(
+                EventKind::BreachCleared,
+                "judge",
+                format!("breach cleared before the cut-back: {}", verdict.summary()),
+            )
+            .service(service.name().to_string())
+            .deployment(self.keeper.deployment_of(service.name()))
+            .evidence(json!({ "verdict": verdict, "policy": &service.config.cutback })),
+        );
         self.remember(&event);
     }
 

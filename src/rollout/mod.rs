@@ -266,44 +266,36 @@ impl Controller {
     fn announce_start(&mut self) {
         let table = self.table.load_full();
         if let Some(report) = self.restored.take() {
-            self.bus.publish(NewEvent {
-                kind: EventKind::Restored,
-                service: None,
-                deployment: None,
-                actor: "gate".into(),
-                message: format!(
+            self.bus.publish(NewEvent::new(EventKind::Restored, "gate", format!(
                     "routing state restored from table v{} ({}): {} restored, {} held, {} from the config",
                     report.from_version,
                     report.source,
                     report.restored.len(),
                     report.held.len(),
                     report.from_config.len()
-                ),
-                table: Some(TableChange {
+                )).table(TableChange {
                     from: report.from_version,
                     to: table.version,
-                }),
-                evidence: serde_json::to_value(&report).unwrap_or_default(),
-            });
+                }).evidence(serde_json::to_value(&report).unwrap_or_default()));
         }
-        self.bus.publish(NewEvent {
-            kind: EventKind::Started,
-            service: None,
-            deployment: None,
-            actor: "gate".into(),
-            message: format!(
-                "serving {} service(s) with routing table v{}",
-                table.services.len(),
-                table.version
-            ),
-            table: Some(TableChange {
+        self.bus.publish(
+            NewEvent::new(
+                EventKind::Started,
+                "gate",
+                format!(
+                    "serving {} service(s) with routing table v{}",
+                    table.services.len(),
+                    table.version
+                ),
+            )
+            .table(TableChange {
                 from: 0,
                 to: table.version,
-            }),
-            evidence: json!({
+            })
+            .evidence(json!({
                 "services": table.services.iter().map(|s| service_evidence(s)).collect::<Vec<_>>(),
-            }),
-        });
+            })),
+        );
     }
 
     /// Applies commands, judges and ticks until `shutdown` turns true; then writes the

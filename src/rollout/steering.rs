@@ -162,24 +162,25 @@ impl Controller {
             false,
         );
         if !first {
-            let event = self.bus.publish(NewEvent {
-                kind: EventKind::DeploymentStep,
-                service: Some(service.to_string()),
-                deployment: Some(id),
-                actor: "deployment".into(),
-                message: format!(
-                    "{}: {}{}",
-                    view.strategy,
-                    view.summary,
-                    view.progress
-                        .waiting
-                        .as_deref()
-                        .map(|w| format!(" ({w})"))
-                        .unwrap_or_default()
-                ),
-                table: None,
-                evidence: serde_json::to_value(&view).unwrap_or_default(),
-            });
+            let event = self.bus.publish(
+                NewEvent::new(
+                    EventKind::DeploymentStep,
+                    "deployment",
+                    format!(
+                        "{}: {}{}",
+                        view.strategy,
+                        view.summary,
+                        view.progress
+                            .waiting
+                            .as_deref()
+                            .map(|w| format!(" ({w})"))
+                            .unwrap_or_default()
+                    ),
+                )
+                .service(service.to_string())
+                .deployment(Some(id))
+                .evidence(serde_json::to_value(&view).unwrap_or_default()),
+            );
             self.remember(&event);
         }
     }
@@ -251,15 +252,16 @@ impl Controller {
 
     /// Warns that a rollback was refused (the current version keeps serving).
     pub(super) fn refuse_rollback(&mut self, service: &str, why: &str, actor: &str) {
-        let event = self.bus.publish(NewEvent {
-            kind: EventKind::RollbackRefused,
-            service: Some(service.to_string()),
-            deployment: self.keeper.deployment_of(service),
-            actor: actor.to_string(),
-            message: format!("rollback refused, the current version keeps serving: {why}"),
-            table: None,
-            evidence: json!({ "why": why }),
-        });
+        let event = self.bus.publish(
+            NewEvent::new(
+                EventKind::RollbackRefused,
+                actor.to_string(),
+                format!("rollback refused, the current version keeps serving: {why}"),
+            )
+            .service(service.to_string())
+            .deployment(self.keeper.deployment_of(service))
+            .evidence(json!({ "why": why })),
+        );
         tracing::warn!(service, "{}", event.message);
         self.remember(&event);
     }

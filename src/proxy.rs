@@ -32,7 +32,7 @@ use pingora::{Error, ErrorSource, Result};
 use crate::linger::{DEFAULT_LINGER_BYTES, DEFAULT_LINGER_TIME};
 use crate::metrics::Metrics;
 use crate::rollout::Wake;
-use crate::routing::{Arm, RoutingTable, SharedTable};
+use crate::routing::{Arm, RoutingTable, TableReader};
 use crate::types::ArmRole;
 use crate::types::StatusClass;
 
@@ -69,7 +69,7 @@ impl Drop for InFlightGuard {
 
 /// The gate's `ProxyHttp` implementation.
 pub struct GateProxy {
-    table: SharedTable,
+    table: TableReader,
     metrics: Arc<Metrics>,
     in_flight: InFlight,
     wake: Wake,
@@ -79,7 +79,7 @@ impl GateProxy {
     /// A proxy reading `table`, counting its requests in `in_flight`, poking `wake` after
     /// canary failures.
     pub fn new(
-        table: SharedTable,
+        table: TableReader,
         metrics: Arc<Metrics>,
         in_flight: InFlight,
         wake: Wake,

@@ -1,6 +1,6 @@
 //! The routing table: one immutable, versioned value that holds every routing decision.
 //!
-//! The proxy loads it once per request ([`SharedTable::load_full`]) and keeps that `Arc`
+//! The proxy loads it once per request ([`TableReader::load_full`]) and keeps that `Arc`
 //! in the request context, so a request finishes on the table it started with. Only the
 //! rollout controller publishes new tables (one `store`, which is the rollback). A table
 //! carries, per service, the arms with their upstreams, the canary weight, the state, and
@@ -28,8 +28,55 @@ use crate::metrics::{ArmMetrics, Metrics};
 use crate::stats::ArmStats;
 use crate::types::{HostPattern, UpstreamAddr, Weight};
 
-/// The handle everyone reads and only the controller writes.
-pub type SharedTable = Arc<ArcSwap<RoutingTable>>;
+/// The one writer's side of the table: the controller holds the only one (it is not
+/// `Clone`), and hands out [`TableReader`]s.
+#[derive(Debug)]
+pub struct TablePublisher(Arc<ArcSwap<RoutingTable>>);
+
+impl TablePublisher {
+    /// A table slot holding `first`.
+    pub fn new(first: RoutingTable) -> TablePublisher {
+        TablePublisher(Arc::new(ArcSwap::from_pointee(first)))
+    }
+
+    /// Publishes `table`: every later load sees it; loads in flight keep theirs.
+    pub fn store(&self, table: Arc<RoutingTable>) {
+        self.0.store(table);
+    }
+
+    /// The table serving now (a cheap guard, for a short look).
+    pub fn load(&self) -> arc_swap::Guard<Arc<RoutingTable>> {
+        self.0.load()
+    }
+
+    /// The table serving now, kept.
+    pub fn load_full(&self) -> Arc<RoutingTable> {
+        self.0.load_full()
+    }
+
+    /// A read-only handle on this table.
+    pub fn reader(&self) -> TableReader {
+        TableReader(self.0.clone())
+    }
+}
+
+/// The handle everyone but the controller holds: it can load the table, never store one.
+#[derive(Debug, Clone)]
+pub struct TableReader(Arc<ArcSwap<RoutingTable>>);
+
+impl TableReader {
+    /// The table serving now (a cheap guard, for a short look).
+    #[inline]
+    pub fn load(&self) -> arc_swap::Guard<Arc<RoutingTable>> {
+        self.0.load()
+    }
+
+    /// The table serving now, kept (the proxy keeps it for the whole request).
+    #[inline]
+    pub fn load_full(&self) -> Arc<RoutingTable> {
+        self.0.load_full()
+    }
+}
 
 /// One arm: a set of upstreams of one version, chosen round robin among those its probes
 /// did not take out. When the probes take out every one, the arm keeps sending to all of

@@ -17,7 +17,7 @@ use parking_lot::Mutex;
 
 use super::Engine;
 use crate::judge::{ContainerUsage, UsageSample};
-use crate::routing::SharedTable;
+use crate::routing::TableReader;
 
 /// Samples kept per container (one a second).
 pub const MAX_SAMPLES: usize = 900;
@@ -165,7 +165,7 @@ async fn follow(
 
 /// Samples the canary containers of services with resource rules, every second, until the
 /// task is dropped.
-pub async fn run(engine: Engine, table: SharedTable, board: UsageBoard) {
+pub async fn run(engine: Engine, table: TableReader, board: UsageBoard) {
     let mut following: HashMap<(String, String), tokio::task::JoinHandle<()>> = HashMap::new();
     let mut listing: Vec<bollard::models::ContainerSummary> = Vec::new();
     let mut listed_at: Option<Instant> = None;

@@ -13,7 +13,7 @@ pub use super::watch::{Board, SharedBoard};
 use super::{deploy, plan};
 use crate::config::ConfigError;
 use crate::events::Event;
-use crate::routing::{RoutingTable, SharedTable};
+use crate::routing::{RoutingTable, TableReader};
 use crate::types::{UpstreamAddr, Weight};
 
 /// Commands that may wait for the controller before senders wait in turn.
@@ -148,7 +148,7 @@ pub enum ControlError {
 #[derive(Clone, Debug)]
 pub struct ControlHandle {
     pub(super) tx: mpsc::Sender<Command>,
-    pub(super) table: SharedTable,
+    pub(super) table: TableReader,
     pub(super) board: SharedBoard,
     pub(super) deployments: Arc<ArcSwap<HashMap<String, deploy::DeploymentView>>>,
     pub(super) freezes: Arc<ArcSwap<deploy::Freezes>>,

@@ -37,10 +37,31 @@ impl Controller {
             after != crate::probes::Health::Unhealthy,
         );
         use crate::probes::Health;
-        // A first success is not news; failing, and recovering from it, are.
+        // Routing follows the stable arm's health at once; the event names the table it made.
+        let next = self.probing.apply(&service);
+        let moved = |a: &Arm, b: &Arm| a.down != b.down;
+        let changed = moved(&service.stable, &next.stable)
+            || match (&service.canary, &next.canary) {
+                (Some(a), Some(b)) => moved(a, b),
+                _ => false,
+            };
+        let mut table_change = None;
+        if changed {
+            if let Some(index) = table.position(service.name()) {
+                let mut services = table.services.clone();
+                services[index] = Arc::new(next);
+                table_change = Some(self.publish(table.next(services, None), "probe"));
+            }
+        }
+        // A first success is not news; failing, and recovering from it, are; and so is every
+        // table the probes change.
         let kind = match (change.from, change.health) {
             (_, Health::Unhealthy) => Some(EventKind::ProbeFailed),
             (Health::Unhealthy, Health::Healthy) => Some(EventKind::ProbeRecovered),
+            _ if table_change.is_some() && after == Health::Unhealthy => {
+                Some(EventKind::ProbeFailed)
+            }
+            _ if table_change.is_some() => Some(EventKind::ProbeRecovered),
             _ => None,
         };
         if let Some(kind) = kind {
@@ -75,24 +96,10 @@ impl Controller {
                 )
                 .service(obs.key.service.clone())
                 .deployment(self.keeper.deployment_of(&obs.key.service))
+                .maybe_table(table_change)
                 .evidence(json!({ "probe": recent, "policy": policy, "upstream_health": after })),
             );
             self.remember(&event);
-        }
-        // Routing follows the stable arm's health at once.
-        let next = self.probing.apply(&service);
-        let moved = |a: &Arm, b: &Arm| a.down != b.down;
-        let changed = moved(&service.stable, &next.stable)
-            || match (&service.canary, &next.canary) {
-                (Some(a), Some(b)) => moved(a, b),
-                _ => false,
-            };
-        if changed {
-            if let Some(index) = table.position(service.name()) {
-                let mut services = table.services.clone();
-                services[index] = Arc::new(next);
-                self.publish(table.next(services, None), "probe");
-            }
         }
         self.judge_all();
     }

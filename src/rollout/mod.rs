@@ -40,7 +40,7 @@ use crate::config::{Config, ConfigError};
 use crate::events::{Event, EventBus, EventKind, NewEvent, TableChange};
 use crate::judge::Hysteresis;
 use crate::metrics::Metrics;
-use crate::routing::{Arm, RoutingOptions, RoutingTable, Service, SharedTable};
+use crate::routing::{Arm, RoutingOptions, RoutingTable, Service, TablePublisher, TableReader};
 
 /// How often the controller judges every canary and maintains the windows.
 pub const TICK: Duration = Duration::from_millis(100);
@@ -52,7 +52,7 @@ pub struct Wiring {
     /// Commands in.
     pub handle: ControlHandle,
     /// The table the proxy reads.
-    pub table: SharedTable,
+    pub table: TableReader,
     /// The admin token, swapped on reload.
     pub admin_token: Arc<ArcSwapOption<String>>,
     /// The data plane's poke after a canary failure.
@@ -64,7 +64,7 @@ pub struct Wiring {
 /// The controller task's state.
 pub struct Controller {
     config: Config,
-    table: SharedTable,
+    table: TablePublisher,
     board: SharedBoard,
     metrics: Arc<Metrics>,
     bus: EventBus,
@@ -185,7 +185,7 @@ impl Controller {
         }
         keeper.services(&config);
         keeper.snapshot(&first, "started");
-        let table: SharedTable = Arc::new(ArcSwap::from_pointee(first));
+        let table = TablePublisher::new(first);
         let board: SharedBoard = Arc::new(ArcSwap::from_pointee(Board::new()));
         let admin_token = Arc::new(ArcSwapOption::from(
             config.admin.token.clone().map(Arc::new),
@@ -198,9 +198,10 @@ impl Controller {
             probing::Probing::new(Arc::new(crate::probes::check::RealChecker::new()));
         let deployment_views = Arc::new(ArcSwap::from_pointee(HashMap::new()));
         let freezes = Arc::new(ArcSwap::from_pointee(deploy::Freezes::default()));
+        let reader = table.reader();
         let controller = Controller {
             config,
-            table: table.clone(),
+            table,
             board: board.clone(),
             metrics,
             bus,
@@ -231,14 +232,14 @@ impl Controller {
         controller.update_gauges(&controller.table.load());
         let handle = ControlHandle {
             tx,
-            table: table.clone(),
+            table: reader.clone(),
             board,
             deployments: deployment_views,
             freezes: freezes.clone(),
         };
         let wiring = Wiring {
             handle,
-            table,
+            table: reader,
             admin_token,
             wake,
             notify,

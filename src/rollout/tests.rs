@@ -21,7 +21,7 @@ fn controller(toml: &str) -> (Controller, Wiring, EventBus) {
     (c, w, bus)
 }
 
-fn record(table: &SharedTable, canary: bool, class: StatusClass, n: usize) {
+fn record(table: &TableReader, canary: bool, class: StatusClass, n: usize) {
     let t = table.load_full();
     let s = &t.services[0];
     let arm = if canary {

@@ -10,6 +10,8 @@
 //!
 //! Run: `cargo bench --bench cutback` (TRIALS=5 CANARIES=2000 MINUTES=2 by default).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark panics on a broken set-up
+
 use std::time::{Duration, Instant};
 
 use sluice::config::Config;

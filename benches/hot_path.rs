@@ -3,6 +3,8 @@
 //!
 //! Run: `cargo bench --bench hot_path` (HTML report under target/criterion).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark panics on a broken set-up
+
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;

@@ -13,6 +13,8 @@
 //!
 //! Run: `cargo bench --bench notify` (TRIALS=3 by default).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark panics on a broken set-up
+
 use std::io::Read;
 use std::net::TcpListener;
 use std::time::{Duration, Instant};

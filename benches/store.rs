@@ -5,6 +5,8 @@
 //!
 //! Run: `cargo bench --bench store` (EVENTS=20000 by default).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark panics on a broken set-up
+
 #[path = "../tests/common/pg.rs"]
 mod pg;
 

@@ -15,6 +15,8 @@
 //!
 //! Run: `cargo bench --bench strategies` (TRIALS=5 by default).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark panics on a broken set-up
+
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};

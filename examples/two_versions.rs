@@ -7,6 +7,8 @@
 //!        cargo run -- weight web 50                    (then watch the split change)
 //! Stop:  Ctrl-C
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // an example stops on a broken set-up
+
 use sluice::config::Config;
 use sluice::demo::DemoUpstream;
 

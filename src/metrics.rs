@@ -107,6 +107,9 @@ impl ArmMetrics {
     }
 }
 
+// Start-up only: the names and labels are constants of this file, so a failure is a
+// programming error the unit tests catch before any traffic.
+#[allow(clippy::expect_used)]
 fn build<T: prometheus::core::Collector + Clone + 'static>(
     registry: &Registry,
     metric: Result<T, prometheus::Error>,

@@ -1,6 +1,8 @@
 //! Refused request bodies: a client that sends more than the gate will take still reads the
 //! gate's answer (lingering close), on the admin API and on the proxy.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failing test
+
 mod common;
 
 use std::time::Duration;

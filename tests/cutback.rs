@@ -1,5 +1,7 @@
 //! Automatic cut-back end to end: real upstreams that go bad under real load.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failing test
+
 mod common;
 
 use std::time::{Duration, Instant};

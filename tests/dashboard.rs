@@ -2,6 +2,8 @@
 //! services, follows a weight change live, and a rollback clicked in the page reaches the
 //! gate. Also the stream tickets browsers use, over plain HTTP.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failing test
+
 mod common;
 
 use common::browser::{self, Browser};

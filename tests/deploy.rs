@@ -1,5 +1,7 @@
 //! Deployment strategies end to end: real upstreams, real load, a real gate.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failing test
+
 mod common;
 
 use std::time::{Duration, Instant};

@@ -2,6 +2,8 @@
 //! `FROM scratch` around the static test app (no registry), containers the gate creates,
 //! restores and stops itself, containers started by hand and found by their labels.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failing test
+
 mod common;
 
 use std::time::Duration;

@@ -1,5 +1,7 @@
 //! The gate end to end: real upstreams, a real gate, real HTTP.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failing test
+
 mod common;
 
 use std::collections::HashMap;

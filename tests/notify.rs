@@ -3,6 +3,8 @@
 //! formats), a real SMTP server (aiosmtpd), a flaky endpoint through retries; an endpoint
 //! that is down is reported, and nobody hears about services they did not ask for.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failing test
+
 mod common;
 
 use common::receivers::{HttpReceiver, SmtpServer};

@@ -1,5 +1,7 @@
 //! Active probes against real targets, and what they do to routing.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failing test
+
 mod common;
 
 use std::os::unix::fs::PermissionsExt;

@@ -1,5 +1,7 @@
 //! The `sluice` binary as operators run it: signals, CLI, config checks.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failing test
+
 mod common;
 
 use std::io::{BufRead, BufReader};

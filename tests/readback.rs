@@ -2,6 +2,8 @@
 //! ended also holds every event that led there, whether the history writer has already
 //! moved them to the database or not.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failing test
+
 mod common;
 
 use common::*;

@@ -1,5 +1,7 @@
 //! History on both backends: SQLite (a file) and a real PostgreSQL server started here.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failing test
+
 mod common;
 
 use common::pg::PgServer;

@@ -237,13 +237,15 @@ impl Manager {
                 succeeded,
             } => {
                 let entry = self.services.entry(service.clone()).or_default();
-                let is_candidate = entry.candidate.as_ref().is_some_and(|c| c.id == deployment);
-                if !is_candidate {
-                    // Still starting: stopped once it is up.
-                    self.cancelled.insert(deployment);
-                    return;
-                }
-                let candidate = entry.candidate.take().expect("checked");
+                let candidate = match entry.candidate.take() {
+                    Some(c) if c.id == deployment => c,
+                    other => {
+                        // Still starting: stopped once it is up.
+                        entry.candidate = other;
+                        self.cancelled.insert(deployment);
+                        return;
+                    }
+                };
                 if succeeded {
                     self.promote(&service, candidate);
                 } else {
@@ -405,8 +407,11 @@ impl Manager {
         if let Some(mut old) = entry.stable.replace(release) {
             old.state = ReleaseState::Retiring;
             self.record(&old);
-            let entry = self.services.get_mut(service).expect("present");
-            entry.retiring.push((old, Instant::now() + keep));
+            self.services
+                .entry(service.to_string())
+                .or_default()
+                .retiring
+                .push((old, Instant::now() + keep));
         }
         self.retire_due();
     }
@@ -513,7 +518,10 @@ impl Manager {
             let mut lost_image = None;
             for (index, m) in stable.containers.iter().enumerate() {
                 let name = m.snapshot.name.clone();
-                let entry = self.services.get_mut(&service).expect("present");
+                let Some(entry) = self.services.get_mut(&service) else {
+                    // Forgotten meanwhile (a reload removed it): nothing left to keep.
+                    break;
+                };
                 if entry.busy.contains(&name) {
                     continue;
                 }
@@ -523,7 +531,10 @@ impl Manager {
                     // The engine is not answering: nothing to conclude.
                     Err(_) => return,
                 };
-                let entry = self.services.get_mut(&service).expect("present");
+                let Some(entry) = self.services.get_mut(&service) else {
+                    // Forgotten meanwhile (a reload removed it): nothing left to keep.
+                    break;
+                };
                 if state == Some(true) {
                     entry.missing.remove(&name);
                     running += 1;
@@ -549,7 +560,10 @@ impl Manager {
                         Err(_) => continue,
                     }
                 }
-                let entry = self.services.get_mut(&service).expect("present");
+                let Some(entry) = self.services.get_mut(&service) else {
+                    // Forgotten meanwhile (a reload removed it): nothing left to keep.
+                    break;
+                };
                 entry.busy.insert(name.clone());
                 let (engine, cfg, snapshot, done) = (
                     self.engine.clone(),
@@ -581,7 +595,9 @@ impl Manager {
             }
             // Gone: nothing of it runs and it cannot be recreated.
             let gone = if running == 0 { lost_image } else { None };
-            let entry = self.services.get_mut(&service).expect("present");
+            let Some(entry) = self.services.get_mut(&service) else {
+                continue;
+            };
             if gone != entry.gone && (gone.is_some() || entry.busy.is_empty()) {
                 entry.gone = gone.clone();
                 let answer = self

@@ -71,17 +71,18 @@ impl UsageBoard {
     ) {
         let mut map = self.0.lock();
         let tracks = map.entry(service.to_string()).or_default();
-        let track = match tracks.iter_mut().position(|t| t.container == container) {
-            Some(i) => &mut tracks[i],
+        let i = match tracks.iter().position(|t| t.container == container) {
+            Some(i) => i,
             None => {
                 tracks.push(Track {
                     container: container.to_string(),
                     upstream: upstream.to_string(),
                     samples: VecDeque::new(),
                 });
-                tracks.last_mut().expect("just pushed")
+                tracks.len() - 1
             }
         };
+        let track = &mut tracks[i];
         track.upstream = upstream.to_string();
         track.samples.push_back((at, cpu, memory));
         while track.samples.len() > MAX_SAMPLES {

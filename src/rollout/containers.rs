@@ -61,7 +61,7 @@ impl Controller {
                 .deployments
                 .active
                 .get_mut(&service)
-                .expect("found above");
+                .ok_or_else(|| ControlError::NotFound(format!("deployment {id}")))?;
             let (plan, wants) = Plan::start(active.plan.spec().clone(), std::time::Duration::ZERO);
             active.plan = plan;
             active.new = upstreams;

@@ -472,7 +472,7 @@ impl Controller {
             .deployments
             .active
             .get_mut(&service)
-            .expect("found above");
+            .ok_or_else(|| ControlError::NotFound(format!("deployment {id}")))?;
         if active.preparing {
             if control != Control::Abort {
                 return Err(ControlError::Conflict(format!(
@@ -486,11 +486,9 @@ impl Controller {
                 "aborted while its containers were starting",
                 actor,
             );
-            let event = self
-                .last_decision
-                .get(&service)
-                .cloned()
-                .expect("finish_deployment remembers its event");
+            let event = self.last_decision.get(&service).cloned().ok_or_else(|| {
+                ControlError::Conflict(format!("deployment {id} ended without its event"))
+            })?;
             return Ok(Applied {
                 table_version: self.table.load().version,
                 event,
@@ -525,7 +523,7 @@ impl Controller {
                     .deployments
                     .active
                     .get_mut(&service)
-                    .expect("found above");
+                    .ok_or_else(|| ControlError::NotFound(format!("deployment {id}")))?;
                 active.before_failure = Some(active.plan.clone());
                 (EventKind::DeploymentAborted, active.plan.abort(now))
             }

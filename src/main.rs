@@ -94,7 +94,7 @@ fn demo(rate: u32, clients: usize, shield: bool, db: PathBuf) -> anyhow::Result<
 fn check_config(files: &[PathBuf]) -> ExitCode {
     let mut failed = false;
     for f in files {
-        match Config::load(f) {
+        match Config::check(f) {
             Ok(c) => println!("{}: ok ({} service(s))", f.display(), c.services.len()),
             Err(e) => {
                 failed = true;

@@ -99,6 +99,26 @@ impl UpstreamAddr {
         Ok(None)
     }
 
+    /// Checks `host:port` without resolving it: a name keeps the unspecified address
+    /// (`0.0.0.0:port`), for a check that must not depend on the machine's DNS.
+    pub fn unresolved(spec: &str) -> Result<UpstreamAddr, String> {
+        let trimmed = spec.trim();
+        let addr = match Self::check(trimmed)? {
+            Some(addr) => addr,
+            None => {
+                let port = trimmed
+                    .rsplit_once(':')
+                    .and_then(|(_, p)| p.parse::<u16>().ok())
+                    .unwrap_or(0);
+                SocketAddr::from(([0, 0, 0, 0], port))
+            }
+        };
+        Ok(UpstreamAddr {
+            spec: trimmed.to_string(),
+            addr,
+        })
+    }
+
     /// Checks `host:port` and resolves it; a name is looked up once, here (at load, at
     /// start, or when the API sets a canary), never per request.
     pub fn parse(spec: &str) -> Result<UpstreamAddr, String> {

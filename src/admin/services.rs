@@ -103,6 +103,17 @@ pub(super) fn applied(state: &AdminState, name: &str, applied: Applied) -> Respo
     .into_response()
 }
 
+/// Sends an operator's command about service `name` and answers with what it did.
+pub(super) async fn command(
+    state: &AdminState,
+    headers: &HeaderMap,
+    name: &str,
+    op: Op,
+) -> Result<Response, ApiError> {
+    let done = state.control.send(op, actor(headers)).await?;
+    Ok(applied(state, name, done))
+}
+
 pub(super) fn weight(value: f64) -> Result<Weight, ApiError> {
     Weight::from_percent(value).map_err(|m| ApiError::bad_request(format!("weight: {m}")))
 }
@@ -143,19 +154,18 @@ pub(super) async fn set_canary(
             let (j, m) = &errors[0];
             ApiError::bad_request(format!("upstreams[{j}]: {m}"))
         })?;
-    let done = state
-        .control
-        .send(
-            Op::SetCanary {
-                service: name.clone(),
-                upstreams,
-                weight,
-                label,
-            },
-            actor(&headers),
-        )
-        .await?;
-    Ok(applied(&state, &name, done))
+    command(
+        &state,
+        &headers,
+        &name,
+        Op::SetCanary {
+            service: name.clone(),
+            upstreams,
+            weight,
+            label,
+        },
+    )
+    .await
 }
 
 pub(super) async fn set_weight(
@@ -165,17 +175,16 @@ pub(super) async fn set_weight(
     JsonBody(body): JsonBody<WeightBody>,
 ) -> Result<Response, ApiError> {
     let weight = weight(body.weight)?;
-    let done = state
-        .control
-        .send(
-            Op::SetWeight {
-                service: name.clone(),
-                weight,
-            },
-            actor(&headers),
-        )
-        .await?;
-    Ok(applied(&state, &name, done))
+    command(
+        &state,
+        &headers,
+        &name,
+        Op::SetWeight {
+            service: name.clone(),
+            weight,
+        },
+    )
+    .await
 }
 
 pub(super) async fn promote(
@@ -184,16 +193,15 @@ pub(super) async fn promote(
     ServiceName(name): ServiceName,
     JsonBody(EmptyBody {}): JsonBody<EmptyBody>,
 ) -> Result<Response, ApiError> {
-    let done = state
-        .control
-        .send(
-            Op::Promote {
-                service: name.clone(),
-            },
-            actor(&headers),
-        )
-        .await?;
-    Ok(applied(&state, &name, done))
+    command(
+        &state,
+        &headers,
+        &name,
+        Op::Promote {
+            service: name.clone(),
+        },
+    )
+    .await
 }
 
 pub(super) async fn rollback(
@@ -205,17 +213,16 @@ pub(super) async fn rollback(
     if body.reason.len() > 1024 {
         return Err(ApiError::bad_request("reason: at most 1024 characters"));
     }
-    let done = state
-        .control
-        .send(
-            Op::Rollback {
-                service: name.clone(),
-                reason: body.reason,
-            },
-            actor(&headers),
-        )
-        .await?;
-    Ok(applied(&state, &name, done))
+    command(
+        &state,
+        &headers,
+        &name,
+        Op::Rollback {
+            service: name.clone(),
+            reason: body.reason,
+        },
+    )
+    .await
 }
 
 pub(super) async fn resume(
@@ -225,17 +232,16 @@ pub(super) async fn resume(
     JsonBody(body): JsonBody<ResumeBody>,
 ) -> Result<Response, ApiError> {
     let weight = body.weight.map(weight).transpose()?;
-    let done = state
-        .control
-        .send(
-            Op::Resume {
-                service: name.clone(),
-                weight,
-            },
-            actor(&headers),
-        )
-        .await?;
-    Ok(applied(&state, &name, done))
+    command(
+        &state,
+        &headers,
+        &name,
+        Op::Resume {
+            service: name.clone(),
+            weight,
+        },
+    )
+    .await
 }
 
 pub(super) async fn service_releases(
@@ -277,14 +283,13 @@ pub(super) async fn clear_canary(
     headers: HeaderMap,
     ServiceName(name): ServiceName,
 ) -> Result<Response, ApiError> {
-    let done = state
-        .control
-        .send(
-            Op::ClearCanary {
-                service: name.clone(),
-            },
-            actor(&headers),
-        )
-        .await?;
-    Ok(applied(&state, &name, done))
+    command(
+        &state,
+        &headers,
+        &name,
+        Op::ClearCanary {
+            service: name.clone(),
+        },
+    )
+    .await
 }

@@ -2,7 +2,9 @@
 //!
 //! Two layers, as in river and sozu: [`file::FileConfig`] mirrors the file (serde, unknown
 //! keys refused), and `Config::try_from(Source)` checks every value and fills the defaults
-//! (the `DEFAULT_*` constants below). The rest of the code only ever sees a [`Config`].
+//! (the `DEFAULT_*` constants of [`model`]). [`Config::load`] resolves upstream names, once,
+//! at start; [`Config::check`] (what `check-config` runs) only checks their syntax, so its
+//! answer does not depend on the machine it runs on. The rest of the code only ever sees a [`Config`].
 //! Every error names the file and the key path, e.g.
 //! `sluice.toml: services[1].canary_weight: must be between 0 and 100 (got 150)`.
 
@@ -82,9 +84,50 @@ fn render_problems(file: &str, problems: &[Problem]) -> String {
         .join("\n")
 }
 
+/// Whether validation resolves upstream names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup {
+    /// Resolve each name once (start, reload): the config is about to serve.
+    Resolve,
+    /// Check `host:port` syntax only (`check-config`): names keep `0.0.0.0:port`.
+    SyntaxOnly,
+}
+
+/// What a config is made from: the text, the file it came from (for messages), the directory
+/// relative paths start from, and whether names are resolved.
+#[derive(Debug, Clone, Copy)]
+pub struct Source<'a> {
+    /// TOML text.
+    pub text: &'a str,
+    /// File name, used in messages.
+    pub file: &'a str,
+    /// Relative paths (scripts, volumes, spools) are relative to this.
+    pub base: &'a Path,
+    /// Resolve upstream names or only check them.
+    pub lookup: Lookup,
+}
+
+impl TryFrom<Source<'_>> for Config {
+    type Error = ConfigError;
+
+    fn try_from(source: Source<'_>) -> Result<Config, ConfigError> {
+        let model = parse_model(source.text, source.file)?;
+        validate::validate(model, source.file, source.base, source.lookup)
+    }
+}
+
 impl Config {
-    /// Reads, parses and validates a file.
+    /// Reads, parses and validates a file, resolving upstream names.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::read(path, Lookup::Resolve)
+    }
+
+    /// Reads, parses and validates a file without resolving names (`check-config`).
+    pub fn check(path: &Path) -> Result<Config, ConfigError> {
+        Config::read(path, Lookup::SyntaxOnly)
+    }
+
+    fn read(path: &Path, lookup: Lookup) -> Result<Config, ConfigError> {
         let file = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
             file: file.clone(),
@@ -95,7 +138,12 @@ impl Config {
             .filter(|p| !p.as_os_str().is_empty())
             .map(Path::to_path_buf)
             .unwrap_or_else(|| std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")));
-        let mut config = Config::parse_in(&text, &file, &base)?;
+        let mut config = Config::try_from(Source {
+            text: &text,
+            file: &file,
+            base: &base,
+            lookup,
+        })?;
         config.source = Some(path.to_path_buf());
         Ok(config)
     }
@@ -109,8 +157,12 @@ impl Config {
 
     /// Same, with relative paths resolved against `base`.
     pub fn parse_in(text: &str, file: &str, base: &Path) -> Result<Config, ConfigError> {
-        let model = parse_model(text, file)?;
-        validate::validate(model, file, base)
+        Config::try_from(Source {
+            text,
+            file,
+            base,
+            lookup: Lookup::Resolve,
+        })
     }
 }
 

@@ -286,3 +286,43 @@ stable = ["127.0.0.1:1"]
         parse("[[services]]\nname=\"a\"\nhosts=[\"a.com:80\"]\nstable=[\"127.0.0.1:1\"]").is_err()
     );
 }
+
+#[test]
+fn check_reads_names_without_resolving_them_and_load_resolves() {
+    // `.invalid` never resolves (RFC 6761): the check must not depend on the machine's DNS.
+    let text = r#"
+[[services]]
+name = "web"
+stable = ["app.invalid:8080", "127.0.0.1:3000"]
+"#;
+    let source = |lookup| Source {
+        text,
+        file: "test.toml",
+        base: Path::new("."),
+        lookup,
+    };
+    let checked = Config::try_from(source(Lookup::SyntaxOnly)).unwrap();
+    let stable = &checked.services[0].stable;
+    assert_eq!(stable[0].spec, "app.invalid:8080");
+    assert_eq!(stable[0].addr.port(), 8080);
+    assert_eq!(stable[1].addr, "127.0.0.1:3000".parse().unwrap());
+    let err = Config::try_from(source(Lookup::Resolve)).unwrap_err();
+    assert!(err.to_string().contains("services[0].stable[0]"), "{err}");
+    // Syntax is still checked without lookups, and a name listed twice is still refused.
+    let twice = r#"
+[[services]]
+name = "web"
+stable = ["app.invalid:8080", "app.invalid:8080", "no-port"]
+"#;
+    let err = Config::try_from(Source {
+        text: twice,
+        ..source(Lookup::SyntaxOnly)
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("stable[1]") && err.contains("twice"), "{err}");
+    assert!(
+        err.contains("stable[2]") && err.contains("no port"),
+        "{err}"
+    );
+}

@@ -10,7 +10,7 @@ use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 
-use crate::admin::AdminState;
+use crate::admin::{AdminState, ApiError};
 
 const INDEX: &str = include_str!("index.html");
 const APP: &str = include_str!("app.js");
@@ -34,11 +34,12 @@ fn page(content_type: &'static str, body: &'static str) -> Response {
 }
 
 fn disabled() -> Response {
-    (
+    ApiError::new(
         StatusCode::NOT_FOUND,
-        axum::Json(serde_json::json!({ "error": { "code": "not_found", "message": "the dashboard is disabled ([dashboard] enabled = false)" } })),
+        "not_found",
+        "the dashboard is disabled ([dashboard] enabled = false)",
     )
-        .into_response()
+    .into_response()
 }
 
 /// `GET /` and `GET /dashboard`.
@@ -57,10 +58,11 @@ pub async fn asset(State(state): State<AdminState>, Path(file): Path<String>) ->
     match file.as_str() {
         "app.js" => page("text/javascript; charset=utf-8", APP),
         "style.css" => page("text/css; charset=utf-8", STYLE),
-        _ => (
+        _ => ApiError::new(
             StatusCode::NOT_FOUND,
-            axum::Json(serde_json::json!({ "error": { "code": "not_found", "message": format!("no dashboard file '{file}'") } })),
+            "not_found",
+            format!("no dashboard file '{file}'"),
         )
-            .into_response(),
+        .into_response(),
     }
 }

@@ -23,8 +23,10 @@ use service::{validate_name, validate_service};
 
 /// Collects problems while walking the model.
 pub(crate) struct Checker<'a> {
-    file: &'a str,
-    problems: Vec<Problem>,
+    pub(crate) file: &'a str,
+    pub(crate) problems: Vec<Problem>,
+    /// Whether upstream names are resolved (start) or only checked (`check-config`).
+    pub(crate) lookup: crate::config::Lookup,
 }
 
 impl Checker<'_> {
@@ -75,11 +77,13 @@ pub(crate) fn validate(
     model: FileConfig,
     file: &str,
     base_dir: &Path,
+    lookup: crate::config::Lookup,
 ) -> Result<Config, ConfigError> {
     let base = base_dir;
     let mut c = Checker {
         file,
         problems: Vec::new(),
+        lookup,
     };
 
     let s = &model.server;

@@ -1,6 +1,7 @@
 //! Validators of a `[[services]]` entry: name, hosts, upstreams, shield; and services
 //! made from discovered containers.
 
+use crate::config::Lookup;
 use crate::types::{HostPattern, UpstreamAddr, Weight};
 use std::collections::HashSet;
 use std::path::Path;
@@ -29,15 +30,32 @@ pub fn validate_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Parses a list of upstreams, recording each bad entry with its index.
+/// Parses a list of upstreams, resolving names, recording each bad entry with its index.
 pub fn parse_upstreams(list: &[String]) -> Result<Vec<UpstreamAddr>, Vec<(usize, String)>> {
+    upstreams_with(list, Lookup::Resolve)
+}
+
+/// Same, resolving names only when `lookup` says so.
+pub(crate) fn upstreams_with(
+    list: &[String],
+    lookup: Lookup,
+) -> Result<Vec<UpstreamAddr>, Vec<(usize, String)>> {
     let mut out = Vec::with_capacity(list.len());
     let mut errors = Vec::new();
     let mut seen = HashSet::new();
     for (j, spec) in list.iter().enumerate() {
-        match UpstreamAddr::parse(spec) {
+        let parsed = match lookup {
+            Lookup::Resolve => UpstreamAddr::parse(spec),
+            Lookup::SyntaxOnly => UpstreamAddr::unresolved(spec),
+        };
+        match parsed {
             Ok(u) => {
-                if !seen.insert(u.addr) {
+                // Without lookups two names cannot be compared by address: by spelling.
+                let key = match lookup {
+                    Lookup::Resolve => u.addr.to_string(),
+                    Lookup::SyntaxOnly => u.spec.clone(),
+                };
+                if !seen.insert(key) {
                     errors.push((j, format!("'{spec}' is listed twice")));
                 }
                 out.push(u)
@@ -96,7 +114,8 @@ pub(crate) fn validate_service(
             format!("'{path_prefix}' must start with '/' and contain no spaces"),
         );
     }
-    let mut arm = |key: &str, list: &[String]| match parse_upstreams(list) {
+    let lookup = c.lookup;
+    let mut arm = |key: &str, list: &[String]| match upstreams_with(list, lookup) {
         Ok(v) => v,
         Err(errors) => {
             for (j, m) in errors {
@@ -219,6 +238,7 @@ pub fn discovered_service(
     let mut c = Checker {
         file: "labels",
         problems: Vec::new(),
+        lookup: Lookup::Resolve,
     };
     let service = validate_service(
         &mut c,

@@ -2,7 +2,7 @@
 //! and what a breach that holds does (report, step back, cut back).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::json;
 
@@ -16,12 +16,15 @@ use crate::time::now_ms;
 use crate::types::ServiceState;
 
 impl Controller {
+    /// Rotates the windows. The controller reads one clock, tokio's (virtual in tests, the
+    /// system's monotonic clock otherwise, the one the data plane records with).
     pub(super) fn maintain_windows(&self) {
+        let at = tokio::time::Instant::now().into_std();
         let table = self.table.load();
         for s in &table.services {
-            s.stable.stats.maintain();
+            s.stable.stats.maintain_at(at);
             if let Some(c) = &s.canary {
-                c.stats.maintain();
+                c.stats.maintain_at(at);
             }
         }
     }
@@ -32,7 +35,7 @@ impl Controller {
         let now = tokio::time::Instant::now();
         self.last_judged = Some(now);
         let clock = now - self.started;
-        let at = Instant::now();
+        let at = now.into_std();
         let table = self.table.load_full();
         let mut board = Board::with_capacity(table.services.len());
         for service in &table.services {

@@ -29,8 +29,9 @@ fn record(table: &TableReader, canary: bool, class: StatusClass, n: usize) {
     } else {
         &s.stable
     };
+    let at = tokio::time::Instant::now().into_std();
     for _ in 0..n {
-        arm.stats.record(class, Duration::from_millis(3));
+        arm.stats.record_at(at, class, Duration::from_millis(3));
     }
 }
 
@@ -149,4 +150,22 @@ async fn a_disabled_policy_reports_without_acting() {
     let e = events.recv().await.unwrap();
     assert_eq!(e.kind, EventKind::Breach);
     assert!(e.message.contains("disabled"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn virtual_time_moves_the_windows_the_judge_reads() {
+    let (mut c, w, _bus) = controller(WEB);
+    record(&w.table, false, StatusClass::Success, 500);
+    // Errors first, so no run of failures is going on at the end: only the rate speaks.
+    record(&w.table, true, StatusClass::ServerError, 20);
+    record(&w.table, true, StatusClass::Success, 40);
+    // Long after the window, the errors no longer count: too little traffic to judge.
+    let window = w.table.load().services[0].config.cutback.window;
+    tokio::time::advance(window * 3).await;
+    c.maintain_windows();
+    c.judge_all();
+    assert_eq!(w.table.load().services[0].state, ServiceState::Canary);
+    let board = w.handle.board();
+    let verdict = board["web"].verdict.as_ref().unwrap();
+    assert!(verdict.breach().is_none(), "{verdict:?}");
 }

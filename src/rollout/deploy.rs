@@ -600,7 +600,7 @@ impl Controller {
         let mut view = DeploymentView {
             id: active.id.clone(),
             service: active.service.clone(),
-            strategy: Strategy::of(active.plan.spec()),
+            strategy: active.plan.spec().strategy(),
             state: state_of(&active.plan),
             label: active.label.clone(),
             started_by: active.started_by.clone(),

@@ -18,6 +18,8 @@
 //!
 //! The controller feeds [`Inputs`] every tick and applies the [`Want`]s.
 
+pub use super::state::Outcome;
+use super::state::Strategy;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -92,6 +94,15 @@ pub enum Spec {
 }
 
 impl Spec {
+    /// Its strategy.
+    pub fn strategy(&self) -> Strategy {
+        match self {
+            Spec::Canary { .. } => Strategy::Canary,
+            Spec::BlueGreen { .. } => Strategy::BlueGreen,
+            Spec::Rolling { .. } => Strategy::Rolling,
+        }
+    }
+
     /// `canary`, `blue_green` or `rolling`.
     pub fn name(&self) -> &'static str {
         match self {
@@ -176,29 +187,6 @@ pub enum Want {
     CutBack(String),
     /// The deployment is over.
     Finish(Outcome, String),
-}
-
-/// How a deployment ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    /// Promoted.
-    Succeeded,
-    /// Cut back (by the judge, or an operator's rollback).
-    RolledBack,
-    /// Stopped by an operator (an instant rollback).
-    Aborted,
-}
-
-impl Outcome {
-    /// The stored outcome name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Succeeded => "succeeded",
-            Outcome::RolledBack => "rolled_back",
-            Outcome::Aborted => "aborted",
-        }
-    }
 }
 
 /// Where a plan is.

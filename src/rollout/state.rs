@@ -5,8 +5,6 @@ use std::fmt;
 
 use serde::Serialize;
 
-use super::plan::{Outcome, Spec};
-
 /// Where a deployment is. Its last three are a plan's [`Outcome`]s.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -55,6 +53,29 @@ impl fmt::Display for DeploymentState {
     }
 }
 
+/// How a deployment ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Promoted.
+    Succeeded,
+    /// Cut back (by the judge, or an operator's rollback).
+    RolledBack,
+    /// Stopped by an operator (an instant rollback).
+    Aborted,
+}
+
+impl Outcome {
+    /// The stored outcome name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Succeeded => "succeeded",
+            Outcome::RolledBack => "rolled_back",
+            Outcome::Aborted => "aborted",
+        }
+    }
+}
+
 /// How a deployment moves traffic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -68,15 +89,6 @@ pub enum Strategy {
 }
 
 impl Strategy {
-    /// The strategy of a plan's spec.
-    pub fn of(spec: &Spec) -> Strategy {
-        match spec {
-            Spec::Canary { .. } => Strategy::Canary,
-            Spec::BlueGreen { .. } => Strategy::BlueGreen,
-            Spec::Rolling { .. } => Strategy::Rolling,
-        }
-    }
-
     /// The stored name.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -16,6 +16,7 @@ pub mod events;
 pub mod gate;
 pub mod judge;
 pub mod linger;
+pub mod listeners;
 pub mod metrics;
 pub mod notify;
 pub mod probes;

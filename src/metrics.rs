@@ -380,7 +380,14 @@ impl Metrics {
         &self.registry
     }
 
-    /// The text exposition format.
+    /// Adds a collector read at each scrape (families computed from live state).
+    pub fn register(&self, collector: Box<dyn prometheus::core::Collector>) {
+        if let Err(e) = self.registry.register(collector) {
+            tracing::warn!(error = %e, "metric collector not registered");
+        }
+    }
+
+    /// The text exposition of every family.
     pub fn render(&self) -> String {
         let mut buf = Vec::with_capacity(16 * 1024);
         let families = self.registry.gather();

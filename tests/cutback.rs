@@ -19,25 +19,12 @@ fn gate_with(stable: &DemoUpstream, canary: &DemoUpstream, weight: f64, extra: &
     ))
 }
 
-async fn service(gate: &GateHandle) -> Value {
-    admin(
-        &client(),
-        gate,
-        Method::GET,
-        "/api/v1/services/web",
-        None,
-        None,
-    )
-    .await
-    .1
-}
-
 /// The service once its canary and stable arms have counted at least `canary` and
 /// `stable` requests: a request is counted once its answer is on its way, so a client may
 /// read the answer a moment before the count moves.
 async fn counted(gate: &GateHandle, canary: u64, stable: u64) -> Value {
     until_ok(WAIT, "the requests to be counted", async || {
-        let v = service(gate).await;
+        let v = web_service(gate).await;
         let n = |arm: &str| v["arms"][arm]["stats"]["requests"].as_u64().unwrap_or(0);
         if n("canary") >= canary && n("stable") >= stable {
             Ok(v)
@@ -52,7 +39,7 @@ async fn counted(gate: &GateHandle, canary: u64, stable: u64) -> Value {
 /// the judge's board are published one after the other), or `limit`.
 async fn wait_rolled_back(gate: &GateHandle, limit: Duration) -> Value {
     until_ok(limit, "the rollback", async || {
-        let v = service(gate).await;
+        let v = web_service(gate).await;
         if v["state"] == "rolled_back" && v["judge"]["last_decision"]["kind"] == "rolled_back" {
             Ok(v)
         } else {
@@ -160,7 +147,7 @@ async fn post_is_never_replayed_but_get_is() {
     assert_eq!(status, 500);
     // The judge saw it all (at its next tick) and says so, without acting (disabled).
     let v = until_ok(WAIT, "the judge's breach", async || {
-        let v = service(&gate).await;
+        let v = web_service(&gate).await;
         if v["judge"]["verdict"]["verdict"] == "breach" {
             Ok(v)
         } else {
@@ -255,7 +242,7 @@ async fn a_healthy_canary_with_the_same_noise_as_stable_is_kept() {
     let started = Instant::now();
     let limit = Duration::from_secs(180);
     loop {
-        let v = service(&gate).await;
+        let v = web_service(&gate).await;
         assert_eq!(
             v["state"], "canary",
             "a healthy canary was rolled back: {v}"
@@ -276,7 +263,7 @@ async fn a_healthy_canary_with_the_same_noise_as_stable_is_kept() {
         report.server_errors > 0,
         "the noise did not happen: {report:?}"
     );
-    let v = service(&gate).await;
+    let v = web_service(&gate).await;
     assert_ne!(v["judge"]["verdict"]["verdict"], "breach", "{v}");
 }
 
@@ -295,7 +282,7 @@ async fn status_and_resume_after_a_manual_rollback() {
     )
     .await;
     assert_eq!(status, 200);
-    let v = service(&gate).await;
+    let v = web_service(&gate).await;
     assert_eq!(v["judge"]["last_decision"]["kind"], "rolled_back");
     assert!(
         v["judge"]["verdict"].is_null(),
@@ -325,7 +312,7 @@ async fn status_and_resume_after_a_manual_rollback() {
     assert_eq!(status, 409, "{v}");
     // After a tick the judge reports on the resumed canary.
     let v = until_ok(WAIT, "the judge's verdict", async || {
-        let v = service(&gate).await;
+        let v = web_service(&gate).await;
         if v["judge"]["verdict"].is_null() {
             Err(v.to_string())
         } else {

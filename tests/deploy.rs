@@ -36,19 +36,6 @@ async fn control(gate: &GateHandle, id: &str, action: &str) -> (u16, Value) {
     .await
 }
 
-async fn service(gate: &GateHandle) -> Value {
-    admin(
-        &client(),
-        gate,
-        Method::GET,
-        "/api/v1/services/web",
-        None,
-        None,
-    )
-    .await
-    .1
-}
-
 fn load(gate: &GateHandle) -> Load {
     Load::start(load_config(gate, 400)).unwrap()
 }
@@ -81,7 +68,7 @@ async fn a_good_canary_plan_runs_to_promotion() {
     let report = traffic.stop();
     assert_eq!(report.client_errors(), 0);
     assert!(report.from_upstream("v2") > 0);
-    let s = service(&gate).await;
+    let s = web_service(&gate).await;
     assert_eq!(s["state"], "stable");
     assert_eq!(
         s["arms"]["stable"]["upstreams"],
@@ -140,7 +127,7 @@ async fn a_bad_canary_is_rolled_back_at_its_first_step() {
     .await;
     let report = traffic.stop();
     assert_eq!(report.client_errors(), 0, "clients saw errors: {report:?}");
-    let s = service(&gate).await;
+    let s = web_service(&gate).await;
     assert_eq!(s["state"], "rolled_back");
     assert_eq!(
         s["arms"]["stable"]["upstreams"],
@@ -172,7 +159,7 @@ async fn blue_green_previews_verifies_switches_and_swaps_back() {
     );
     // Verified by its probes, it takes all traffic in one swap.
     eventually(WAIT, "the switch to green", async || {
-        service(&gate).await["canary_weight"] == 100.0
+        web_service(&gate).await["canary_weight"] == 100.0
     })
     .await;
     for _ in 0..10 {
@@ -226,7 +213,7 @@ async fn a_good_blue_green_switch_is_promoted_after_the_warm_period() {
     let done = wait_state(&gate, &id, &["succeeded", "rolled_back"], LONG_WAIT).await;
     assert_eq!(done["state"], "succeeded", "{done}");
     assert_eq!(
-        service(&gate).await["arms"]["stable"]["upstreams"],
+        web_service(&gate).await["arms"]["stable"]["upstreams"],
         json!([green.addr.to_string()])
     );
 }
@@ -253,7 +240,7 @@ async fn a_rolling_update_replaces_instances_batch_by_batch() {
     loop {
         let live = deployment(&gate, &id).await;
         if live["live"]["instances"]["updated"].as_u64() == Some(2) {
-            let s = service(&gate).await;
+            let s = web_service(&gate).await;
             assert_eq!(
                 s["arms"]["stable"]["upstreams"].as_array().unwrap().len(),
                 1
@@ -271,7 +258,7 @@ async fn a_rolling_update_replaces_instances_batch_by_batch() {
     assert_eq!(done["state"], "succeeded", "{done}");
     let report = traffic.stop();
     assert_eq!(report.client_errors(), 0);
-    let s = service(&gate).await;
+    let s = web_service(&gate).await;
     assert_eq!(s["arms"]["stable"]["upstreams"], json!(names(&new)));
     assert!(new.iter().all(|u| u.hits() > 0));
 }
@@ -301,7 +288,7 @@ async fn a_rolling_failure_reverts_updated_instances_and_reports_them() {
     let report = traffic.stop();
     assert_eq!(report.client_errors(), 0, "{report:?}");
     // Every old instance serves again; the new ones are held for inspection.
-    let s = service(&gate).await;
+    let s = web_service(&gate).await;
     assert_eq!(s["state"], "rolled_back");
     assert_eq!(s["arms"]["stable"]["upstreams"], json!(names(&old)));
     // The old instances came back most recent first.
@@ -358,7 +345,7 @@ async fn pause_resume_promote_abort_lock_and_freeze() {
     let done = wait_state(&gate, &id, &["succeeded"], WAIT).await;
     assert_eq!(done["state"], "succeeded");
     assert_eq!(
-        service(&gate).await["arms"]["stable"]["upstreams"],
+        web_service(&gate).await["arms"]["stable"]["upstreams"],
         json!([new.addr.to_string()])
     );
     assert_eq!(
@@ -376,7 +363,7 @@ async fn pause_resume_promote_abort_lock_and_freeze() {
     assert_eq!(status, 200);
     let done = wait_state(&gate, &id2, &["aborted"], WAIT).await;
     assert_eq!(done["state"], "aborted");
-    assert_eq!(service(&gate).await["canary_weight"], 0.0);
+    assert_eq!(web_service(&gate).await["canary_weight"], 0.0);
     assert_eq!(get(&c, &gate, "x", "/", &[]).await.1, "v2");
 
     // Freeze: this service, then all.
@@ -491,7 +478,11 @@ async fn bad_deployment_requests_are_refused_with_the_field() {
     }
     let (status, _) = admin(&client(), &gate, Method::POST, "/api/v1/services/nope/deployments", None, Some(json!({"strategy": "canary", "upstreams": [new.addr.to_string()], "steps": [{"weight": 5}]}))).await;
     assert_eq!(status, 404);
-    assert_eq!(service(&gate).await["state"], "stable", "nothing changed");
+    assert_eq!(
+        web_service(&gate).await["state"],
+        "stable",
+        "nothing changed"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -508,7 +499,7 @@ async fn a_rollback_to_a_version_that_is_gone_is_refused() {
     // The previous version dies (its probes fail), then the canary breaches too.
     old.set_error_rate(1.0);
     eventually(WAIT, "stable to go down", async || {
-        service(&gate).await["arms"]["stable"]["down"]
+        web_service(&gate).await["arms"]["stable"]["down"]
             .as_array()
             .is_some_and(|d| !d.is_empty())
     })
@@ -532,7 +523,7 @@ async fn a_rollback_to_a_version_that_is_gone_is_refused() {
     );
     let (status, err) = control(&gate, &id, "abort").await;
     assert_eq!(status, 409, "an abort is a rollback: refused too ({err})");
-    let s = service(&gate).await;
+    let s = web_service(&gate).await;
     assert_eq!(
         s["canary_weight"], 50.0,
         "traffic still has a path: the canary keeps serving"

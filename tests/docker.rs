@@ -56,16 +56,7 @@ async fn body(gate: &GateHandle, path: &str) -> (u16, String) {
 }
 
 async fn releases(gate: &GateHandle) -> Value {
-    admin(
-        &client(),
-        gate,
-        Method::GET,
-        "/api/v1/services/web/releases",
-        None,
-        None,
-    )
-    .await
-    .1
+    admin_get(gate, "/api/v1/services/web/releases").await
 }
 
 /// What `docker inspect` says of a container's env, mounts, networks and image.

@@ -349,19 +349,6 @@ async fn docker_health_follows_the_containers_healthcheck() {
 /// (a healthy target must never time out); a failing target is retried at once.
 const FAST: &str = "interval = \"1s\"\ntimeout = \"1s\"\nretry_interval = \"100ms\"\ninitial_delay = \"0s\"\nfailure_threshold = 2\n";
 
-async fn service(gate: &sluice::gate::GateHandle) -> Value {
-    admin(
-        &client(),
-        gate,
-        Method::GET,
-        "/api/v1/services/web",
-        None,
-        None,
-    )
-    .await
-    .1
-}
-
 async fn wait_until(
     what: &str,
     limit: Duration,
@@ -370,7 +357,7 @@ async fn wait_until(
 ) -> Value {
     let until = Instant::now() + limit;
     loop {
-        let v = service(gate).await;
+        let v = web_service(gate).await;
         if f(&v) {
             return v;
         }
@@ -525,7 +512,7 @@ async fn an_intermittent_failure_never_trips_the_threshold() {
     let until = Instant::now() + LONG_WAIT;
     let mut runs = 0;
     while runs < 8 {
-        let v = service(&gate).await;
+        let v = web_service(&gate).await;
         assert_eq!(
             v["state"], "canary",
             "an intermittent failure cut the canary back: {v}"
@@ -541,7 +528,7 @@ async fn an_intermittent_failure_never_trips_the_threshold() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // The judge has seen the last of those runs too.
-    let v = service(&gate).await;
+    let v = web_service(&gate).await;
     assert_eq!(
         v["state"], "canary",
         "an intermittent failure cut the canary back: {v}"

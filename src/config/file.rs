@@ -34,6 +34,41 @@ pub struct FileConfig {
     /// The web dashboard.
     #[serde(default)]
     pub dashboard: DashboardFile,
+    /// Proxy listeners (replace `server.listen` when given).
+    #[serde(default)]
+    pub listeners: Vec<ListenerFile>,
+    /// Certificates for TLS listeners.
+    #[serde(default)]
+    pub tls: TlsFile,
+}
+
+/// One `[[listeners]]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerFile {
+    pub name: Option<String>,
+    pub address: Option<String>,
+    pub tls: Option<bool>,
+    pub redirect_https: Option<bool>,
+    pub hsts: Option<String>,
+}
+
+/// `[tls]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    pub unknown_name: Option<String>,
+    pub default: Option<String>,
+    #[serde(default)]
+    pub certificates: Vec<CertificateFile>,
+}
+
+/// One `[[tls.certificates]]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateFile {
+    pub cert: Option<String>,
+    pub key: Option<String>,
 }
 
 /// `[dashboard]`

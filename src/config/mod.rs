@@ -12,6 +12,7 @@ pub mod docker;
 pub mod file;
 pub mod model;
 pub mod notify;
+pub mod tls;
 pub mod validate;
 
 use std::path::{Path, PathBuf};

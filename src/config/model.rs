@@ -80,6 +80,10 @@ pub struct Config {
     pub notify: Vec<super::notify::NotifierConfig>,
     /// The dashboard (`[dashboard]`).
     pub dashboard: super::notify::DashboardConfig,
+    /// Proxy listeners (`[[listeners]]`, or `server.listen` alone), at least one.
+    pub listeners: Vec<super::tls::ListenerConfig>,
+    /// Certificates for TLS listeners (`[tls]`).
+    pub tls: super::tls::TlsConfig,
 }
 
 /// Where history goes.

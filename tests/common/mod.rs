@@ -130,6 +130,18 @@ pub async fn admin(
     (status, json)
 }
 
+/// `GET path` on the admin API without a token: the JSON body, whatever the status.
+pub async fn admin_get(gate: &GateHandle, path: &str) -> Value {
+    admin(&client(), gate, reqwest::Method::GET, path, None, None)
+        .await
+        .1
+}
+
+/// The service `web` as the API shows it.
+pub async fn web_service(gate: &GateHandle) -> Value {
+    admin_get(gate, "/api/v1/services/web").await
+}
+
 /// The `/metrics` text.
 pub async fn metrics_text(c: &reqwest::Client, gate: &GateHandle) -> String {
     c.get(admin_url(gate, "/metrics"))

@@ -7,6 +7,7 @@ pub mod notify;
 pub mod probe;
 pub mod server;
 pub mod service;
+pub mod tls;
 
 use crate::time::parse_duration;
 use std::collections::HashMap;
@@ -30,7 +31,7 @@ pub(crate) struct Checker<'a> {
 }
 
 impl Checker<'_> {
-    fn fail(&mut self, path: impl Into<String>, message: impl Into<String>) {
+    pub(crate) fn fail(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.problems.push(Problem {
             path: path.into(),
             message: message.into(),
@@ -38,7 +39,7 @@ impl Checker<'_> {
     }
 
     /// Unwraps a per-key result, recording the problem and returning the fallback.
-    fn take<T>(&mut self, path: &str, result: Result<T, String>, fallback: T) -> T {
+    pub(crate) fn take<T>(&mut self, path: &str, result: Result<T, String>, fallback: T) -> T {
         match result {
             Ok(v) => v,
             Err(m) => {
@@ -48,7 +49,12 @@ impl Checker<'_> {
         }
     }
 
-    fn duration(&mut self, path: &str, value: Option<&str>, default: Duration) -> Duration {
+    pub(crate) fn duration(
+        &mut self,
+        path: &str,
+        value: Option<&str>,
+        default: Duration,
+    ) -> Duration {
         match value {
             None => default,
             Some(text) => {
@@ -61,7 +67,12 @@ impl Checker<'_> {
         }
     }
 
-    fn socket_addr(&mut self, path: &str, value: Option<&str>, default: &str) -> SocketAddr {
+    pub(crate) fn socket_addr(
+        &mut self,
+        path: &str,
+        value: Option<&str>,
+        default: &str,
+    ) -> SocketAddr {
         let text = value.unwrap_or(default);
         let fallback = SocketAddr::from(([127, 0, 0, 1], 0));
         self.take(
@@ -213,6 +224,8 @@ pub(crate) fn validate(
     let names: Vec<String> = services.iter().map(|s| s.name.clone()).collect();
     let notify = notify::validate_notify(&mut c, &model.notify, &names);
     let dashboard = notify::validate_dashboard(&mut c, &model.dashboard, &server);
+    let listeners = tls::validate_listeners(&mut c, &model.listeners, &server);
+    let tls = tls::validate_tls(&mut c, &model.tls, base, &listeners);
 
     if c.problems.is_empty() {
         Ok(Config {
@@ -227,6 +240,8 @@ pub(crate) fn validate(
             services,
             notify,
             dashboard,
+            listeners,
+            tls,
         })
     } else {
         Err(ConfigError::Invalid {

@@ -30,14 +30,18 @@ use pingora::services::Service as _;
 use tokio::runtime::Runtime;
 use tokio::sync::watch;
 
+use crate::acme::challenges::Http01;
 use crate::admin::{self, AdminState};
+use crate::config::tls::DEFAULT_LISTENER_NAME;
 use crate::config::Config;
 use crate::events::{EventBus, EventKind, NewEvent};
+use crate::listeners::{Certificates, ListenerInfo, TlsMetrics, DEFAULT_CERT_POLL};
 use crate::metrics::Metrics;
 use crate::proxy::{GateProxy, InFlight};
 use crate::rollout::{ControlHandle, Controller, Keeper, Start, TableSnapshot};
 use crate::store::spool::{self, Spool};
 use crate::store::{History, Recorder, Store};
+use crate::tls::{HandshakeCounts, HelloInspector};
 
 /// Why the gate could not start.
 #[derive(Debug, thiserror::Error)]
@@ -46,7 +50,7 @@ pub enum GateError {
     #[error("{key} = \"{addr}\": cannot listen: {source}")]
     Bind {
         /// The config key of the address.
-        key: &'static str,
+        key: String,
         /// The address.
         addr: SocketAddr,
         /// The OS error.
@@ -58,6 +62,9 @@ pub enum GateError {
     /// The Docker engine, or a service's first release, could not be started.
     #[error("{0}")]
     Docker(String),
+    /// The TLS listeners' certificates could not be loaded.
+    #[error("{0}")]
+    Tls(String),
     /// The history spool file cannot be opened.
     #[error("store.spool = \"{path}\": {source}")]
     Spool {
@@ -84,6 +91,8 @@ pub struct GateHandle {
     pub proxy_addr: SocketAddr,
     /// Where the admin API listens.
     pub admin_addr: SocketAddr,
+    /// Every proxy listener's name and address, in config order.
+    pub listeners: Vec<(String, SocketAddr)>,
     /// Sends commands to the controller.
     pub control: ControlHandle,
     /// The event bus.
@@ -157,8 +166,12 @@ async fn latest_snapshot(
     }
 }
 
-fn bind(key: &'static str, addr: SocketAddr) -> Result<(TcpListener, SocketAddr), GateError> {
-    let err = |source| GateError::Bind { key, addr, source };
+fn bind(key: &str, addr: SocketAddr) -> Result<(TcpListener, SocketAddr), GateError> {
+    let err = |source| GateError::Bind {
+        key: key.to_string(),
+        addr,
+        source,
+    };
     let listener = TcpListener::bind(addr).map_err(err)?;
     listener.set_nonblocking(true).map_err(err)?;
     let local = listener.local_addr().map_err(err)?;
@@ -168,7 +181,54 @@ fn bind(key: &'static str, addr: SocketAddr) -> Result<(TcpListener, SocketAddr)
 /// Starts a gate: binds both listeners, then runs the proxy and the control plane on their
 /// own threads. Returns once both listeners accept connections.
 pub fn start(config: Config) -> Result<GateHandle, GateError> {
-    let (proxy_listener, proxy_addr) = bind("server.listen", config.server.listen)?;
+    // Every proxy listener, bound before anything starts (`[[listeners]]`, or server.listen).
+    let mut proxy_listeners = Vec::with_capacity(config.listeners.len());
+    for (i, l) in config.listeners.iter().enumerate() {
+        let key = if config.listeners.len() == 1 && l.name == DEFAULT_LISTENER_NAME && !l.tls {
+            "server.listen".to_string()
+        } else {
+            format!("listeners[{i}].address")
+        };
+        proxy_listeners.push(bind(&key, l.address)?);
+    }
+    let bound: Vec<SocketAddr> = proxy_listeners.iter().map(|(_, a)| *a).collect();
+    let proxy_addr = bound[0];
+    let listener_info: Vec<Arc<ListenerInfo>> = ListenerInfo::all(&config.listeners, &bound)
+        .into_iter()
+        .map(Arc::new)
+        .collect();
+    let listener_names: Vec<(String, SocketAddr)> = config
+        .listeners
+        .iter()
+        .zip(&bound)
+        .map(|(l, a)| (l.name.clone(), *a))
+        .collect();
+    // The TLS listeners' certificates, their counts and the ClientHello inspector.
+    let tls_listeners: Vec<usize> = (0..config.listeners.len())
+        .filter(|&i| config.listeners[i].tls)
+        .collect();
+    let certificates = if tls_listeners.is_empty() {
+        None
+    } else {
+        Some(Arc::new(
+            Certificates::load(&config.tls).map_err(GateError::Tls)?,
+        ))
+    };
+    let counts: Vec<Option<Arc<HandshakeCounts>>> = config
+        .listeners
+        .iter()
+        .map(|l| l.tls.then(Arc::default))
+        .collect();
+    let inspector = certificates.as_ref().map(|c| {
+        Arc::new(HelloInspector::new(
+            c.store().clone(),
+            tls_listeners
+                .iter()
+                .filter_map(|&i| Some((bound[i].port(), counts[i].clone()?)))
+                .collect(),
+        ))
+    });
+    let http01: Arc<Http01> = Arc::default();
     let (admin_listener, admin_addr) = bind("server.admin_listen", config.server.admin_listen)?;
 
     let metrics = Arc::new(Metrics::new());
@@ -335,27 +395,54 @@ pub fn start(config: Config) -> Result<GateHandle, GateError> {
         upstream_keepalive_pool_size: keepalive_pool_size,
         ..ServerConf::default()
     });
-    let key = proxy_addr.to_string();
+    if let Some(certs) = &certificates {
+        metrics.register(Box::new(TlsMetrics::new(
+            tls_listeners
+                .iter()
+                .filter_map(|&i| Some((listener_info[i].name.clone(), counts[i].clone()?)))
+                .collect(),
+            certs.clone(),
+        )));
+    }
     let mut workers = Vec::with_capacity(threads);
     for i in 0..threads {
         let runtime_err = |e| GateError::Runtime("proxy worker", e);
-        // Each worker gets its own descriptor of the same socket; pingora takes it over
-        // (through its inherited-fd table) instead of binding the address again.
-        let socket = proxy_listener.try_clone().map_err(runtime_err)?;
+        // Each worker gets its own descriptor of every listening socket; pingora takes them
+        // over (through its inherited-fd table) instead of binding the addresses again.
+        // One pingora service per listener, so each knows which listener it serves.
         let mut fds = Fds::new();
-        fds.add(key.clone(), socket.into_raw_fd());
+        for (socket, addr) in &proxy_listeners {
+            let socket = socket.try_clone().map_err(runtime_err)?;
+            fds.add(addr.to_string(), socket.into_raw_fd());
+        }
         let fds = Arc::new(parking_lot::Mutex::new(fds));
-        let mut service = http_proxy_service_with_name(
-            &conf,
-            GateProxy::new(
-                table.clone(),
-                metrics.clone(),
-                in_flight.clone(),
-                wiring.wake.clone(),
-            ),
-            "sluice proxy",
-        );
-        service.add_tcp(&key);
+        let mut services = Vec::with_capacity(proxy_listeners.len());
+        for (j, (_, addr)) in proxy_listeners.iter().enumerate() {
+            let mut service = http_proxy_service_with_name(
+                &conf,
+                GateProxy::on_listener(
+                    table.clone(),
+                    metrics.clone(),
+                    in_flight.clone(),
+                    wiring.wake.clone(),
+                    listener_info[j].clone(),
+                    http01.clone(),
+                ),
+                "sluice proxy",
+            );
+            let key = addr.to_string();
+            match (&counts[j], &certificates, &inspector) {
+                (Some(counts), Some(certs), Some(inspector)) => {
+                    let settings =
+                        crate::tls::settings(certs.store(), &listener_info[j].name, counts, false)
+                            .map_err(|e| GateError::Tls(format!("listeners[{j}]: {e}")))?;
+                    service.endpoints().set_pre_tls_callback(inspector.clone());
+                    service.add_tls_with_settings(&key, None, settings);
+                }
+                _ => service.add_tcp(&key),
+            }
+            services.push(service);
+        }
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -368,7 +455,10 @@ pub fn start(config: Config) -> Result<GateHandle, GateError> {
                 runtime.block_on(async move {
                     // Returns once accepting stops; requests in flight go on until the
                     // drain releases the workers.
-                    service.start_service(Some(fds), accepting_stopped, 1).await;
+                    futures_util::future::join_all(services.iter_mut().map(|service| {
+                        service.start_service(Some(fds.clone()), accepting_stopped.clone(), 1)
+                    }))
+                    .await;
                     while !*workers_stopped.borrow() {
                         if workers_stopped.changed().await.is_err() {
                             break;
@@ -379,7 +469,11 @@ pub fn start(config: Config) -> Result<GateHandle, GateError> {
             .map_err(runtime_err)?;
         workers.push(worker);
     }
-    drop(proxy_listener);
+    drop(proxy_listeners);
+    if let Some(certs) = &certificates {
+        controller.attach_certificates(certs.clone());
+        background.push(Box::pin(certs.clone().watch(DEFAULT_CERT_POLL)));
+    }
 
     let state = AdminState {
         control: control.clone(),
@@ -437,6 +531,7 @@ pub fn start(config: Config) -> Result<GateHandle, GateError> {
     Ok(GateHandle {
         proxy_addr,
         admin_addr,
+        listeners: listener_names,
         control,
         bus,
         metrics,
@@ -456,6 +551,14 @@ pub fn start(config: Config) -> Result<GateHandle, GateError> {
 }
 
 impl GateHandle {
+    /// The address of the proxy listener `name`.
+    pub fn listener(&self, name: &str) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| *a)
+    }
+
     /// Requests in flight now.
     pub fn requests_in_flight(&self) -> usize {
         self.in_flight.count()

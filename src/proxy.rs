@@ -29,7 +29,9 @@ use pingora::proxy::{ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, Result};
 
+use crate::acme::challenges::{Http01, HTTP01_PREFIX};
 use crate::linger::{DEFAULT_LINGER_BYTES, DEFAULT_LINGER_TIME};
+use crate::listeners::ListenerInfo;
 use crate::metrics::Metrics;
 use crate::rollout::Wake;
 use crate::routing::{Arm, RoutingTable, TableReader};
@@ -73,6 +75,8 @@ pub struct GateProxy {
     metrics: Arc<Metrics>,
     in_flight: InFlight,
     wake: Wake,
+    listener: Arc<ListenerInfo>,
+    http01: Arc<Http01>,
 }
 
 impl GateProxy {
@@ -84,12 +88,88 @@ impl GateProxy {
         in_flight: InFlight,
         wake: Wake,
     ) -> GateProxy {
+        GateProxy::on_listener(
+            table,
+            metrics,
+            in_flight,
+            wake,
+            Arc::new(ListenerInfo {
+                name: crate::config::tls::DEFAULT_LISTENER_NAME.into(),
+                tls: false,
+                redirect_to: None,
+                hsts: None,
+            }),
+            Arc::default(),
+        )
+    }
+
+    /// The same, for the listener `listener`, answering ACME HTTP-01 validation from
+    /// `http01` on a listener that redirects to https.
+    pub fn on_listener(
+        table: TableReader,
+        metrics: Arc<Metrics>,
+        in_flight: InFlight,
+        wake: Wake,
+        listener: Arc<ListenerInfo>,
+        http01: Arc<Http01>,
+    ) -> GateProxy {
         GateProxy {
             table,
             metrics,
             in_flight,
             wake,
+            listener,
+            http01,
         }
+    }
+
+    /// On a listener that redirects to https: ACME's HTTP-01 path answered here (404 for
+    /// an unknown token), everything else a 308 to the same host and path over https.
+    /// Returns whether it answered.
+    async fn redirect(&self, session: &mut Session, port: u16) -> Result<bool> {
+        let req = session.req_header();
+        let path = req.uri.path();
+        if let Some(token) = path.strip_prefix(HTTP01_PREFIX) {
+            match self.http01.answer(token) {
+                Some(key_authorization) => {
+                    let mut resp = ResponseHeader::build(200, Some(2))?;
+                    resp.insert_header(http::header::CONTENT_TYPE, "text/plain")?;
+                    resp.insert_header(http::header::CONTENT_LENGTH, key_authorization.len())?;
+                    session.write_response_header(Box::new(resp), false).await?;
+                    session
+                        .write_response_body(Some(Bytes::from(key_authorization)), true)
+                        .await?;
+                }
+                None => respond_plain(session, 404, "sluice: no such ACME challenge\n").await?,
+            }
+            return Ok(true);
+        }
+        let Some(host) = redirect_host(request_host(session)) else {
+            respond_plain(
+                session,
+                400,
+                "sluice: a redirect to https needs a valid Host\n",
+            )
+            .await?;
+            return Ok(true);
+        };
+        let target = session
+            .req_header()
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .filter(|p| p.starts_with('/'))
+            .unwrap_or("/");
+        let location = if port == 443 {
+            format!("https://{host}{target}")
+        } else {
+            format!("https://{host}:{port}{target}")
+        };
+        let mut resp = ResponseHeader::build(308, Some(3))?;
+        resp.insert_header(http::header::LOCATION, location)?;
+        resp.insert_header(http::header::CONTENT_LENGTH, 0)?;
+        session.write_response_header(Box::new(resp), true).await?;
+        Ok(true)
     }
 
     /// Records a failed canary attempt and moves the request to stable for its one replay.
@@ -143,6 +223,24 @@ impl RequestCtx {
 }
 
 /// The Host a request is for: the URI authority (HTTP/2, absolute form) or the Host header.
+/// The host of a redirect target: the request's host without its port, when it is a name
+/// or an address (anything else could inject into the `Location`).
+fn redirect_host(host: &str) -> Option<&str> {
+    if let Some(rest) = host.strip_prefix('[') {
+        // `[v6]` or `[v6]:port`: the bracketed address, when it is one.
+        let (ip, _) = rest.split_once(']')?;
+        ip.parse::<std::net::Ipv6Addr>().ok()?;
+        return host.get(..ip.len() + 2);
+    }
+    let name = host.split(':').next().unwrap_or("");
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    ok.then_some(name)
+}
+
 fn request_host(session: &Session) -> &str {
     let req = session.req_header();
     if let Some(host) = req.uri.host() {
@@ -205,6 +303,9 @@ impl ProxyHttp for GateProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        if let Some(port) = self.listener.redirect_to {
+            return self.redirect(session, port).await;
+        }
         let table = self.table.load_full();
         let path = session.req_header().uri.path();
         let Some(index) = table.route(request_host(session), path) else {
@@ -379,8 +480,9 @@ impl ProxyHttp for GateProxy {
             };
             upstream_request.insert_header(X_FORWARDED_FOR.clone(), value)?;
         }
+        let proto = if self.listener.tls { "https" } else { "http" };
         upstream_request
-            .insert_header(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"))?;
+            .insert_header(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto))?;
         if let Some(host) = session.req_header().headers.get(HOST).cloned() {
             upstream_request.insert_header(X_FORWARDED_HOST.clone(), host)?;
         }
@@ -434,8 +536,15 @@ impl ProxyHttp for GateProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         if let (Some(seed), Some(table)) = (ctx.new_seed, ctx.table.as_ref()) {
+            let mut cookie = table.options.set_cookie(seed);
+            if self.listener.tls {
+                cookie.push_str("; Secure");
+            }
+            upstream_response.append_header(http::header::SET_COOKIE, cookie)?;
+        }
+        if let Some(hsts) = &self.listener.hsts {
             upstream_response
-                .append_header(http::header::SET_COOKIE, table.options.set_cookie(seed))?;
+                .insert_header(http::header::STRICT_TRANSPORT_SECURITY, hsts.as_str())?;
         }
         Ok(())
     }

@@ -227,6 +227,16 @@ impl Controller {
             &new.routing,
             new.server.idle_timeout,
         ));
+        if new.listeners != self.config.listeners {
+            tracing::warn!("[[listeners]] changed: listeners are bound at start; restart to apply");
+        }
+        if let Some(certs) = &self.certificates {
+            if let Err(e) = certs.apply(&new.tls) {
+                return Err(ControlError::Invalid(format!(
+                    "config reload refused; the current table keeps serving: {e}"
+                )));
+            }
+        }
         self.admin_token
             .store(new.admin.token.clone().map(Arc::new));
         if !new.dashboard.url_given {

@@ -87,6 +87,8 @@ pub struct Controller {
     freezes: Arc<ArcSwap<deploy::Freezes>>,
     /// The Docker release manager, when a service runs as containers.
     docker: Option<mpsc::UnboundedSender<crate::docker::manager::Request>>,
+    /// The TLS listeners' certificates, reloaded with the config.
+    certificates: Option<Arc<crate::listeners::Certificates>>,
     /// Reports of the release manager and discovery, and the sender they clone.
     reports: mpsc::Receiver<crate::docker::report::Envelope>,
     reporter: crate::docker::report::Reporter,
@@ -223,6 +225,7 @@ impl Controller {
             refused: HashMap::new(),
             freezes: freezes.clone(),
             docker: None,
+            certificates: None,
             reports,
             reporter,
             docker_gone: HashMap::new(),
@@ -250,6 +253,11 @@ impl Controller {
     /// Connects the Docker release manager (image deployments go to it).
     pub fn attach_docker(&mut self, tx: mpsc::UnboundedSender<crate::docker::manager::Request>) {
         self.docker = Some(tx);
+    }
+
+    /// Connects the TLS listeners' certificates: a reload loads the new `[tls]` files.
+    pub fn attach_certificates(&mut self, certificates: Arc<crate::listeners::Certificates>) {
+        self.certificates = Some(certificates);
     }
 
     /// Where the release manager and discovery send their reports.

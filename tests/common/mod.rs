@@ -411,3 +411,4 @@ pub mod browser;
 pub mod docker;
 pub mod pg;
 pub mod receivers;
+pub mod tls;

@@ -33,7 +33,10 @@ pub fn make_cert(dir: &Path, stem: &str, names: &[&str], days: i64) -> CertFiles
         .push(rcgen::DnType::CommonName, names[0].to_string());
     let key = rcgen::KeyPair::generate().unwrap();
     let cert = p.self_signed(&key).unwrap();
-    let (c, k) = (dir.join(format!("{stem}.crt")), dir.join(format!("{stem}.key")));
+    let (c, k) = (
+        dir.join(format!("{stem}.crt")),
+        dir.join(format!("{stem}.key")),
+    );
     std::fs::write(&c, cert.pem()).unwrap();
     std::fs::write(&k, key.serialize_pem()).unwrap();
     CertFiles {
@@ -161,7 +164,11 @@ pub async fn exchange<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     let mut chunk = [0u8; 4096];
     loop {
         let n = s.read(&mut chunk).await.unwrap();
-        assert!(n > 0, "connection closed: {}", String::from_utf8_lossy(&buf));
+        assert!(
+            n > 0,
+            "connection closed: {}",
+            String::from_utf8_lossy(&buf)
+        );
         buf.extend_from_slice(&chunk[..n]);
         let text = String::from_utf8_lossy(&buf).to_string();
         if let Some((head, body)) = text.split_once("\r\n\r\n") {

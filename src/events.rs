@@ -85,11 +85,15 @@ pub enum EventKind {
     Discovered,
     /// Notifications could not be delivered (after their retries), or were dropped.
     NotifyFailed,
+    /// A certificate was issued or renewed by the ACME server.
+    CertificateIssued,
+    /// An ACME order failed; the certificate the name had keeps serving.
+    CertificateFailed,
 }
 
 impl EventKind {
     /// Every kind, for filters and docs.
-    pub const ALL: [EventKind; 31] = [
+    pub const ALL: [EventKind; 33] = [
         EventKind::Started,
         EventKind::CanarySet,
         EventKind::WeightSet,
@@ -121,6 +125,8 @@ impl EventKind {
         EventKind::ReleaseMissing,
         EventKind::Discovered,
         EventKind::NotifyFailed,
+        EventKind::CertificateIssued,
+        EventKind::CertificateFailed,
     ];
 
     /// Parses a kind name.
@@ -162,6 +168,8 @@ impl EventKind {
             EventKind::ReleaseMissing => "release_missing",
             EventKind::Discovered => "discovered",
             EventKind::NotifyFailed => "notify_failed",
+            EventKind::CertificateIssued => "certificate_issued",
+            EventKind::CertificateFailed => "certificate_failed",
         }
     }
 }

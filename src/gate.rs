@@ -31,11 +31,14 @@ use tokio::runtime::Runtime;
 use tokio::sync::watch;
 
 use crate::acme::challenges::Http01;
+use crate::acme::manager::Manager;
 use crate::admin::{self, AdminState};
 use crate::config::tls::DEFAULT_LISTENER_NAME;
 use crate::config::Config;
 use crate::events::{EventBus, EventKind, NewEvent};
-use crate::listeners::{Certificates, ListenerInfo, TlsMetrics, DEFAULT_CERT_POLL};
+use crate::listeners::{
+    acme_settings, report_certificates, Certificates, ListenerInfo, TlsMetrics, DEFAULT_CERT_POLL,
+};
 use crate::metrics::Metrics;
 use crate::proxy::{GateProxy, InFlight};
 use crate::rollout::{ControlHandle, Controller, Keeper, Start, TableSnapshot};
@@ -193,10 +196,12 @@ pub fn start(config: Config) -> Result<GateHandle, GateError> {
     }
     let bound: Vec<SocketAddr> = proxy_listeners.iter().map(|(_, a)| *a).collect();
     let proxy_addr = bound[0];
-    let listener_info: Vec<Arc<ListenerInfo>> = ListenerInfo::all(&config.listeners, &bound)
-        .into_iter()
-        .map(Arc::new)
-        .collect();
+    let acme_config = config.tls.acme.clone();
+    let listener_info: Vec<Arc<ListenerInfo>> =
+        ListenerInfo::all(&config.listeners, &bound, acme_config.is_some())
+            .into_iter()
+            .map(Arc::new)
+            .collect();
     let listener_names: Vec<(String, SocketAddr)> = config
         .listeners
         .iter()
@@ -229,6 +234,21 @@ pub fn start(config: Config) -> Result<GateHandle, GateError> {
         ))
     });
     let http01: Arc<Http01> = Arc::default();
+    // Automatic certificates: what was stored serves before the first handshake.
+    let mut acme = None;
+    if let (Some(cfg), Some(certs)) = (&acme_config, &certificates) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let manager = Manager::new(
+            acme_settings(cfg),
+            certs.store().clone(),
+            http01.clone(),
+            tx,
+        )
+        .map_err(|e| GateError::Tls(e.to_string()))?;
+        manager.restore();
+        acme = Some((manager, rx));
+    }
+    let acme_board = acme.as_ref().map(|(m, _)| m.board());
     let (admin_listener, admin_addr) = bind("server.admin_listen", config.server.admin_listen)?;
 
     let metrics = Arc::new(Metrics::new());
@@ -470,6 +490,10 @@ pub fn start(config: Config) -> Result<GateHandle, GateError> {
         workers.push(worker);
     }
     drop(proxy_listeners);
+    if let Some((manager, reports)) = acme {
+        background.push(Box::pin(manager.run(control_stopped.clone())));
+        background.push(Box::pin(report_certificates(reports, bus.clone())));
+    }
     if let Some(certs) = &certificates {
         controller.attach_certificates(certs.clone());
         background.push(Box::pin(certs.clone().watch(DEFAULT_CERT_POLL)));
@@ -485,6 +509,8 @@ pub fn start(config: Config) -> Result<GateHandle, GateError> {
         releases: release_board,
         tickets: Default::default(),
         dashboard: dashboard_enabled,
+        certificates: certificates.clone(),
+        acme: acme_board,
     };
     let mut control_tasks = vec![
         control_rt.spawn(controller.run(control_stopped.clone())),

@@ -24,6 +24,9 @@ pub struct ListenerInfo {
     pub tls: bool,
     /// Plain requests are redirected to this https port (ACME's HTTP-01 path excepted).
     pub redirect_to: Option<u16>,
+    /// ACME's HTTP-01 path is answered here (a plain listener that redirects, or any plain
+    /// listener when `tls.acme` is on).
+    pub http01: bool,
     /// The `Strict-Transport-Security` value it adds, when it sends one.
     pub hsts: Option<String>,
 }
@@ -31,7 +34,11 @@ pub struct ListenerInfo {
 impl ListenerInfo {
     /// Every listener's info; `bound` holds each one's actual address (port 0 resolved), in
     /// config order.
-    pub fn all(listeners: &[ListenerConfig], bound: &[std::net::SocketAddr]) -> Vec<ListenerInfo> {
+    pub fn all(
+        listeners: &[ListenerConfig],
+        bound: &[std::net::SocketAddr],
+        acme: bool,
+    ) -> Vec<ListenerInfo> {
         let https_port = listeners
             .iter()
             .zip(bound)
@@ -43,6 +50,7 @@ impl ListenerInfo {
                 name: l.name.clone(),
                 tls: l.tls,
                 redirect_to: if l.redirect_https { https_port } else { None },
+                http01: !l.tls && (l.redirect_https || acme),
                 hsts: l.hsts.map(|d| format!("max-age={}", d.as_secs())),
             })
             .collect()
@@ -259,5 +267,95 @@ impl Collector for TlsMetrics {
             expiry.mut_metric().push(m);
         }
         vec![handshakes, expiry]
+    }
+}
+
+/// The ACME manager's settings for `[acme]`.
+pub fn acme_settings(cfg: &crate::config::tls::AcmeConfig) -> crate::acme::manager::Settings {
+    use crate::acme::manager::{Settings, DEFAULT_RETRY_MAX};
+    Settings {
+        directory: cfg.directory.clone(),
+        contact: cfg.email.iter().map(|e| format!("mailto:{e}")).collect(),
+        dir: cfg.dir.clone(),
+        ca_file: cfg.ca_file.clone(),
+        challenge: cfg.challenge,
+        renew_before: cfg.renew_before,
+        retry_min: cfg.retry_min,
+        retry_max: DEFAULT_RETRY_MAX.max(cfg.retry_min),
+        names: cfg.names.clone(),
+    }
+}
+
+/// Turns the ACME manager's reports into events (`certificate_issued`,
+/// `certificate_failed`; a certificate restored at start is logged) until the manager stops.
+pub async fn report_certificates(
+    mut reports: tokio::sync::mpsc::UnboundedReceiver<crate::acme::manager::Report>,
+    bus: crate::events::EventBus,
+) {
+    use crate::acme::manager::Report;
+    use crate::events::{EventKind, NewEvent};
+    use serde_json::json;
+    while let Some(report) = reports.recv().await {
+        match report {
+            Report::Restored { name, not_after } => {
+                tracing::info!(%name, not_after, "stored ACME certificate serving");
+            }
+            Report::Issued {
+                name,
+                not_after,
+                issuer,
+                serial,
+                renewal,
+                challenge,
+                took_ms,
+            } => {
+                bus.publish(
+                    NewEvent::new(
+                        EventKind::CertificateIssued,
+                        "acme",
+                        format!(
+                            "certificate for {name} {} by {issuer} ({}, {took_ms} ms), valid until {}",
+                            if renewal { "renewed" } else { "issued" },
+                            challenge.as_str(),
+                            crate::time::format_time(not_after.max(0) as u64 * 1000)
+                        ),
+                    )
+                    .evidence(json!({
+                        "name": name,
+                        "issuer": issuer,
+                        "serial": serial,
+                        "not_after_ms": not_after.max(0) as u64 * 1000,
+                        "renewal": renewal,
+                        "challenge": challenge,
+                        "took_ms": took_ms,
+                    })),
+                );
+            }
+            Report::Failed {
+                name,
+                error,
+                problem,
+                attempt,
+                retry_in,
+            } => {
+                bus.publish(
+                    NewEvent::new(
+                        EventKind::CertificateFailed,
+                        "acme",
+                        format!(
+                            "certificate order for {name} failed (attempt {attempt}, next in {}): {error}",
+                            crate::time::format_duration(retry_in)
+                        ),
+                    )
+                    .evidence(json!({
+                        "name": name,
+                        "error": error,
+                        "problem": problem,
+                        "attempt": attempt,
+                        "retry_in_ms": retry_in.as_millis() as u64,
+                    })),
+                );
+            }
+        }
     }
 }

@@ -97,6 +97,7 @@ impl GateProxy {
                 name: crate::config::tls::DEFAULT_LISTENER_NAME.into(),
                 tls: false,
                 redirect_to: None,
+                http01: false,
                 hsts: None,
             }),
             Arc::default(),
@@ -123,14 +124,13 @@ impl GateProxy {
         }
     }
 
-    /// On a listener that redirects to https: ACME's HTTP-01 path answered here (404 for
-    /// an unknown token), everything else a 308 to the same host and path over https.
-    /// Returns whether it answered.
-    async fn redirect(&self, session: &mut Session, port: u16) -> Result<bool> {
-        let req = session.req_header();
-        let path = req.uri.path();
+    /// ACME's HTTP-01 path, answered from the challenge board (404 for an unknown token).
+    /// Returns whether the request was one.
+    async fn http01(&self, session: &mut Session) -> Result<bool> {
+        let path = session.req_header().uri.path();
         if let Some(token) = path.strip_prefix(HTTP01_PREFIX) {
-            match self.http01.answer(token) {
+            let token = token.to_string();
+            match self.http01.answer(&token) {
                 Some(key_authorization) => {
                     let mut resp = ResponseHeader::build(200, Some(2))?;
                     resp.insert_header(http::header::CONTENT_TYPE, "text/plain")?;
@@ -144,6 +144,11 @@ impl GateProxy {
             }
             return Ok(true);
         }
+        Ok(false)
+    }
+
+    /// A 308 to the same host and path over https, on `port`.
+    async fn redirect(&self, session: &mut Session, port: u16) -> Result<bool> {
         let Some(host) = redirect_host(request_host(session)) else {
             respond_plain(
                 session,
@@ -303,6 +308,9 @@ impl ProxyHttp for GateProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        if self.listener.http01 && self.http01(session).await? {
+            return Ok(true);
+        }
         if let Some(port) = self.listener.redirect_to {
             return self.redirect(session, port).await;
         }

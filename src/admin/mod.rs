@@ -21,6 +21,7 @@
 //! | DELETE | `/api/v1/services/{name}/canary` | removes a held or idle canary |
 //! | POST | `/api/v1/deployments/{id}/pause\|resume\|abort\|promote` | controls a running deployment |
 //! | GET/POST | `/api/v1/freeze`, `POST /api/v1/unfreeze` | freezes (refuses new deployments) for one service or all |
+//! | GET | `/api/v1/certificates` | the certificates served (name, source, issuer, serial, expiry) and the ACME status per name |
 //! | GET | `/api/v1/history` | stored events, newest first: `?service=&kind=a,b&deployment=&since=&until=&limit=&cursor=` |
 //! | GET | `/api/v1/deployments` | deployments, newest first: `?service=&limit=&cursor=` |
 //! | GET | `/api/v1/deployments/{id}` | one deployment with its events, probe results and health trend |
@@ -48,6 +49,7 @@ use crate::metrics::Metrics;
 use crate::rollout::{ControlHandle, Op};
 
 mod auth;
+mod certificates;
 pub mod dashboard;
 mod deployments;
 mod error;
@@ -91,6 +93,10 @@ pub struct AdminState {
     pub tickets: Tickets,
     /// Serve the dashboard at `/`.
     pub dashboard: bool,
+    /// The TLS listeners' certificates, when any listener speaks TLS.
+    pub certificates: Option<Arc<crate::listeners::Certificates>>,
+    /// The ACME manager's status per name, when `tls.acme` is on.
+    pub acme: Option<crate::acme::manager::AcmeBoard>,
 }
 
 /// Builds the router.
@@ -115,6 +121,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/events", get(events))
         .route("/tickets", post(issue_ticket))
         .route("/history", get(history))
+        .route("/certificates", get(certificates::certificates))
         .route("/deployments", get(deployments))
         .route("/deployments/{id}", get(deployment))
         .route("/deployments/{id}/trend", get(deployment_trend))

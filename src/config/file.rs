@@ -40,6 +40,22 @@ pub struct FileConfig {
     /// Certificates for TLS listeners.
     #[serde(default)]
     pub tls: TlsFile,
+    /// The ACME server automatic certificates come from.
+    #[serde(default)]
+    pub acme: AcmeFile,
+}
+
+/// `[acme]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcmeFile {
+    pub directory: Option<String>,
+    pub email: Option<String>,
+    pub dir: Option<String>,
+    pub ca_file: Option<String>,
+    pub challenge: Option<String>,
+    pub renew_before: Option<String>,
+    pub retry_min: Option<String>,
 }
 
 /// One `[[listeners]]` table.
@@ -57,6 +73,7 @@ pub struct ListenerFile {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsFile {
+    pub acme: Option<bool>,
     pub unknown_name: Option<String>,
     pub default: Option<String>,
     #[serde(default)]

@@ -43,9 +43,34 @@ pub struct CertificatePaths {
     pub key: PathBuf,
 }
 
+/// `[acme]`, validated: where automatic certificates come from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AcmeConfig {
+    /// The ACME directory URL; default Let's Encrypt's production directory.
+    pub directory: String,
+    /// Contact address for the account (optional).
+    pub email: Option<String>,
+    /// Where the account and certificates are kept (0600 files); default `acme` beside the
+    /// config file.
+    pub dir: PathBuf,
+    /// A CA bundle to trust for the ACME server's own HTTPS (a private ACME server).
+    pub ca_file: Option<PathBuf>,
+    /// `http-01` (default) or `tls-alpn-01`.
+    pub challenge: crate::acme::manager::Challenge,
+    /// Renew this long before expiry; default 30 days.
+    pub renew_before: Duration,
+    /// The first retry after a failure (doubling after each); default 1 minute.
+    pub retry_min: Duration,
+    /// The names ordered: every exact host of every service (wildcards need DNS-01 and
+    /// a certificate file).
+    pub names: Vec<String>,
+}
+
 /// `[tls]`, validated.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct TlsConfig {
+    /// Certificates for services' host names from the `[acme]` server (`tls.acme`).
+    pub acme: Option<AcmeConfig>,
     /// Names no certificate covers; default [`UnknownNamePolicy::Default`].
     pub unknown_name: UnknownNamePolicy,
     /// The name whose certificate is the default (default: the first file's first name).

@@ -59,7 +59,11 @@ fn write_api_certs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     leaf_params.is_ca = rcgen::IsCa::ExplicitNoCa;
     let leaf_key = rcgen::KeyPair::generate().unwrap();
     let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
-    let (ca_path, cert_path, key_path) = (dir.join("ca.pem"), dir.join("cert.pem"), dir.join("key.pem"));
+    let (ca_path, cert_path, key_path) = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    );
     std::fs::write(&ca_path, ca.pem()).unwrap();
     std::fs::write(&cert_path, leaf.pem()).unwrap();
     std::fs::write(&key_path, leaf_key.serialize_pem()).unwrap();

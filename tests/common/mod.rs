@@ -407,6 +407,7 @@ pub async fn next_event(
     .unwrap_or_else(|_| panic!("no {} event within {limit:?}", kind.as_str()))
 }
 
+pub mod acme;
 pub mod browser;
 pub mod docker;
 pub mod pg;

@@ -225,7 +225,12 @@ pub(crate) fn validate(
     let notify = notify::validate_notify(&mut c, &model.notify, &names);
     let dashboard = notify::validate_dashboard(&mut c, &model.dashboard, &server);
     let listeners = tls::validate_listeners(&mut c, &model.listeners, &server);
-    let tls = tls::validate_tls(&mut c, &model.tls, base, &listeners);
+    let hosts: Vec<String> = model
+        .services
+        .iter()
+        .flat_map(|s| s.hosts.clone())
+        .collect();
+    let tls = tls::validate_tls(&mut c, &model.tls, &model.acme, base, &listeners, &hosts);
 
     if c.problems.is_empty() {
         Ok(Config {

@@ -7,9 +7,10 @@ use std::path::Path;
 
 use super::service::validate_name;
 use super::Checker;
-use crate::config::file::{ListenerFile, TlsFile};
+use crate::config::file::{AcmeFile, ListenerFile, TlsFile};
 use crate::config::tls::{
-    CertificatePaths, ListenerConfig, TlsConfig, UnknownNamePolicy, DEFAULT_LISTENER_NAME,
+    AcmeConfig, CertificatePaths, ListenerConfig, TlsConfig, UnknownNamePolicy,
+    DEFAULT_LISTENER_NAME,
 };
 use crate::config::ServerConfig;
 
@@ -102,13 +103,97 @@ pub(crate) fn validate_listeners(
     out
 }
 
+/// `[acme]`, when `tls.acme` asks for it; `hosts` are the services' host patterns.
+fn validate_acme(
+    c: &mut Checker<'_>,
+    f: &AcmeFile,
+    base_dir: &Path,
+    hosts: &[String],
+) -> AcmeConfig {
+    use crate::acme::manager::{Challenge, DEFAULT_RENEW_BEFORE, DEFAULT_RETRY_MIN, LETS_ENCRYPT};
+    let directory = f
+        .directory
+        .clone()
+        .unwrap_or_else(|| LETS_ENCRYPT.to_string());
+    if !(directory.starts_with("https://") || directory.starts_with("http://127.0.0.1")) {
+        c.fail(
+            "acme.directory",
+            format!("'{directory}' must be an https:// URL"),
+        );
+    }
+    let challenge = match f.challenge.as_deref() {
+        None | Some("http-01") => Challenge::Http01,
+        Some("tls-alpn-01") => Challenge::TlsAlpn01,
+        Some(other) => {
+            c.fail(
+                "acme.challenge",
+                format!("'{other}' is not one of: http-01, tls-alpn-01"),
+            );
+            Challenge::Http01
+        }
+    };
+    if let Some(e) = &f.email {
+        if !e.contains('@') || e.contains(char::is_whitespace) {
+            c.fail("acme.email", format!("'{e}' is not an email address"));
+        }
+    }
+    let ca_file = f.ca_file.as_ref().map(|p| base_dir.join(p));
+    if let Some(p) = &ca_file {
+        if !p.is_file() {
+            c.fail(
+                "acme.ca_file",
+                format!("{} is not a readable file", p.display()),
+            );
+        }
+    }
+    let mut names: Vec<String> = hosts
+        .iter()
+        .filter(|h| !h.starts_with("*."))
+        .map(|h| h.to_ascii_lowercase())
+        .collect();
+    names.sort();
+    names.dedup();
+    if names.is_empty() {
+        c.fail(
+            "tls.acme",
+            "no service has an exact host name to order a certificate for",
+        );
+    }
+    AcmeConfig {
+        directory,
+        email: f.email.clone(),
+        dir: base_dir.join(f.dir.as_deref().unwrap_or("acme")),
+        ca_file,
+        challenge,
+        renew_before: c.duration(
+            "acme.renew_before",
+            f.renew_before.as_deref(),
+            DEFAULT_RENEW_BEFORE,
+        ),
+        retry_min: c.duration("acme.retry_min", f.retry_min.as_deref(), DEFAULT_RETRY_MIN),
+        names,
+    }
+}
+
 /// `[tls]`: its certificates must load when any listener speaks TLS.
 pub(crate) fn validate_tls(
     c: &mut Checker<'_>,
     f: &TlsFile,
+    acme: &AcmeFile,
     base_dir: &Path,
     listeners: &[ListenerConfig],
+    hosts: &[String],
 ) -> TlsConfig {
+    let acme = f
+        .acme
+        .unwrap_or(false)
+        .then(|| validate_acme(c, acme, base_dir, hosts));
+    if acme.is_some() && !listeners.iter().any(|l| l.tls) {
+        c.fail(
+            "tls.acme",
+            "needs a listener with tls = true to serve the certificates",
+        );
+    }
     let unknown_name = match f.unknown_name.as_deref() {
         None | Some("default") => UnknownNamePolicy::Default,
         Some("refuse") => UnknownNamePolicy::Refuse,
@@ -157,13 +242,14 @@ pub(crate) fn validate_tls(
             );
         }
     }
-    if listeners.iter().any(|l| l.tls) && f.certificates.is_empty() {
+    if listeners.iter().any(|l| l.tls) && f.certificates.is_empty() && acme.is_none() {
         c.fail(
             "tls.certificates",
-            "a listener has tls = true but there is no certificate (add [[tls.certificates]] cert and key)",
+            "a listener has tls = true but there is no certificate (add [[tls.certificates]] cert and key, or tls.acme = true)",
         );
     }
     TlsConfig {
+        acme,
         unknown_name,
         default: f.default.clone(),
         certificates,

@@ -16,7 +16,7 @@ pub const DEFAULT_NOTIFY_BACKOFF: Duration = Duration::from_secs(1);
 pub const DEFAULT_NOTIFY_QUEUE: usize = 256;
 
 /// What a notifier hears when it does not say: what someone should act on.
-pub const DEFAULT_NOTIFY_EVENTS: [EventKind; 8] = [
+pub const DEFAULT_NOTIFY_EVENTS: [EventKind; 9] = [
     EventKind::RolledBack,
     EventKind::Breach,
     EventKind::DeploymentFailed,
@@ -25,6 +25,7 @@ pub const DEFAULT_NOTIFY_EVENTS: [EventKind; 8] = [
     EventKind::RollbackRefused,
     EventKind::ProbeFailed,
     EventKind::ReleaseMissing,
+    EventKind::CertificateFailed,
 ];
 
 /// A secret value; never printed.

@@ -188,6 +188,26 @@ pub(crate) fn validate_tls(
         .acme
         .unwrap_or(false)
         .then(|| validate_acme(c, acme, base_dir, hosts));
+    if acme.is_some() {
+        // HTTP-01 and TLS-ALPN-01 cannot prove a wildcard: it needs a certificate file.
+        let filed: Vec<String> = f
+            .certificates
+            .iter()
+            .filter_map(|cf| {
+                let (cert, key) = (cf.cert.as_ref()?, cf.key.as_ref()?);
+                crate::tls::load_files(&base_dir.join(cert), &base_dir.join(key), 0).ok()
+            })
+            .flat_map(|l| l.names)
+            .collect();
+        for h in hosts.iter().filter(|h| h.starts_with("*.")) {
+            if !filed.iter().any(|n| n.eq_ignore_ascii_case(h)) {
+                c.fail(
+                    "tls.acme",
+                    format!("'{h}' is a wildcard: ACME certificates for wildcards need DNS-01, which Sluice does not do; give it a [[tls.certificates]] file"),
+                );
+            }
+        }
+    }
     if acme.is_some() && !listeners.iter().any(|l| l.tls) {
         c.fail(
             "tls.acme",

@@ -16,35 +16,29 @@
 //! period, and it handles SIGHUP. The control plane (controller, admin API, signal handlers)
 //! runs on its own one-thread runtime, so control work never queues behind requests.
 
+mod edge;
+use edge::Edge;
+
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::IntoRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
-use pingora::proxy::http_proxy_service_with_name;
 use pingora::server::configuration::ServerConf;
-use pingora::server::Fds;
 use pingora::services::Service as _;
 use tokio::runtime::Runtime;
 use tokio::sync::watch;
 
-use crate::acme::challenges::Http01;
-use crate::acme::manager::Manager;
 use crate::admin::{self, AdminState};
-use crate::config::tls::DEFAULT_LISTENER_NAME;
 use crate::config::Config;
 use crate::events::{EventBus, EventKind, NewEvent};
-use crate::listeners::{
-    acme_settings, report_certificates, Certificates, ListenerInfo, TlsMetrics, DEFAULT_CERT_POLL,
-};
+use crate::listeners::{report_certificates, DEFAULT_CERT_POLL};
 use crate::metrics::Metrics;
-use crate::proxy::{GateProxy, InFlight};
+use crate::proxy::InFlight;
 use crate::rollout::{ControlHandle, Controller, Keeper, Start, TableSnapshot};
 use crate::store::spool::{self, Spool};
 use crate::store::{History, Recorder, Store};
-use crate::tls::{HandshakeCounts, HelloInspector};
 
 /// Why the gate could not start.
 #[derive(Debug, thiserror::Error)]
@@ -181,73 +175,125 @@ fn bind(key: &str, addr: SocketAddr) -> Result<(TcpListener, SocketAddr), GateEr
     Ok((listener, local))
 }
 
+/// History: the spool first (records can be kept from the first event on), then the newest
+/// snapshot to continue from.
+fn open_history(
+    store_config: &crate::config::StoreConfig,
+    control_rt: &Runtime,
+) -> Result<(Option<History>, Option<Recorder>, Start), GateError> {
+    Ok(if store_config.enabled {
+        let spool =
+            Spool::open(&store_config.spool, store_config.spool_max_bytes).map_err(|source| {
+                GateError::Spool {
+                    path: store_config.spool.display().to_string(),
+                    source,
+                }
+            })?;
+        let spool = Arc::new(spool);
+        let shared: Arc<ArcSwapOption<Store>> = Arc::new(ArcSwapOption::empty());
+        let start = run_on(
+            control_rt,
+            crate::store::CONNECT_TIMEOUT + Duration::from_secs(2),
+            latest_snapshot(store_config.url.clone(), spool.clone(), shared.clone()),
+        )
+        .unwrap_or(Start::Config);
+        let recorder = Recorder::new(spool.clone());
+        (
+            Some(History {
+                store: shared,
+                spool,
+            }),
+            Some(recorder),
+            start,
+        )
+    } else {
+        (None, None, Start::Config)
+    })
+}
+
+/// The Docker engine, when services run as containers, discovery is on or resource rules
+/// (`wanted`) read container use; only the last go on without one.
+fn connect_docker(
+    config: &Config,
+    wanted: bool,
+    control_rt: &Runtime,
+) -> Result<Option<crate::docker::Engine>, GateError> {
+    let runs_containers = config.services.iter().any(|s| s.docker.is_some());
+    Ok(if wanted || config.docker_discovery {
+        let socket = config.docker_socket.clone();
+        let connected = run_on(control_rt, Duration::from_secs(15), async move {
+            crate::docker::Engine::connect(&socket).await
+        })
+        .ok_or_else(|| GateError::Docker("the Docker engine did not answer within 15s".into()))?;
+        match connected {
+            Ok(e) => Some(e),
+            // Only resource rules want it: they stay silent without an engine.
+            Err(e) if !runs_containers && !config.docker_discovery => {
+                tracing::warn!(error = %e, "no Docker engine: resource rules have nothing to read");
+                None
+            }
+            Err(e) => return Err(GateError::Docker(e.to_string())),
+        }
+    } else {
+        None
+    })
+}
+
+/// One proxy worker thread per `threads`, each with its own single-threaded runtime running
+/// its services (one per listener) until accepting stops, then staying up until the drain
+/// releases it.
+#[allow(clippy::too_many_arguments)]
+fn spawn_workers(
+    edge: &Edge,
+    threads: usize,
+    conf: &Arc<ServerConf>,
+    table: &crate::routing::TableReader,
+    metrics: &Arc<Metrics>,
+    in_flight: &InFlight,
+    wake: &crate::rollout::Wake,
+    accepting_stopped: &watch::Receiver<bool>,
+    workers_stopped: &watch::Receiver<bool>,
+) -> Result<Vec<std::thread::JoinHandle<()>>, GateError> {
+    let mut workers = Vec::with_capacity(threads);
+    for i in 0..threads {
+        let runtime_err = |e| GateError::Runtime("proxy worker", e);
+        let (fds, mut services) = edge.services(conf, table, metrics, in_flight, wake)?;
+
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(runtime_err)?;
+        let (accepting_stopped, mut workers_stopped) =
+            (accepting_stopped.clone(), workers_stopped.clone());
+        let worker = std::thread::Builder::new()
+            .name(format!("sluice-proxy-{i}"))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    // Returns once accepting stops; requests in flight go on until the
+                    // drain releases the workers.
+                    futures_util::future::join_all(services.iter_mut().map(|service| {
+                        service.start_service(Some(fds.clone()), accepting_stopped.clone(), 1)
+                    }))
+                    .await;
+                    while !*workers_stopped.borrow() {
+                        if workers_stopped.changed().await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            })
+            .map_err(runtime_err)?;
+        workers.push(worker);
+    }
+    Ok(workers)
+}
+
 /// Starts a gate: binds both listeners, then runs the proxy and the control plane on their
 /// own threads. Returns once both listeners accept connections.
 pub fn start(config: Config) -> Result<GateHandle, GateError> {
-    // Every proxy listener, bound before anything starts (`[[listeners]]`, or server.listen).
-    let mut proxy_listeners = Vec::with_capacity(config.listeners.len());
-    for (i, l) in config.listeners.iter().enumerate() {
-        let key = if config.listeners.len() == 1 && l.name == DEFAULT_LISTENER_NAME && !l.tls {
-            "server.listen".to_string()
-        } else {
-            format!("listeners[{i}].address")
-        };
-        proxy_listeners.push(bind(&key, l.address)?);
-    }
-    let bound: Vec<SocketAddr> = proxy_listeners.iter().map(|(_, a)| *a).collect();
-    let proxy_addr = bound[0];
-    let acme_config = config.tls.acme.clone();
-    let listener_info: Vec<Arc<ListenerInfo>> =
-        ListenerInfo::all(&config.listeners, &bound, acme_config.is_some())
-            .into_iter()
-            .map(Arc::new)
-            .collect();
-    let listener_names: Vec<(String, SocketAddr)> = config
-        .listeners
-        .iter()
-        .zip(&bound)
-        .map(|(l, a)| (l.name.clone(), *a))
-        .collect();
-    // The TLS listeners' certificates, their counts and the ClientHello inspector.
-    let tls_listeners: Vec<usize> = (0..config.listeners.len())
-        .filter(|&i| config.listeners[i].tls)
-        .collect();
-    let certificates = if tls_listeners.is_empty() {
-        None
-    } else {
-        Some(Arc::new(
-            Certificates::load(&config.tls).map_err(GateError::Tls)?,
-        ))
-    };
-    let counts: Vec<Option<Arc<HandshakeCounts>>> = config
-        .listeners
-        .iter()
-        .map(|l| l.tls.then(Arc::default))
-        .collect();
-    let inspector = certificates.as_ref().map(|c| {
-        Arc::new(HelloInspector::new(
-            c.store().clone(),
-            tls_listeners
-                .iter()
-                .filter_map(|&i| Some((bound[i].port(), counts[i].clone()?)))
-                .collect(),
-        ))
-    });
-    let http01: Arc<Http01> = Arc::default();
-    // Automatic certificates: what was stored serves before the first handshake.
-    let mut acme = None;
-    if let (Some(cfg), Some(certs)) = (&acme_config, &certificates) {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let manager = Manager::new(
-            acme_settings(cfg),
-            certs.store().clone(),
-            http01.clone(),
-            tx,
-        )
-        .map_err(|e| GateError::Tls(e.to_string()))?;
-        manager.restore();
-        acme = Some((manager, rx));
-    }
+    let mut edge = Edge::bind(&config)?;
+    let proxy_addr = edge.names[0].1;
+    let acme = edge.acme.take();
     let acme_board = acme.as_ref().map(|(m, _)| m.board());
     let (admin_listener, admin_addr) = bind("server.admin_listen", config.server.admin_listen)?;
 
@@ -264,36 +310,7 @@ pub fn start(config: Config) -> Result<GateHandle, GateError> {
         .build()
         .map_err(|e| GateError::Runtime("control runtime", e))?;
 
-    // History: the spool first (records can be kept from the first event on), then the
-    // newest snapshot to continue from.
-    let (history, recorder, start) = if store_config.enabled {
-        let spool =
-            Spool::open(&store_config.spool, store_config.spool_max_bytes).map_err(|source| {
-                GateError::Spool {
-                    path: store_config.spool.display().to_string(),
-                    source,
-                }
-            })?;
-        let spool = Arc::new(spool);
-        let shared: Arc<ArcSwapOption<Store>> = Arc::new(ArcSwapOption::empty());
-        let start = run_on(
-            &control_rt,
-            crate::store::CONNECT_TIMEOUT + Duration::from_secs(2),
-            latest_snapshot(store_config.url.clone(), spool.clone(), shared.clone()),
-        )
-        .unwrap_or(Start::Config);
-        let recorder = Recorder::new(spool.clone());
-        (
-            Some(History {
-                store: shared,
-                spool,
-            }),
-            Some(recorder),
-            start,
-        )
-    } else {
-        (None, None, Start::Config)
-    };
+    let (history, recorder, start) = open_history(&store_config, &control_rt)?;
     let bus = match &recorder {
         Some(r) => EventBus::default().with_sink(Arc::new(r.clone())),
         None => EventBus::default(),
@@ -311,24 +328,7 @@ pub fn start(config: Config) -> Result<GateHandle, GateError> {
         .services
         .iter()
         .any(|s| s.cutback.max_memory.is_some() || s.cutback.max_cpu.is_some());
-    let engine = if runs_containers || config.docker_discovery || wants_usage {
-        let socket = config.docker_socket.clone();
-        let connected = run_on(&control_rt, Duration::from_secs(15), async move {
-            crate::docker::Engine::connect(&socket).await
-        })
-        .ok_or_else(|| GateError::Docker("the Docker engine did not answer within 15s".into()))?;
-        match connected {
-            Ok(e) => Some(e),
-            // Only resource rules want it: they stay silent without an engine.
-            Err(e) if !runs_containers && !config.docker_discovery => {
-                tracing::warn!(error = %e, "no Docker engine: resource rules have nothing to read");
-                None
-            }
-            Err(e) => return Err(GateError::Docker(e.to_string())),
-        }
-    } else {
-        None
-    };
+    let engine = connect_docker(&config, runs_containers || wants_usage, &control_rt)?;
     let mut releases = std::collections::HashMap::new();
     if let (true, Some(engine)) = (runs_containers, &engine) {
         let limit = config
@@ -415,81 +415,25 @@ pub fn start(config: Config) -> Result<GateHandle, GateError> {
         upstream_keepalive_pool_size: keepalive_pool_size,
         ..ServerConf::default()
     });
-    if let Some(certs) = &certificates {
-        metrics.register(Box::new(TlsMetrics::new(
-            tls_listeners
-                .iter()
-                .filter_map(|&i| Some((listener_info[i].name.clone(), counts[i].clone()?)))
-                .collect(),
-            certs.clone(),
-        )));
+    if let Some(tls) = edge.tls_metrics() {
+        metrics.register(Box::new(tls));
     }
-    let mut workers = Vec::with_capacity(threads);
-    for i in 0..threads {
-        let runtime_err = |e| GateError::Runtime("proxy worker", e);
-        // Each worker gets its own descriptor of every listening socket; pingora takes them
-        // over (through its inherited-fd table) instead of binding the addresses again.
-        // One pingora service per listener, so each knows which listener it serves.
-        let mut fds = Fds::new();
-        for (socket, addr) in &proxy_listeners {
-            let socket = socket.try_clone().map_err(runtime_err)?;
-            fds.add(addr.to_string(), socket.into_raw_fd());
-        }
-        let fds = Arc::new(parking_lot::Mutex::new(fds));
-        let mut services = Vec::with_capacity(proxy_listeners.len());
-        for (j, (_, addr)) in proxy_listeners.iter().enumerate() {
-            let mut service = http_proxy_service_with_name(
-                &conf,
-                GateProxy::on_listener(
-                    table.clone(),
-                    metrics.clone(),
-                    in_flight.clone(),
-                    wiring.wake.clone(),
-                    listener_info[j].clone(),
-                    http01.clone(),
-                ),
-                "sluice proxy",
-            );
-            let key = addr.to_string();
-            match (&counts[j], &certificates, &inspector) {
-                (Some(counts), Some(certs), Some(inspector)) => {
-                    let settings =
-                        crate::tls::settings(certs.store(), &listener_info[j].name, counts, false)
-                            .map_err(|e| GateError::Tls(format!("listeners[{j}]: {e}")))?;
-                    service.endpoints().set_pre_tls_callback(inspector.clone());
-                    service.add_tls_with_settings(&key, None, settings);
-                }
-                _ => service.add_tcp(&key),
-            }
-            services.push(service);
-        }
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(runtime_err)?;
-        let (accepting_stopped, mut workers_stopped) =
-            (accepting_stopped.clone(), workers_stopped.clone());
-        let worker = std::thread::Builder::new()
-            .name(format!("sluice-proxy-{i}"))
-            .spawn(move || {
-                runtime.block_on(async move {
-                    // Returns once accepting stops; requests in flight go on until the
-                    // drain releases the workers.
-                    futures_util::future::join_all(services.iter_mut().map(|service| {
-                        service.start_service(Some(fds.clone()), accepting_stopped.clone(), 1)
-                    }))
-                    .await;
-                    while !*workers_stopped.borrow() {
-                        if workers_stopped.changed().await.is_err() {
-                            break;
-                        }
-                    }
-                });
-            })
-            .map_err(runtime_err)?;
-        workers.push(worker);
-    }
-    drop(proxy_listeners);
+    let workers = spawn_workers(
+        &edge,
+        threads,
+        &conf,
+        &table,
+        &metrics,
+        &in_flight,
+        &wiring.wake,
+        &accepting_stopped,
+        &workers_stopped,
+    )?;
+    let Edge {
+        names: listener_names,
+        certificates,
+        ..
+    } = edge;
     if let Some((manager, reports)) = acme {
         background.push(Box::pin(manager.run(control_stopped.clone())));
         background.push(Box::pin(report_certificates(reports, bus.clone())));

@@ -1,0 +1,182 @@
+//! The gate's edge: its proxy listeners bound before anything starts, what each one is, the
+//! TLS listeners' certificates, ClientHello inspector and counts, the ACME manager, and the
+//! pingora services one worker runs over them (one per listener, so each knows its own).
+
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::IntoRawFd;
+use std::sync::Arc;
+
+use pingora::proxy::{http_proxy_service_with_name, HttpProxy};
+use pingora::server::configuration::ServerConf;
+use pingora::server::Fds;
+use pingora::services::listening::Service;
+
+use super::{bind, GateError};
+use crate::acme::challenges::Http01;
+use crate::acme::manager::{Manager, Report};
+use crate::config::tls::DEFAULT_LISTENER_NAME;
+use crate::config::Config;
+use crate::listeners::{acme_settings, Certificates, ListenerInfo, TlsMetrics};
+use crate::metrics::Metrics;
+use crate::proxy::{GateProxy, InFlight};
+use crate::rollout::Wake;
+use crate::routing::TableReader;
+use crate::tls::{HandshakeCounts, HelloInspector};
+
+/// One worker's listening descriptors and its services over them.
+pub(super) type WorkerServices = (
+    Arc<parking_lot::Mutex<Fds>>,
+    Vec<Service<HttpProxy<GateProxy>>>,
+);
+
+/// Everything about the proxy listeners a worker needs.
+pub(super) struct Edge {
+    /// The bound sockets and their addresses, in config order.
+    sockets: Vec<(TcpListener, SocketAddr)>,
+    /// Each listener's name and bound address.
+    pub(super) names: Vec<(String, SocketAddr)>,
+    info: Vec<Arc<ListenerInfo>>,
+    /// The certificates, when a listener speaks TLS.
+    pub(super) certificates: Option<Arc<Certificates>>,
+    counts: Vec<Option<Arc<HandshakeCounts>>>,
+    inspector: Option<Arc<HelloInspector>>,
+    http01: Arc<Http01>,
+    /// The ACME manager (its stored certificates already serving) and its reports.
+    pub(super) acme: Option<(Manager, tokio::sync::mpsc::UnboundedReceiver<Report>)>,
+}
+
+impl Edge {
+    /// Binds every proxy listener (`[[listeners]]`, or `server.listen`) and loads what
+    /// their handshakes need; a bind error names the listener's key and address.
+    pub(super) fn bind(config: &Config) -> Result<Edge, GateError> {
+        let mut sockets = Vec::with_capacity(config.listeners.len());
+        for (i, l) in config.listeners.iter().enumerate() {
+            let key = if config.listeners.len() == 1 && l.name == DEFAULT_LISTENER_NAME && !l.tls {
+                "server.listen".to_string()
+            } else {
+                format!("listeners[{i}].address")
+            };
+            sockets.push(bind(&key, l.address)?);
+        }
+        let bound: Vec<SocketAddr> = sockets.iter().map(|(_, a)| *a).collect();
+        let acme_config = config.tls.acme.clone();
+        let info = ListenerInfo::all(&config.listeners, &bound, acme_config.is_some())
+            .into_iter()
+            .map(Arc::new)
+            .collect();
+        let names = config
+            .listeners
+            .iter()
+            .zip(&bound)
+            .map(|(l, a)| (l.name.clone(), *a))
+            .collect();
+        let any_tls = config.listeners.iter().any(|l| l.tls);
+        let certificates = if any_tls {
+            Some(Arc::new(
+                Certificates::load(&config.tls).map_err(GateError::Tls)?,
+            ))
+        } else {
+            None
+        };
+        let counts: Vec<Option<Arc<HandshakeCounts>>> = config
+            .listeners
+            .iter()
+            .map(|l| l.tls.then(Arc::default))
+            .collect();
+        let inspector = certificates.as_ref().map(|c| {
+            Arc::new(HelloInspector::new(
+                c.store().clone(),
+                bound
+                    .iter()
+                    .zip(&counts)
+                    .filter_map(|(a, c)| Some((a.port(), c.clone()?)))
+                    .collect(),
+            ))
+        });
+        let http01: Arc<Http01> = Arc::default();
+        // Automatic certificates: what was stored serves before the first handshake.
+        let mut acme = None;
+        if let (Some(cfg), Some(certs)) = (&acme_config, &certificates) {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            let manager = Manager::new(
+                acme_settings(cfg),
+                certs.store().clone(),
+                http01.clone(),
+                tx,
+            )
+            .map_err(|e| GateError::Tls(e.to_string()))?;
+            manager.restore();
+            acme = Some((manager, rx));
+        }
+        Ok(Edge {
+            sockets,
+            names,
+            info,
+            certificates,
+            counts,
+            inspector,
+            http01,
+            acme,
+        })
+    }
+
+    /// The TLS figures for `/metrics`, when a listener speaks TLS.
+    pub(super) fn tls_metrics(&self) -> Option<TlsMetrics> {
+        let certs = self.certificates.clone()?;
+        Some(TlsMetrics::new(
+            self.info
+                .iter()
+                .zip(&self.counts)
+                .filter_map(|(i, c)| Some((i.name.clone(), c.clone()?)))
+                .collect(),
+            certs,
+        ))
+    }
+
+    /// One worker's services, one per listener, and the descriptors they take over: each
+    /// worker gets its own descriptor of every listening socket (pingora takes them through
+    /// its inherited-fd table instead of binding the addresses again).
+    pub(super) fn services(
+        &self,
+        conf: &Arc<ServerConf>,
+        table: &TableReader,
+        metrics: &Arc<Metrics>,
+        in_flight: &InFlight,
+        wake: &Wake,
+    ) -> Result<WorkerServices, GateError> {
+        let runtime_err = |e| GateError::Runtime("proxy worker", e);
+        let mut fds = Fds::new();
+        for (socket, addr) in &self.sockets {
+            let socket = socket.try_clone().map_err(runtime_err)?;
+            fds.add(addr.to_string(), socket.into_raw_fd());
+        }
+        let mut services = Vec::with_capacity(self.sockets.len());
+        for (j, (_, addr)) in self.sockets.iter().enumerate() {
+            let mut service = http_proxy_service_with_name(
+                conf,
+                GateProxy::on_listener(
+                    table.clone(),
+                    metrics.clone(),
+                    in_flight.clone(),
+                    wake.clone(),
+                    self.info[j].clone(),
+                    self.http01.clone(),
+                ),
+                "sluice proxy",
+            );
+            let key = addr.to_string();
+            match (&self.counts[j], &self.certificates, &self.inspector) {
+                (Some(counts), Some(certs), Some(inspector)) => {
+                    let settings =
+                        crate::tls::settings(certs.store(), &self.info[j].name, counts, false)
+                            .map_err(|e| GateError::Tls(format!("listeners[{j}]: {e}")))?;
+                    service.endpoints().set_pre_tls_callback(inspector.clone());
+                    service.add_tls_with_settings(&key, None, settings);
+                }
+                _ => service.add_tcp(&key),
+            }
+            services.push(service);
+        }
+        Ok((Arc::new(parking_lot::Mutex::new(fds)), services))
+    }
+}

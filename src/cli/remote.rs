@@ -18,9 +18,48 @@ pub fn remote(command: Command) -> anyhow::Result<ExitCode> {
     runtime.block_on(remote_call(command))
 }
 
-pub async fn remote_call(command: Command) -> anyhow::Result<ExitCode> {
-    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
-    let actor = format!("cli:{user}");
+/// What a remote subcommand does: one API call, a followed stream, a followed deployment,
+/// or nothing (a usage mistake, with why).
+pub enum Call {
+    /// One API call; its answer is printed.
+    Api {
+        /// The gate and how to print.
+        remote: Remote,
+        /// Method.
+        method: Method,
+        /// Path and query.
+        path: String,
+        /// JSON body.
+        body: Option<Value>,
+    },
+    /// The live event stream, followed.
+    Events {
+        /// The gate.
+        remote: Remote,
+        /// Services to follow (all when empty).
+        services: Vec<String>,
+        /// Kinds to follow (all when empty).
+        kinds: Vec<String>,
+        /// Resume after this sequence number.
+        since: Option<u64>,
+    },
+    /// A deployment started, then followed unless detached.
+    Deploy {
+        /// The gate.
+        remote: Remote,
+        /// The service.
+        service: String,
+        /// The deployment's body.
+        body: Value,
+        /// Return once started.
+        detach: bool,
+    },
+    /// Refused before asking the gate.
+    Refused(String),
+}
+
+/// The call a remote subcommand makes (pure: nothing is sent).
+pub fn call_for(command: Command) -> anyhow::Result<Call> {
     let (remote, method, path, body) = match command {
         Command::Status { service, remote } => {
             let path = match service {
@@ -90,7 +129,14 @@ pub async fn remote_call(command: Command) -> anyhow::Result<ExitCode> {
             kinds,
             since,
             remote,
-        } => return follow_events(remote, actor, services, kinds, since).await,
+        } => {
+            return Ok(Call::Events {
+                remote,
+                services,
+                kinds,
+                since,
+            })
+        }
         Command::History {
             service,
             kinds,
@@ -160,8 +206,7 @@ pub async fn remote_call(command: Command) -> anyhow::Result<ExitCode> {
             reason: None,
             ..
         } => {
-            eprintln!("sluice: freeze {s}: say why with --reason");
-            return Ok(ExitCode::from(1));
+            return Ok(Call::Refused(format!("freeze {s}: say why with --reason")));
         }
         Command::Freeze {
             service,
@@ -211,8 +256,7 @@ pub async fn remote_call(command: Command) -> anyhow::Result<ExitCode> {
             {
                 Ok(list) => (!list.is_empty()).then_some(list),
                 Err(e) => {
-                    eprintln!("sluice: --step: {e}");
-                    return Ok(ExitCode::from(1));
+                    return Ok(Call::Refused(format!("--step: {e}")));
                 }
             };
             let body = DeployBody {
@@ -241,13 +285,54 @@ pub async fn remote_call(command: Command) -> anyhow::Result<ExitCode> {
                 health_wait,
             };
             let body = wire(&body)?;
-            return deploy(remote, actor, &service, body, detach).await;
+            return Ok(Call::Deploy {
+                remote,
+                service,
+                body,
+                detach,
+            });
         }
         Command::Run { .. }
         | Command::CheckConfig { .. }
         | Command::Demo { .. }
         | Command::Migrate { .. } => {
             unreachable!("handled in main")
+        }
+    };
+    Ok(Call::Api {
+        remote,
+        method,
+        path,
+        body,
+    })
+}
+
+/// Runs a remote subcommand against the gate; the exit code says how it went.
+pub async fn remote_call(command: Command) -> anyhow::Result<ExitCode> {
+    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    let actor = format!("cli:{user}");
+    let (remote, method, path, body) = match call_for(command)? {
+        Call::Api {
+            remote,
+            method,
+            path,
+            body,
+        } => (remote, method, path, body),
+        Call::Events {
+            remote,
+            services,
+            kinds,
+            since,
+        } => return follow_events(remote, actor, services, kinds, since).await,
+        Call::Deploy {
+            remote,
+            service,
+            body,
+            detach,
+        } => return deploy(remote, actor, &service, body, detach).await,
+        Call::Refused(why) => {
+            eprintln!("sluice: {why}");
+            return Ok(ExitCode::from(1));
         }
     };
     let client = AdminClient::new(&remote.admin_url, remote.token.clone(), actor)?;
@@ -487,4 +572,52 @@ fn wire<T: serde::Serialize>(body: &T) -> anyhow::Result<Value> {
 /// Percent-encodes a query value.
 pub fn urlencode(v: &str) -> String {
     path::encode(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn call(args: &[&str]) -> Call {
+        let cli =
+            Cli::try_parse_from(std::iter::once("sluice").chain(args.iter().copied())).unwrap();
+        call_for(cli.command).unwrap()
+    }
+
+    #[test]
+    fn subcommands_map_to_typed_api_calls() {
+        match call(&["weight", "web", "12.5"]) {
+            Call::Api {
+                method, path, body, ..
+            } => {
+                assert_eq!(method, Method::POST);
+                assert_eq!(path, "/api/v1/services/web/weight");
+                assert_eq!(body, Some(serde_json::json!({ "weight": 12.5 })));
+            }
+            _ => panic!("an API call"),
+        }
+        match call(&["freeze", "web"]) {
+            Call::Refused(why) => assert!(why.contains("--reason"), "{why}"),
+            _ => panic!("a freeze without a reason is refused before asking"),
+        }
+        match call(&[
+            "deploy",
+            "web",
+            "--step",
+            "10:30s:200",
+            "--upstream",
+            "127.0.0.1:9",
+        ]) {
+            Call::Deploy { service, body, .. } => {
+                assert_eq!(service, "web");
+                assert_eq!(body["strategy"], "canary");
+                assert_eq!(
+                    body["steps"],
+                    serde_json::json!([{ "weight": 10.0, "bake": "30s", "min_samples": 200 }])
+                );
+            }
+            _ => panic!("a deployment"),
+        }
+    }
 }

@@ -29,6 +29,16 @@ pub struct ListenerInfo {
     pub http01: bool,
     /// The `Strict-Transport-Security` value it adds, when it sends one.
     pub hsts: Option<String>,
+    /// The services it serves (`None`: all).
+    pub services: Option<std::collections::HashSet<String>>,
+}
+
+impl ListenerInfo {
+    /// Whether this listener serves the service `name`.
+    #[inline]
+    pub fn serves(&self, name: &str) -> bool {
+        self.services.as_ref().is_none_or(|s| s.contains(name))
+    }
 }
 
 impl ListenerInfo {
@@ -52,6 +62,7 @@ impl ListenerInfo {
                 redirect_to: if l.redirect_https { https_port } else { None },
                 http01: !l.tls && (l.redirect_https || acme),
                 hsts: l.hsts.map(|d| format!("max-age={}", d.as_secs())),
+                services: l.services.as_ref().map(|s| s.iter().cloned().collect()),
             })
             .collect()
     }
@@ -93,6 +104,17 @@ impl Certificates {
         Ok(certs)
     }
 
+    /// Says which of `hosts` no certificate covers (they get the default certificate, or a
+    /// refused handshake): a warning at start, since a file may be added later.
+    pub fn warn_uncovered(&self, hosts: &[String]) {
+        let set = self.store.load();
+        for h in hosts {
+            if set.lookup(h).is_none() {
+                tracing::warn!(host = %h, "no certificate covers this service host: TLS clients get the default certificate or a refusal");
+            }
+        }
+    }
+
     /// The store the TLS listeners' resolver reads.
     pub fn store(&self) -> &Arc<CertStore> {
         &self.store
@@ -107,6 +129,15 @@ impl Certificates {
         for (i, c) in cfg.certificates.iter().enumerate() {
             let loaded = crate::tls::load_files(&c.cert, &c.key, now)
                 .map_err(|e| format!("tls.certificates[{i}]: {e}"))?;
+            let left = loaded.seconds_left(now);
+            if left < crate::tls::DEFAULT_EXPIRY_WARNING.as_secs() as i64 {
+                tracing::warn!(
+                    file = %c.cert.display(),
+                    names = ?loaded.names,
+                    days_left = left / 86_400,
+                    "tls.certificates[{i}] expires within 7 days"
+                );
+            }
             entries.push(Entry {
                 loaded,
                 source: Source::Files {

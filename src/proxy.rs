@@ -99,6 +99,7 @@ impl GateProxy {
                 redirect_to: None,
                 http01: false,
                 hsts: None,
+                services: None,
             }),
             Arc::default(),
         )
@@ -316,7 +317,10 @@ impl ProxyHttp for GateProxy {
         }
         let table = self.table.load_full();
         let path = session.req_header().uri.path();
-        let Some(index) = table.route(request_host(session), path) else {
+        let routed = table
+            .route(request_host(session), path)
+            .filter(|&i| self.listener.serves(table.services[i].name()));
+        let Some(index) = routed else {
             self.metrics.unrouted();
             respond_plain(
                 session,

@@ -340,6 +340,47 @@ async fn plain_http_is_redirected_and_the_canary_is_judged_over_tls() {
     let _ = Duration::ZERO;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_serves_only_its_services() {
+    let (one, two) = (spawn_upstream("one"), spawn_upstream("two"));
+    let gate = spawn_gate(&format!(
+        r#"[[listeners]]
+name = "public"
+address = "127.0.0.1:0"
+services = ["one"]
+[[listeners]]
+name = "internal"
+address = "127.0.0.1:0"
+[[services]]
+name = "one"
+hosts = ["one.test"]
+stable = ["{}"]
+[[services]]
+name = "two"
+hosts = ["two.test"]
+stable = ["{}"]
+"#,
+        one.addr, two.addr
+    ));
+    let ask = async |listener: &str, host: &str| {
+        let addr = gate.listener(listener).unwrap();
+        let r = client()
+            .get(format!("http://{addr}/"))
+            .header("host", host)
+            .send()
+            .await
+            .unwrap();
+        (
+            r.status().as_u16(),
+            r.text().await.unwrap().trim().to_string(),
+        )
+    };
+    assert_eq!(ask("public", "one.test").await, (200, "one".into()));
+    assert_eq!(ask("public", "two.test").await.0, 404);
+    assert_eq!(ask("internal", "two.test").await, (200, "two".into()));
+    assert_eq!(ask("internal", "one.test").await, (200, "one".into()));
+}
+
 /// Runs curl; returns (success, stdout + stderr).
 fn curl(args: &[&str]) -> (bool, String) {
     let out = std::process::Command::new("curl")

@@ -67,6 +67,7 @@ pub struct ListenerFile {
     pub tls: Option<bool>,
     pub redirect_https: Option<bool>,
     pub hsts: Option<String>,
+    pub services: Option<Vec<String>>,
 }
 
 /// `[tls]`

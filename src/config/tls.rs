@@ -22,6 +22,8 @@ pub struct ListenerConfig {
     pub redirect_https: bool,
     /// A TLS listener adds `Strict-Transport-Security: max-age=...` (default none).
     pub hsts: Option<Duration>,
+    /// The services it serves, by name (default: all); others answer 404 here.
+    pub services: Option<Vec<String>>,
 }
 
 /// What a TLS listener does with a name no certificate covers.

@@ -78,6 +78,14 @@ impl Edge {
         } else {
             None
         };
+        if let (Some(certs), None) = (&certificates, &config.tls.acme) {
+            let hosts: Vec<String> = config
+                .services
+                .iter()
+                .flat_map(|s| s.hosts.iter().map(|h| h.to_string()))
+                .collect();
+            certs.warn_uncovered(&hosts);
+        }
         let counts: Vec<Option<Arc<HandshakeCounts>>> = config
             .listeners
             .iter()

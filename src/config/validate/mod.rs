@@ -224,7 +224,12 @@ pub(crate) fn validate(
     let names: Vec<String> = services.iter().map(|s| s.name.clone()).collect();
     let notify = notify::validate_notify(&mut c, &model.notify, &names);
     let dashboard = notify::validate_dashboard(&mut c, &model.dashboard, &server);
-    let listeners = tls::validate_listeners(&mut c, &model.listeners, &server);
+    let service_names: Vec<String> = model
+        .services
+        .iter()
+        .filter_map(|s| s.name.clone())
+        .collect();
+    let listeners = tls::validate_listeners(&mut c, &model.listeners, &server, &service_names);
     let hosts: Vec<String> = model
         .services
         .iter()

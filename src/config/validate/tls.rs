@@ -19,6 +19,7 @@ pub(crate) fn validate_listeners(
     c: &mut Checker<'_>,
     files: &[ListenerFile],
     server: &ServerConfig,
+    services: &[String],
 ) -> Vec<ListenerConfig> {
     if files.is_empty() {
         return vec![ListenerConfig {
@@ -27,6 +28,7 @@ pub(crate) fn validate_listeners(
             tls: false,
             redirect_https: false,
             hsts: None,
+            services: None,
         }];
     }
     let mut names = HashSet::new();
@@ -86,12 +88,23 @@ pub(crate) fn validate_listeners(
                 "only a TLS listener sends Strict-Transport-Security (browsers ignore it over http)",
             );
         }
+        if let Some(list) = &f.services {
+            for (j, s) in list.iter().enumerate() {
+                if !services.iter().any(|n| n == s) {
+                    c.fail(
+                        format!("{base}.services[{j}]"),
+                        format!("no service named '{s}'"),
+                    );
+                }
+            }
+        }
         out.push(ListenerConfig {
             name,
             address,
             tls,
             redirect_https,
             hsts,
+            services: f.services.clone(),
         });
     }
     if out.iter().any(|l| l.redirect_https) && !out.iter().any(|l| l.tls) {

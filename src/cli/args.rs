@@ -246,6 +246,12 @@ pub enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// The certificates the TLS listeners serve (name, source, issuer, expiry) and how each
+    /// ACME name stands.
+    Certificates {
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Lift a freeze (all, or one service).
     Unfreeze {
         /// One service (default: the global freeze).

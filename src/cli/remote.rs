@@ -124,6 +124,7 @@ pub fn call_for(command: Command) -> anyhow::Result<Call> {
             Some(wire(&ResumeBody { weight })?),
         ),
         Command::Reload { remote } => (remote, Method::POST, path::root("reload"), None),
+        Command::Certificates { remote } => (remote, Method::GET, path::root("certificates"), None),
         Command::Events {
             services,
             kinds,

@@ -328,6 +328,9 @@ pub fn render_freezes(v: &Value) -> String {
 }
 
 pub fn summarize(answer: &Value) -> String {
+    if let Some(list) = answer.get("certificates").and_then(Value::as_array) {
+        return render_certificates(list, &answer["acme"]);
+    }
     if let Some(list) = answer.get("releases").and_then(Value::as_array) {
         return crate::cli::render::render_releases(list, answer["history"].as_array());
     }
@@ -382,4 +385,65 @@ pub fn summarize(answer: &Value) -> String {
         out.push_str(&render_service(&answer["service"]));
     }
     out
+}
+
+/// The certificates served (`GET /api/v1/certificates`): one line per name with its source,
+/// issuer and expiry, then each ACME name's orders, failures and next order.
+pub fn render_certificates(list: &[Value], acme: &Value) -> String {
+    let mut out = String::new();
+    if list.is_empty() {
+        out.push_str("no certificates (no TLS listener)\n");
+    }
+    for c in list {
+        let expires = c["not_after_ms"]
+            .as_u64()
+            .map(format_time)
+            .unwrap_or_else(|| "?".into());
+        out.push_str(&format!(
+            "{:<32} {:<5} expires {}  issuer {}\n",
+            c["name"].as_str().unwrap_or("?"),
+            c["source"].as_str().unwrap_or("?"),
+            expires,
+            c["issuer"].as_str().unwrap_or("?"),
+        ));
+    }
+    if let Some(names) = acme.as_object() {
+        out.push_str("acme:\n");
+        for (name, s) in names {
+            let next = s["next_order_ms"]
+                .as_u64()
+                .map(format_time)
+                .unwrap_or_else(|| "-".into());
+            out.push_str(&format!(
+                "  {name:<30} orders {} failures {} next {next}{}\n",
+                s["orders"].as_u64().unwrap_or(0),
+                s["failures"].as_u64().unwrap_or(0),
+                s["last_error"]
+                    .as_str()
+                    .map(|e| format!("  last error: {e}"))
+                    .unwrap_or_default(),
+            ));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn certificates_render_one_line_per_name_and_the_acme_board() {
+        let answer = serde_json::json!({
+            "certificates": [{ "name": "shop.test", "source": "acme", "issuer": "Pebble Intermediate CA", "serial": "ab", "not_after_ms": 1_800_000_000_000u64 }],
+            "acme": { "shop.test": { "orders": 1, "failures": 0, "last_error": null, "next_order_ms": 1_790_000_000_000u64 } },
+        });
+        let text = summarize(&answer);
+        assert!(
+            text.contains("shop.test") && text.contains("acme") && text.contains("Pebble"),
+            "{text}"
+        );
+        assert!(text.contains("orders 1 failures 0"), "{text}");
+        assert!(text.contains("2027-01-15"), "{text}");
+    }
 }

@@ -104,6 +104,20 @@ async fn wait_issued(
     .await
 }
 
+/// The history page of events of `kind`, once it has one.
+async fn history_of(gate: &sluice::gate::GateHandle, kind: &str, limit: Duration) -> Value {
+    let path = format!("/api/v1/history?kind={kind}");
+    until_ok(limit, &format!("{kind} in history"), async || {
+        let v = admin_get(gate, &path).await;
+        if v["items"].as_array().is_some_and(|a| !a.is_empty()) {
+            Ok(v)
+        } else {
+            Err(v.to_string())
+        }
+    })
+    .await
+}
+
 async fn https_get(pebble: &Pebble, name: &str, port: u16) -> (u16, String) {
     let c = https_client(
         &[&pebble.issuing_root],
@@ -163,24 +177,7 @@ async fn http01_issues_a_certificate_and_a_restart_reuses_it() {
     );
     let serial = cert["serial"].as_str().unwrap().to_string();
     // In history, with its evidence.
-    let history = until_ok(WAIT, "certificate_issued in history", async || {
-        let v = admin(
-            &client(),
-            &gate,
-            reqwest::Method::GET,
-            "/api/v1/history?kind=certificate_issued",
-            None,
-            None,
-        )
-        .await
-        .1;
-        if v["items"].as_array().is_some_and(|a| !a.is_empty()) {
-            Ok(v)
-        } else {
-            Err(v.to_string())
-        }
-    })
-    .await;
+    let history = history_of(&gate, "certificate_issued", WAIT).await;
     assert_eq!(
         history["items"][0]["evidence"]["name"], "shop.test",
         "{history}"
@@ -281,24 +278,7 @@ async fn a_refused_name_keeps_its_old_certificate_and_says_so() {
         ),
         &stable,
     );
-    let failed = until_ok(LONG_WAIT, "certificate_failed", async || {
-        let v = admin(
-            &client(),
-            &gate,
-            reqwest::Method::GET,
-            "/api/v1/history?kind=certificate_failed",
-            None,
-            None,
-        )
-        .await
-        .1;
-        if v["items"].as_array().is_some_and(|a| !a.is_empty()) {
-            Ok(v)
-        } else {
-            Err(v.to_string())
-        }
-    })
-    .await;
+    let failed = history_of(&gate, "certificate_failed", LONG_WAIT).await;
     let e = &failed["items"][0];
     assert_eq!(e["evidence"]["name"], "shop.blocked.test", "{e}");
     assert!(
@@ -323,5 +303,4 @@ async fn a_refused_name_keeps_its_old_certificate_and_says_so() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let _ = Duration::ZERO;
 }

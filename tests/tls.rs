@@ -6,8 +6,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::tls::*;
 use common::*;
 use serde_json::json;
@@ -337,7 +335,6 @@ async fn plain_http_is_redirected_and_the_canary_is_judged_over_tls() {
         hsts.map(|v| v.to_str().unwrap().to_string()).as_deref(),
         Some("max-age=31536000")
     );
-    let _ = Duration::ZERO;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

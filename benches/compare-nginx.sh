@@ -13,6 +13,9 @@
 # The proxies are pinned to one core (PROXY_CPU), the upstream and wrk to the other. Only
 # ratios are meaningful: these machines are shared and noisy.
 #
+# Then the same over TLS (benches/compare-tls.sh: handshakes/s and kept-alive TLS req/s,
+# same ECDSA P-256 certificate), unless TLS=0.
+#
 # Usage: benches/compare-nginx.sh            (DURATION=10 CONNS=32 ROUNDS=2 by default)
 #        PROFILE=1 benches/compare-nginx.sh  (also records `perf` of sluice under load)
 set -euo pipefail
@@ -206,3 +209,10 @@ awk -v s="${RPS[sluice]}" -v n="${RPS[nginx]}" -v ls="${L50[sluice]}" -v ln="${L
   printf "added p50 latency at 1 connection: nginx %.1f us, sluice %.1f us, difference %.1f us (target <= 20)\n",
     (ln - ld) / r, (ls - ld) / r, (ls - ln) / r
 }'
+
+if [ "${TLS:-1}" = 1 ]; then
+  echo
+  cleanup
+  trap - EXIT
+  "$here/benches/compare-tls.sh"
+fi

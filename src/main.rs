@@ -21,9 +21,22 @@ fn main() -> ExitCode {
         Command::Demo { .. } => "warn",
         _ => "info",
     };
+    // Per-connection complaints about what clients send (a bad ClientHello, an IP address
+    // as SNI, a reset mid-handshake) are counted in sluice_tls_handshakes_total; logged
+    // one line each they would let any client flood the log. SLUICE_LOG can turn them on.
+    let quiet = ["rustls=error", "pingora_core::services::listening=off"];
+    let filter = std::env::var("SLUICE_LOG").unwrap_or_else(|_| default_filter.to_string());
+    let mut directives = filter.clone();
+    for q in quiet {
+        let target = q.split('=').next().unwrap_or(q);
+        if !filter.contains(target) {
+            directives.push(',');
+            directives.push_str(q);
+        }
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+            tracing_subscriber::EnvFilter::try_new(&directives)
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)

@@ -163,14 +163,28 @@ async fn latest_snapshot(
     }
 }
 
+/// Accept queue of every listener (default 4096; the kernel caps it at `somaxconn`).
+pub const LISTEN_BACKLOG: i32 = 4096;
+
+/// Binds a listening socket. An IPv6 address listens on IPv6 only (`IPV6_V6ONLY`), so
+/// `[::]:443` and `0.0.0.0:443` can be two listeners; a bind error names the key.
 fn bind(key: &str, addr: SocketAddr) -> Result<(TcpListener, SocketAddr), GateError> {
+    use socket2::{Domain, Protocol, Socket, Type};
     let err = |source| GateError::Bind {
         key: key.to_string(),
         addr,
         source,
     };
-    let listener = TcpListener::bind(addr).map_err(err)?;
-    listener.set_nonblocking(true).map_err(err)?;
+    let socket =
+        Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(err)?;
+    socket.set_reuse_address(true).map_err(err)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true).map_err(err)?;
+    }
+    socket.bind(&addr.into()).map_err(err)?;
+    socket.listen(LISTEN_BACKLOG).map_err(err)?;
+    socket.set_nonblocking(true).map_err(err)?;
+    let listener: TcpListener = socket.into();
     let local = listener.local_addr().map_err(err)?;
     Ok((listener, local))
 }

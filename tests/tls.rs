@@ -378,6 +378,50 @@ stable = ["{}"]
     assert_eq!(ask("internal", "one.test").await, (200, "one".into()));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ipv6_wildcard_and_an_ipv4_listener_share_a_port() {
+    let (one, two) = (spawn_upstream("one"), spawn_upstream("two"));
+    let port = common::acme::free_port();
+    let gate = spawn_gate(&format!(
+        r#"[[listeners]]
+name = "v6"
+address = "[::]:{port}"
+services = ["one"]
+[[listeners]]
+name = "v4"
+address = "127.0.0.1:{port}"
+services = ["two"]
+[[services]]
+name = "one"
+path_prefix = "/a"
+stable = ["{}"]
+[[services]]
+name = "two"
+path_prefix = "/b"
+stable = ["{}"]
+"#,
+        one.addr, two.addr
+    ));
+    assert_eq!(gate.listener("v6").unwrap().port(), port);
+    let ask = async |url: String| {
+        let r = client().get(url).send().await.unwrap();
+        (
+            r.status().as_u16(),
+            r.text().await.unwrap().trim().to_string(),
+        )
+    };
+    assert_eq!(
+        ask(format!("http://[::1]:{port}/a")).await,
+        (200, "one".into())
+    );
+    assert_eq!(
+        ask(format!("http://127.0.0.1:{port}/b")).await,
+        (200, "two".into())
+    );
+    // Two sockets, not one dual-stack socket: IPv4 reaches only the IPv4 listener.
+    assert_eq!(ask(format!("http://127.0.0.1:{port}/a")).await.0, 404);
+}
+
 /// Runs curl; returns (success, stdout + stderr).
 fn curl(args: &[&str]) -> (bool, String) {
     let out = std::process::Command::new("curl")

@@ -28,51 +28,15 @@ PROXY_CPU=${PROXY_CPU:-0}
 OTHER_CPU=${OTHER_CPU:-1}
 PROFILE=${PROFILE:-0}
 
-here=$(cd "$(dirname "$0")/.." && pwd)
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/sluice/target}
+. "$(dirname "$0")/lib.sh"
+bench_setup
 
-need() { command -v "$1" >/dev/null 2>&1; }
-if ! need nginx || ! need wrk || ! need taskset; then
-  echo "installing nginx-light, wrk, util-linux (apt)..." >&2
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light wrk util-linux >/dev/null
-fi
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-
-(cd "$here" && cargo build --release --quiet --bin sluice)
-SLUICE=$CARGO_TARGET_DIR/release/sluice
-
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 UP=$(free_port); UP2=$(free_port); NGX=$(free_port); SLU=$(free_port); SLU_ADMIN=$(free_port)
 SLU10=$(free_port); SLU10_ADMIN=$(free_port)
 NOS=$(free_port); NOS_ADMIN=$(free_port)
 
-mkdir -p "$work/up" "$work/ngx"
-cat > "$work/up/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-error_log $work/up/error.log warn;
-pid $work/up/nginx.pid;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  client_body_temp_path $work/up;
-  server {
-    listen 127.0.0.1:$UP;
-    listen 127.0.0.1:$UP2;
-    location / { return 200 "hello from the upstream\n"; }
-  }
-}
-EOF
+upstream_conf "$work/up" "$UP" "$UP2"
+mkdir -p "$work/ngx"
 cat > "$work/ngx/nginx.conf" <<EOF
 worker_processes 1;
 daemon off;
@@ -137,12 +101,8 @@ SLUICE_LOG=warn taskset -c "$PROXY_CPU" "$SLUICE" run --config "$work/sluice10.t
 SLUICE_LOG=warn taskset -c "$PROXY_CPU" "$SLUICE" run --config "$work/nostore.toml" & pids+=($!)
 sluice_pid=${pids[2]}
 
-for port in $UP $NGX $SLU $SLU10 $NOS; do
-  for _ in $(seq 100); do
-    curl -fsS -o /dev/null "http://127.0.0.1:$port/" 2>/dev/null && break
-    sleep 0.1
-  done
-done
+wait_ready "http://127.0.0.1:$UP/" "http://127.0.0.1:$NGX/" "http://127.0.0.1:$SLU/" \
+  "http://127.0.0.1:$SLU10/" "http://127.0.0.1:$NOS/"
 
 # wrk's latency lines ("50%  512.00us") in microseconds.
 to_us() {

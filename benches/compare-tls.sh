@@ -19,46 +19,17 @@ ROUNDS=${ROUNDS:-2}
 PROXY_CPU=${PROXY_CPU:-0}
 OTHER_CPU=${OTHER_CPU:-1}
 
-here=$(cd "$(dirname "$0")/.." && pwd)
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/sluice/target}
-need() { command -v "$1" >/dev/null 2>&1; }
-if ! need nginx || ! need wrk || ! need taskset || ! need openssl; then
-  echo "installing nginx-light, wrk, util-linux, openssl (apt)..." >&2
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light wrk util-linux openssl >/dev/null
-fi
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-(cd "$here" && cargo build --release --quiet --bin sluice)
-SLUICE=$CARGO_TARGET_DIR/release/sluice
+. "$(dirname "$0")/lib.sh"
+bench_setup openssl
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 UP=$(free_port); NGX=$(free_port); NGXP=$(free_port); SLU=$(free_port); SLUP=$(free_port); ADM=$(free_port)
 
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
   -subj /CN=bench.test -addext subjectAltName=DNS:bench.test,IP:127.0.0.1 \
   -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
 
-mkdir -p "$work/up" "$work/ngx"
-cat > "$work/up/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-error_log $work/up/error.log warn;
-pid $work/up/nginx.pid;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  client_body_temp_path $work/up;
-  server { listen 127.0.0.1:$UP; location / { return 200 "hello from the upstream\n"; } }
-}
-EOF
+upstream_conf "$work/up" "$UP"
+mkdir -p "$work/ngx"
 cat > "$work/ngx/nginx.conf" <<EOF
 worker_processes 1;
 daemon off;
@@ -111,13 +82,8 @@ EOF
 taskset -c "$OTHER_CPU" "$NGINX" -p "$work/up" -c "$work/up/nginx.conf" & pids+=($!)
 taskset -c "$PROXY_CPU" "$NGINX" -p "$work/ngx" -c "$work/ngx/nginx.conf" & pids+=($!)
 SLUICE_LOG=warn taskset -c "$PROXY_CPU" "$SLUICE" run --config "$work/sluice.toml" & pids+=($!)
-for url in "http://127.0.0.1:$UP/" "https://127.0.0.1:$NGX/" "https://127.0.0.1:$SLU/" \
-           "http://127.0.0.1:$NGXP/" "http://127.0.0.1:$SLUP/"; do
-  for _ in $(seq 100); do
-    curl -kfsS -o /dev/null "$url" 2>/dev/null && break
-    sleep 0.1
-  done
-done
+wait_ready "http://127.0.0.1:$UP/" "https://127.0.0.1:$NGX/" "https://127.0.0.1:$SLU/" \
+  "http://127.0.0.1:$NGXP/" "http://127.0.0.1:$SLUP/"
 
 rps() { # url conns duration [header] -> req/s
   local out

@@ -201,26 +201,6 @@ pub(crate) fn validate_tls(
         .acme
         .unwrap_or(false)
         .then(|| validate_acme(c, acme, base_dir, hosts));
-    if acme.is_some() {
-        // HTTP-01 and TLS-ALPN-01 cannot prove a wildcard: it needs a certificate file.
-        let filed: Vec<String> = f
-            .certificates
-            .iter()
-            .filter_map(|cf| {
-                let (cert, key) = (cf.cert.as_ref()?, cf.key.as_ref()?);
-                crate::tls::load_files(&base_dir.join(cert), &base_dir.join(key), 0).ok()
-            })
-            .flat_map(|l| l.names)
-            .collect();
-        for h in hosts.iter().filter(|h| h.starts_with("*.")) {
-            if !filed.iter().any(|n| n.eq_ignore_ascii_case(h)) {
-                c.fail(
-                    "tls.acme",
-                    format!("'{h}' is a wildcard: ACME certificates for wildcards need DNS-01, which Sluice does not do; give it a [[tls.certificates]] file"),
-                );
-            }
-        }
-    }
     if acme.is_some() && !listeners.iter().any(|l| l.tls) {
         c.fail(
             "tls.acme",
@@ -240,7 +220,8 @@ pub(crate) fn validate_tls(
     };
     let now = crate::time::now_ms() as i64 / 1000;
     let mut certificates = Vec::with_capacity(f.certificates.len());
-    let mut names: Vec<Vec<String>> = Vec::new();
+    // Each file loaded once here; `None` for one that does not load (already reported).
+    let mut loaded: Vec<Option<crate::tls::Loaded>> = Vec::new();
     for (i, cf) in f.certificates.iter().enumerate() {
         let base = format!("tls.certificates[{i}]");
         let (Some(cert), Some(key)) = (&cf.cert, &cf.key) else {
@@ -252,27 +233,37 @@ pub(crate) fn validate_tls(
             key: base_dir.join(key),
         };
         match crate::tls::load_files(&paths.cert, &paths.key, now) {
-            Ok(loaded) => names.push(loaded.names.clone()),
+            Ok(l) => loaded.push(Some(l)),
             Err(e) => {
                 c.fail(base, e.to_string());
-                names.push(Vec::new());
+                loaded.push(None);
             }
         }
         certificates.push(paths);
     }
+    let all_loaded = loaded.iter().all(Option::is_some);
     if let Some(d) = &f.default {
-        let covered = names.iter().flatten().any(|n| {
-            n.eq_ignore_ascii_case(d)
-                || n.strip_prefix("*.").is_some_and(|rest| {
-                    d.split_once('.')
-                        .is_some_and(|(_, tail)| tail.eq_ignore_ascii_case(rest))
-                })
-        });
-        if !covered && names.iter().all(|n| !n.is_empty()) {
+        let covered = loaded.iter().flatten().any(|l| l.covers(d));
+        if !covered && all_loaded {
             c.fail(
                 "tls.default",
                 format!("'{d}' is not covered by any of tls.certificates"),
             );
+        }
+    }
+    if acme.is_some() {
+        // HTTP-01 and TLS-ALPN-01 cannot prove a wildcard: it needs a certificate file.
+        for h in hosts.iter().filter(|h| h.starts_with("*.")) {
+            let filed = loaded
+                .iter()
+                .flatten()
+                .any(|l| l.names.iter().any(|n| n.eq_ignore_ascii_case(h)));
+            if !filed {
+                c.fail(
+                    "tls.acme",
+                    format!("'{h}' is a wildcard: ACME certificates for wildcards need DNS-01, which Sluice does not do; give it a [[tls.certificates]] file"),
+                );
+            }
         }
     }
     if listeners.iter().any(|l| l.tls) && f.certificates.is_empty() && acme.is_none() {

@@ -1,0 +1,68 @@
+# Shared by the comparison scripts (sourced, not run): tools installed when missing, the
+# release build, a scratch directory and the processes cleaned up on exit, free ports, the
+# upstream nginx, and waiting until a URL answers.
+# Sets: here, NGINX, SLUICE (a given $SLUICE skips the build), work, pids.
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/sluice/target}
+
+# bench_setup TOOL... : installs nginx-light, wrk, util-linux (and openssl when asked) if one
+# of the tools is missing, then builds the release binary.
+bench_setup() {
+  local missing=0 t
+  for t in nginx wrk taskset "$@"; do command -v "$t" >/dev/null 2>&1 || missing=1; done
+  if [ "$missing" = 1 ]; then
+    echo "installing nginx-light, wrk, util-linux $* (apt)..." >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light wrk util-linux "$@" >/dev/null
+  fi
+  NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+  if [ -z "${SLUICE:-}" ]; then
+    (cd "$here" && cargo build --release --quiet --bin sluice)
+    SLUICE=$CARGO_TARGET_DIR/release/sluice
+  fi
+  work=$(mktemp -d)
+  pids=()
+  trap cleanup EXIT
+}
+
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# upstream_conf DIR PORT... : an nginx answering 200 on each port, one worker, no logs.
+upstream_conf() {
+  local dir=$1; shift
+  local listens="" p
+  for p in "$@"; do listens+="    listen 127.0.0.1:$p;"$'\n'; done
+  mkdir -p "$dir"
+  cat > "$dir/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+error_log $dir/error.log warn;
+pid $dir/nginx.pid;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  client_body_temp_path $dir;
+  server {
+$listens    location / { return 200 "hello from the upstream\n"; }
+  }
+}
+EOF
+}
+
+# wait_ready URL... : until each answers (at most 10 s each; curl -k for the test certificate).
+wait_ready() {
+  local url
+  for url in "$@"; do
+    for _ in $(seq 100); do
+      curl -kfsS -o /dev/null "$url" 2>/dev/null && break
+      sleep 0.1
+    done
+  done
+}

@@ -65,6 +65,27 @@ pub struct ServiceView {
     pub judge: Option<JudgeStatus>,
     /// Every probe on every upstream: health, counts and latest results.
     pub probes: Vec<crate::rollout::probing::ProbeView>,
+    /// The certificate each host gets on the TLS listeners (empty when none speaks TLS).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tls: Vec<HostCertificate>,
+}
+
+/// The certificate a TLS client asking for one host of a service gets.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostCertificate {
+    /// The host pattern, as configured.
+    pub host: String,
+    /// `file`, `acme`, `default` (no certificate covers it: the default one is served) or
+    /// `none` (no certificate: the handshake is refused).
+    pub source: &'static str,
+    /// The name of the certificate that covers it (a wildcard, say), when one does.
+    pub covered_by: Option<String>,
+    /// Its issuer.
+    pub issuer: Option<String>,
+    /// Its expiry (epoch ms).
+    pub not_after_ms: Option<u64>,
+    /// How the host's ACME orders stand, when ACME keeps its certificate.
+    pub acme: Option<crate::acme::NameStatus>,
 }
 
 /// `PUT /services/{name}/canary`: a new canary.

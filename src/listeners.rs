@@ -24,6 +24,9 @@ pub struct ListenerInfo {
     pub tls: bool,
     /// Plain requests are redirected to this https port (ACME's HTTP-01 path excepted).
     pub redirect_to: Option<u16>,
+    /// The https port a plain listener redirects the requests of services that say
+    /// `redirect_https` to (the first TLS listener's); `None` on a TLS listener.
+    pub https_port: Option<u16>,
     /// ACME's HTTP-01 path is answered here (a plain listener that redirects, or any plain
     /// listener when `tls.acme` is on).
     pub http01: bool,
@@ -60,6 +63,7 @@ impl ListenerInfo {
                 name: l.name.clone(),
                 tls: l.tls,
                 redirect_to: if l.redirect_https { https_port } else { None },
+                https_port: if l.tls { None } else { https_port },
                 http01: !l.tls && (l.redirect_https || acme),
                 hsts: l.hsts.map(|d| format!("max-age={}", d.as_secs())),
                 services: l.services.as_ref().map(|s| s.iter().cloned().collect()),

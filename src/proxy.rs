@@ -97,6 +97,7 @@ impl GateProxy {
                 name: crate::config::tls::DEFAULT_LISTENER_NAME.into(),
                 tls: false,
                 redirect_to: None,
+                https_port: None,
                 http01: false,
                 hsts: None,
                 services: None,
@@ -331,6 +332,11 @@ impl ProxyHttp for GateProxy {
             return Ok(true);
         };
         let service = &table.services[index];
+        if service.config.redirect_https {
+            if let Some(port) = self.listener.https_port {
+                return self.redirect(session, port).await;
+            }
+        }
         let headers = &session.req_header().headers;
         let forced = table
             .options

@@ -304,3 +304,129 @@ async fn a_refused_name_keeps_its_old_certificate_and_says_so() {
         .unwrap();
     assert_eq!(r.status(), 200);
 }
+
+/// The issue's story: one service says `tls.acme = true` and `redirect_https = true`, the gate
+/// opens a plain and a TLS port, and gets a certificate (HTTP-01 answered before the
+/// redirect), a redirect, and HTTPS traffic with the canary features; `sluice status` shows
+/// the certificate. Another service, without either, keeps plain HTTP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_asking_for_acme_gets_a_certificate_a_redirect_and_canaries_over_https() {
+    let p = ports();
+    let pebble = Pebble::start(PebbleOptions {
+        http_port: p.http,
+        tls_port: p.https,
+        blocked: vec![],
+        validity_secs: 0,
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (stable, canary, intranet) = (
+        spawn_upstream("stable"),
+        spawn_upstream("canary"),
+        spawn_upstream("intranet"),
+    );
+    let gate = spawn_gate(&format!(
+        r#"[[listeners]]
+name = "http"
+address = "127.0.0.1:{http}"
+[[listeners]]
+name = "https"
+address = "127.0.0.1:{https}"
+tls = true
+[acme]
+directory = "{directory}"
+ca_file = "{ca}"
+dir = "{dir}"
+retry_min = "1s"
+[[services]]
+name = "shop"
+hosts = ["shop.test"]
+stable = ["{stable}"]
+canary = ["{canary}"]
+tls.acme = true
+redirect_https = true
+[[services]]
+name = "intranet"
+hosts = ["intranet.test"]
+stable = ["{intranet}"]
+"#,
+        http = p.http,
+        https = p.https,
+        directory = pebble.directory,
+        ca = pebble.api_ca.display(),
+        dir = dir.path().join("acme").display(),
+        stable = stable.addr,
+        canary = canary.addr,
+        intranet = intranet.addr,
+    ));
+    let cert = wait_issued(&gate, "shop.test", None).await;
+    assert!(
+        cert["issuer"].as_str().unwrap().contains("Pebble"),
+        "{cert}"
+    );
+    // Only the service that asked is ordered for.
+    let v = certificates(&gate).await;
+    assert!(v["acme"]["intranet.test"].is_null(), "{v}");
+
+    // Plain HTTP: the shop is redirected, the intranet is served.
+    let plain = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let get = |host: &'static str| {
+        plain
+            .get(format!("http://127.0.0.1:{}/cart?item=1", p.http))
+            .header("host", host)
+            .send()
+    };
+    let r = get("shop.test").await.unwrap();
+    assert_eq!(r.status(), 308);
+    assert_eq!(
+        r.headers()["location"],
+        format!("https://shop.test:{}/cart?item=1", p.https).as_str()
+    );
+    let r = get("intranet.test").await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap().trim(), "intranet");
+
+    // HTTPS with the canary features: the tester header, weight and a Secure sticky cookie.
+    let c = https_client(
+        &[&pebble.issuing_root],
+        "shop.test",
+        format!("127.0.0.1:{}", p.https).parse().unwrap(),
+    );
+    let url = format!("https://shop.test:{}/", p.https);
+    let r = c
+        .get(&url)
+        .header("x-sluice-arm", "canary")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap().trim(), "canary");
+    let (status, v) = admin(
+        &client(),
+        &gate,
+        reqwest::Method::POST,
+        "/api/v1/services/shop/weight",
+        None,
+        Some(serde_json::json!({ "weight": 50 })),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let r = c.get(&url).send().await.unwrap();
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(cookie.contains("; Secure"), "{cookie}");
+
+    // The services API and `sluice status` show the host's certificate.
+    let v = admin_get(&gate, "/api/v1/services/shop").await;
+    assert_eq!(v["tls"][0]["host"], "shop.test", "{v}");
+    assert_eq!(v["tls"][0]["source"], "acme", "{v}");
+    assert_eq!(v["tls"][0]["not_after_ms"], cert["not_after_ms"], "{v}");
+    let (code, out, err) = cli(gate.admin_addr, None, &["status"]).await;
+    assert_eq!(code, 0, "{err}");
+    let line = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("tls") && l.contains("shop.test"))
+        .unwrap_or_else(|| panic!("no tls line for shop.test in:\n{out}"));
+    assert!(line.contains("acme") && line.contains("Pebble"), "{line}");
+}

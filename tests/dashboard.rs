@@ -41,10 +41,18 @@ async fn the_dashboard_shows_live_state_and_a_click_rolls_back() {
         spawn_upstream("canary"),
         spawn_upstream("api"),
     );
-    let gate = spawn_gate(&gate_config(
-        &stable.addr.to_string(),
-        &canary.addr.to_string(),
-        &api.addr.to_string(),
+    // A TLS listener with a certificate for the api's host: its card shows it.
+    let dir = tempfile::tempdir().unwrap();
+    let cert = common::tls::make_cert(dir.path(), "api", &["api.test"], 90);
+    let gate = spawn_gate(&format!(
+        "[[listeners]]\nname = \"http\"\naddress = \"127.0.0.1:0\"\n[[listeners]]\nname = \"https\"\naddress = \"127.0.0.1:0\"\ntls = true\n[[tls.certificates]]\ncert = \"{}\"\nkey = \"{}\"\n{}",
+        cert.cert.display(),
+        cert.key.display(),
+        gate_config(
+            &stable.addr.to_string(),
+            &canary.addr.to_string(),
+            &api.addr.to_string(),
+        )
     ));
     let load = Load::start(load_config(&gate, 150)).unwrap();
     let b = Browser::start().await;
@@ -60,6 +68,12 @@ async fn the_dashboard_shows_live_state_and_a_click_rolls_back() {
     b.wait_text(r#"[data-service="api"] [data-field="state"]"#, limit, |t| {
         t == "stable"
     })
+    .await;
+    b.wait_text(
+        r#"[data-service="api"] [data-host="api.test"]"#,
+        limit,
+        |t| t.starts_with("api.test: file") && t.contains("until"),
+    )
     .await;
     // The token left the address bar; the stream is live.
     let href = b.run("return location.href;").await;

@@ -279,25 +279,6 @@ async fn sighup_reloads_and_a_bad_file_keeps_the_old_table() {
 }
 
 /// Runs the CLI against a gate's admin API; returns (exit code, stdout, stderr).
-async fn cli(admin: SocketAddr, token: Option<&str>, args: &[&str]) -> (i32, String, String) {
-    let mut cmd = tokio::process::Command::new(BIN);
-    cmd.args(args)
-        .env("SLUICE_ADMIN_URL", format!("http://{admin}"))
-        .env_remove("SLUICE_TOKEN");
-    if let Some(t) = token {
-        cmd.env("SLUICE_TOKEN", t);
-    }
-    let out = tokio::time::timeout(LONG_WAIT, cmd.kill_on_drop(true).output())
-        .await
-        .unwrap_or_else(|_| panic!("sluice {args:?} did not finish within {LONG_WAIT:?}"))
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_drives_the_admin_api() {
     let (s, c, n) = (
@@ -374,6 +355,9 @@ fn check_config_accepts_the_examples_and_refuses_every_invalid_file() {
     let mut invalid = 0;
     for entry in std::fs::read_dir(root.join("invalid")).unwrap() {
         let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue; // certs/: the files the configs point at
+        }
         let out = Command::new(BIN)
             .arg("check-config")
             .arg(&path)

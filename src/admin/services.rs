@@ -1,7 +1,8 @@
 //! The services resource: views with live per-arm stats, and the operator's direct
 //! commands on one service (canary, weight, promote, rollback, resume, releases).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -13,7 +14,8 @@ use super::error::{ApiError, JsonBody, ServiceName};
 use super::history::{store_failed, store_of};
 use super::AdminState;
 use crate::api::{
-    ArmView, ArmsView, CanaryBody, EmptyBody, ResumeBody, RollbackBody, ServiceView, WeightBody,
+    ArmView, ArmsView, CanaryBody, EmptyBody, HostCertificate, ResumeBody, RollbackBody,
+    ServiceView, WeightBody,
 };
 use crate::config::parse_upstreams;
 use crate::rollout::{Applied, ControlError, JudgeStatus, Op};
@@ -41,60 +43,122 @@ pub(super) fn arm_view(arm: &Arm) -> ArmView {
     }
 }
 
-/// The API view of a service in a table, with the judge's status from `board`.
-pub fn service_view(
-    table: &RoutingTable,
-    board: &HashMap<String, JudgeStatus>,
-    s: &Service,
-) -> ServiceView {
-    ServiceView {
-        name: s.name().to_string(),
-        hosts: s.config.hosts.iter().map(|h| h.to_string()).collect(),
-        path_prefix: s.config.path_prefix.clone(),
-        state: s.state.as_str(),
-        canary_weight: s.weight.percent(),
-        generation: s.generation,
-        table_version: table.version,
-        arms: ArmsView {
-            stable: arm_view(&s.stable),
-            canary: s.canary.as_ref().map(arm_view),
-        },
-        judge: board.get(s.name()).cloned(),
-        probes: board
-            .get(s.name())
-            .map(|b| b.probes.clone())
-            .unwrap_or_default(),
+/// What a service view is made of, read once per answer: the table, the judge's board and
+/// the certificates.
+pub(super) struct Views {
+    /// The routing table read.
+    pub table: Arc<RoutingTable>,
+    board: Arc<HashMap<String, JudgeStatus>>,
+    certs: Option<Arc<crate::tls::CertSet>>,
+    acme: Option<Arc<BTreeMap<String, crate::acme::NameStatus>>>,
+}
+
+impl Views {
+    /// Everything as it is now.
+    pub fn of(state: &AdminState) -> Views {
+        Views {
+            table: state.control.table(),
+            board: state.control.board(),
+            certs: state.certificates.as_ref().map(|c| c.store().load()),
+            acme: state.acme.as_ref().map(|b| b.load_full()),
+        }
+    }
+
+    /// The API view of `s`.
+    pub fn service(&self, s: &Service) -> ServiceView {
+        ServiceView {
+            name: s.name().to_string(),
+            hosts: s.config.hosts.iter().map(|h| h.to_string()).collect(),
+            path_prefix: s.config.path_prefix.clone(),
+            state: s.state.as_str(),
+            canary_weight: s.weight.percent(),
+            generation: s.generation,
+            table_version: self.table.version,
+            arms: ArmsView {
+                stable: arm_view(&s.stable),
+                canary: s.canary.as_ref().map(arm_view),
+            },
+            judge: self.board.get(s.name()).cloned(),
+            probes: self
+                .board
+                .get(s.name())
+                .map(|b| b.probes.clone())
+                .unwrap_or_default(),
+            tls: self.certificates(s),
+        }
+    }
+
+    /// The certificate each of `s`'s hosts gets.
+    fn certificates(&self, s: &Service) -> Vec<HostCertificate> {
+        let Some(set) = &self.certs else {
+            return Vec::new();
+        };
+        s.config
+            .hosts
+            .iter()
+            .map(|h| {
+                let host = h.to_string();
+                let found = set.lookup(&host);
+                let fallback = match set.unknown_name() {
+                    crate::tls::UnknownName::Default => set.default_entry(),
+                    crate::tls::UnknownName::Refuse => None,
+                };
+                let (source, entry) = match (&found, fallback) {
+                    (Some(e), _) => (
+                        match e.source {
+                            crate::tls::Source::Files { .. } => "file",
+                            crate::tls::Source::Acme => "acme",
+                        },
+                        Some(e.clone()),
+                    ),
+                    (None, Some(d)) => ("default", Some(d)),
+                    (None, None) => ("none", None),
+                };
+                HostCertificate {
+                    covered_by: found
+                        .as_ref()
+                        .and_then(|e| e.loaded.covering_name(&host).map(str::to_string)),
+                    issuer: entry.as_ref().map(|e| e.loaded.issuer.clone()),
+                    not_after_ms: entry
+                        .as_ref()
+                        .map(|e| e.loaded.not_after.max(0) as u64 * 1000),
+                    acme: self.acme.as_ref().and_then(|b| b.get(&host).cloned()),
+                    source,
+                    host,
+                }
+            })
+            .collect()
     }
 }
 
 pub(super) async fn list_services(State(state): State<AdminState>) -> Response {
-    let table = state.control.table();
-    let board = state.control.board();
-    let services: Vec<_> = table
+    let views = Views::of(&state);
+    let services: Vec<_> = views
+        .table
         .services
         .iter()
-        .map(|s| service_view(&table, &board, s))
+        .map(|s| views.service(s))
         .collect();
-    axum::Json(json!({ "table_version": table.version, "services": services })).into_response()
+    axum::Json(json!({ "table_version": views.table.version, "services": services }))
+        .into_response()
 }
 
 pub(super) async fn show_service(
     State(state): State<AdminState>,
     ServiceName(name): ServiceName,
 ) -> Result<Response, ApiError> {
-    let table = state.control.table();
-    let service = table
+    let views = Views::of(&state);
+    let service = views
+        .table
         .service(&name)
         .ok_or_else(|| ControlError::NotFound(name.clone()))?;
-    let board = state.control.board();
-    Ok(axum::Json(service_view(&table, &board, service)).into_response())
+    Ok(axum::Json(views.service(service)).into_response())
 }
 
 /// The answer to a change: the new table version, the event, the service as it is now.
 pub(super) fn applied(state: &AdminState, name: &str, applied: Applied) -> Response {
-    let table = state.control.table();
-    let board = state.control.board();
-    let service = table.service(name).map(|s| service_view(&table, &board, s));
+    let views = Views::of(state);
+    let service = views.table.service(name).map(|s| views.service(s));
     axum::Json(json!({
         "table_version": applied.table_version,
         "event": applied.event,

@@ -260,6 +260,9 @@ pub fn render_service(s: &Value) -> String {
             last
         );
     }
+    for t in s["tls"].as_array().into_iter().flatten() {
+        let _ = writeln!(out, "  tls     {}", render_host_certificate(t));
+    }
     let judge = &s["judge"];
     if let Some(verdict) = judge["verdict"].as_object() {
         let name = verdict
@@ -294,6 +297,41 @@ pub fn render_service(s: &Value) -> String {
         );
     }
     out
+}
+
+/// One host's certificate: `shop.test  acme  Pebble CA  until 2027-01-15 10:00:00`, with the
+/// ACME orders' trouble when there is some.
+pub fn render_host_certificate(t: &Value) -> String {
+    let source = t["source"].as_str().unwrap_or("?");
+    let mut line = format!("{:<24} {source:<7}", t["host"].as_str().unwrap_or("?"));
+    if let Some(by) = t["covered_by"]
+        .as_str()
+        .filter(|b| Some(*b) != t["host"].as_str())
+    {
+        let _ = write!(line, " ({by})");
+    }
+    match t["not_after_ms"].as_u64() {
+        Some(ms) => {
+            let _ = write!(
+                line,
+                " {}  until {}",
+                t["issuer"].as_str().unwrap_or("?"),
+                format_time(ms)
+            );
+        }
+        None => line.push_str(" no certificate: TLS handshakes for it are refused"),
+    }
+    let acme = &t["acme"];
+    if acme["failures"].as_u64().is_some_and(|n| n > 0) {
+        let _ = write!(
+            line,
+            "  ({} failed orders, next {}: {})",
+            acme["failures"],
+            format_time(acme["next_order_ms"].as_u64().unwrap_or(0)),
+            acme["last_error"].as_str().unwrap_or("?")
+        );
+    }
+    line
 }
 
 /// Renders the service list.

@@ -203,6 +203,17 @@ pub struct ServiceFile {
     #[serde(default)]
     pub probes: Vec<ProbeFile>,
     pub docker: Option<ServiceDockerFile>,
+    /// Plain requests for this service get a 308 to https (ACME's HTTP-01 path excepted).
+    pub redirect_https: Option<bool>,
+    /// `tls.acme`: automatic certificates for this service's hosts (overrides `[tls] acme`).
+    pub tls: Option<ServiceTlsFile>,
+}
+
+/// `[services.tls]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceTlsFile {
+    pub acme: Option<bool>,
 }
 
 /// `[services.docker]`: the service's versions run as containers Sluice manages.

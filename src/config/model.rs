@@ -233,6 +233,10 @@ pub struct ServiceConfig {
     /// Containers Sluice runs for this service (`[services.docker]`); its arms are then
     /// filled from them at run time.
     pub docker: Option<super::docker::DockerService>,
+    /// Plain requests are answered with a 308 to the first TLS listener (default false).
+    pub redirect_https: bool,
+    /// Its exact hosts get ACME certificates (`services.tls.acme`, else `[tls] acme`).
+    pub acme: bool,
 }
 
 impl ServiceConfig {

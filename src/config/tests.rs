@@ -326,3 +326,55 @@ stable = ["app.invalid:8080", "app.invalid:8080", "no-port"]
         "{err}"
     );
 }
+
+const TWO_LISTENERS: &str = r#"
+[[listeners]]
+name = "http"
+address = "127.0.0.1:0"
+[[listeners]]
+name = "https"
+address = "127.0.0.1:0"
+tls = true
+"#;
+
+#[test]
+fn acme_names_come_from_the_services_that_ask() {
+    // Per service: only the one that says so.
+    let c = parse(&format!(
+        r#"{TWO_LISTENERS}
+[[services]]
+name = "shop"
+hosts = ["shop.example.com", "*.shop.example.com"]
+stable = ["127.0.0.1:3000"]
+tls.acme = true
+redirect_https = true
+[[services]]
+name = "api"
+hosts = ["api.example.com"]
+stable = ["127.0.0.1:3001"]
+"#
+    ))
+    .unwrap_err();
+    // The wildcard has no file: refused under the key that asked.
+    assert_eq!(c.paths(), ["services[0].tls.acme"]);
+    let c = parse(&format!(
+        r#"{TWO_LISTENERS}
+[tls]
+acme = true
+[[services]]
+name = "shop"
+hosts = ["shop.example.com"]
+stable = ["127.0.0.1:3000"]
+redirect_https = true
+[[services]]
+name = "api"
+hosts = ["api.example.com"]
+stable = ["127.0.0.1:3001"]
+tls.acme = false
+"#
+    ))
+    .unwrap();
+    assert_eq!(c.tls.acme.unwrap().names, ["shop.example.com"]);
+    assert!(c.services[0].acme && c.services[0].redirect_https);
+    assert!(!c.services[1].acme && !c.services[1].redirect_https);
+}

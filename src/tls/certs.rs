@@ -90,13 +90,21 @@ impl Loaded {
 
     /// Whether it covers `name` (exactly, or by a one-label wildcard).
     pub fn covers(&self, name: &str) -> bool {
+        self.covering_name(name).is_some()
+    }
+
+    /// The name of its that covers `name` (`name` itself or a `*.` wildcard), if any.
+    pub fn covering_name(&self, name: &str) -> Option<&str> {
         let name = name.to_ascii_lowercase();
-        self.names.iter().any(|n| match n.strip_prefix("*.") {
-            Some(suffix) => name
-                .split_once('.')
-                .is_some_and(|(label, rest)| !label.is_empty() && rest == suffix),
-            None => *n == name,
-        })
+        self.names
+            .iter()
+            .find(|n| match n.strip_prefix("*.") {
+                Some(suffix) => name
+                    .split_once('.')
+                    .is_some_and(|(label, rest)| !label.is_empty() && rest == suffix),
+                None => **n == name,
+            })
+            .map(String::as_str)
     }
 }
 

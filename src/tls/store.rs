@@ -135,6 +135,11 @@ impl CertSet {
             .collect()
     }
 
+    /// The certificate served to names no certificate covers (unless they are refused).
+    pub fn default_entry(&self) -> Option<Arc<Entry>> {
+        self.default.clone()
+    }
+
     /// The ACME certificate kept for `name`.
     pub fn acme(&self, name: &str) -> Option<Arc<Entry>> {
         self.acme.get(name).cloned()

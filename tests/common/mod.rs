@@ -413,3 +413,27 @@ pub mod docker;
 pub mod pg;
 pub mod receivers;
 pub mod tls;
+
+/// Runs the `sluice` binary's CLI against the admin API at `admin`: exit code, stdout, stderr.
+pub async fn cli(
+    admin: std::net::SocketAddr,
+    token: Option<&str>,
+    args: &[&str],
+) -> (i32, String, String) {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice"));
+    cmd.args(args)
+        .env("SLUICE_ADMIN_URL", format!("http://{admin}"))
+        .env_remove("SLUICE_TOKEN");
+    if let Some(t) = token {
+        cmd.env("SLUICE_TOKEN", t);
+    }
+    let out = tokio::time::timeout(LONG_WAIT, cmd.kill_on_drop(true).output())
+        .await
+        .unwrap_or_else(|_| panic!("sluice {args:?} did not finish within {LONG_WAIT:?}"))
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

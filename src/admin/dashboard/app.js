@@ -185,6 +185,7 @@ function card(name) {
     el("span", { class: "badge", "data-field": "state" }),
     el("span", { class: "muted", "data-field": "route" }),
     el("span", { class: "weight", "data-field": "weight", title: "canary weight" }));
+  const tls = el("div", { class: "certs", "data-field": "tls", hidden: true });
   const arms = el("table", { class: "arms" },
     el("thead", {}, el("tr", {},
       el("th", { text: "arm" }), el("th", { text: "upstreams" }),
@@ -208,7 +209,7 @@ function card(name) {
     el("span", { class: "spacer" }),
     actionButton("deployment-pause", "Pause"), actionButton("deployment-resume", "Resume"),
     actionButton("deployment-promote", "Promote now"), actionButton("deployment-abort", "Abort", "danger"));
-  root.append(head, arms, charts, judge, decision, deploy, controls);
+  root.append(head, tls, arms, charts, judge, decision, deploy, controls);
   $("#services").append(root);
   c = { root };
   S.cards.set(name, c);
@@ -224,6 +225,7 @@ function renderService(svc, points) {
   $('[data-field="route"]', r).textContent =
     (svc.hosts.length ? svc.hosts.join(", ") : "any host") + svc.path_prefix;
   $('[data-field="weight"]', r).textContent = pct(svc.canary_weight);
+  renderCertificates($('[data-field="tls"]', r), svc.tls || []);
   const input = $('[data-field="weight-input"]', r);
   if (document.activeElement !== input && input.value === "") input.placeholder = String(svc.canary_weight);
   const body = $("tbody", r);
@@ -273,6 +275,22 @@ function renderService(svc, points) {
   $('[data-action="promote"]', r).hidden = !svc.arms.canary;
   $('[data-action="resume"]', r).hidden = svc.state !== "rolled_back";
   $('[data-action="rollback"]', r).hidden = !svc.arms.canary || svc.state === "rolled_back";
+}
+
+// One line per host: which certificate TLS clients get, its issuer and expiry, and the
+// ACME orders' trouble when there is some.
+function renderCertificates(box, list) {
+  box.hidden = !list.length;
+  box.replaceChildren(...list.map((t) => {
+    const soon = t.not_after_ms && t.not_after_ms - Date.now() < 14 * 86400e3;
+    let text = t.host + ": " + t.source;
+    if (t.covered_by && t.covered_by !== t.host) text += " (" + t.covered_by + ")";
+    text += t.not_after_ms
+      ? ", " + t.issuer + ", until " + new Date(t.not_after_ms).toISOString().slice(0, 10)
+      : ", no certificate (handshakes refused)";
+    if (t.acme && t.acme.failures) text += " — " + t.acme.failures + " failed orders: " + (t.acme.last_error || "");
+    return el("div", { class: "cert" + (soon || !t.not_after_ms || (t.acme && t.acme.failures) ? " warn" : ""), "data-host": t.host, text });
+  }));
 }
 
 function renderDeployment(root, view) {

@@ -178,13 +178,21 @@ pub(crate) fn validate(
     if model.services.is_empty() {
         c.fail("services", "at least one [[services]] table is required");
     }
+    let global_acme = model.tls.acme.unwrap_or(false);
     let mut services = Vec::with_capacity(model.services.len());
     let mut names: HashMap<String, usize> = HashMap::new();
     let mut routes: HashMap<(String, String), usize> = HashMap::new();
     for (i, svc) in model.services.iter().enumerate() {
         let base = format!("services[{i}]");
-        let Some(service) = validate_service(&mut c, &base, svc, &server, &docker_socket, base_dir)
-        else {
+        let Some(service) = validate_service(
+            &mut c,
+            &base,
+            svc,
+            &server,
+            &docker_socket,
+            base_dir,
+            global_acme,
+        ) else {
             continue;
         };
         if let Some(first) = names.insert(service.name.clone(), i) {
@@ -230,12 +238,34 @@ pub(crate) fn validate(
         .filter_map(|s| s.name.clone())
         .collect();
     let listeners = tls::validate_listeners(&mut c, &model.listeners, &server, &service_names);
-    let hosts: Vec<String> = model
-        .services
-        .iter()
-        .flat_map(|s| s.hosts.clone())
-        .collect();
-    let tls = tls::validate_tls(&mut c, &model.tls, &model.acme, base, &listeners, &hosts);
+    let tls_listener = listeners.iter().any(|l| l.tls);
+    let mut service_tls = Vec::with_capacity(model.services.len());
+    for (i, svc) in model.services.iter().enumerate() {
+        let own = svc.tls.as_ref().and_then(|t| t.acme);
+        service_tls.push(tls::ServiceTls {
+            index: i,
+            name: svc.name.clone().unwrap_or_default(),
+            hosts: svc.hosts.clone(),
+            acme: own.unwrap_or(global_acme).then(|| match own {
+                Some(_) => format!("services[{i}].tls.acme"),
+                None => "tls.acme".to_string(),
+            }),
+        });
+        if svc.redirect_https == Some(true) && !tls_listener {
+            c.fail(
+                format!("services[{i}].redirect_https"),
+                "needs a listener with tls = true to redirect to",
+            );
+        }
+    }
+    let tls = tls::validate_tls(
+        &mut c,
+        &model.tls,
+        &model.acme,
+        base,
+        &listeners,
+        &service_tls,
+    );
 
     if c.problems.is_empty() {
         Ok(Config {

@@ -77,6 +77,7 @@ pub(crate) fn validate_service(
     server: &ServerConfig,
     docker_socket: &Path,
     base_dir: &Path,
+    acme: bool,
 ) -> Option<ServiceConfig> {
     let before = c.problems.len();
     let name = match &svc.name {
@@ -216,6 +217,8 @@ pub(crate) fn validate_service(
         probes,
         probe_combine,
         docker,
+        redirect_https: svc.redirect_https.unwrap_or(false),
+        acme: svc.tls.as_ref().and_then(|t| t.acme).unwrap_or(acme),
     })
 }
 
@@ -247,6 +250,7 @@ pub fn discovered_service(
         &config.server,
         &config.docker_socket,
         Path::new("."),
+        false,
     );
     match service {
         Some(s) if c.problems.is_empty() => Ok(s),

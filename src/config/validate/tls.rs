@@ -14,6 +14,19 @@ use crate::config::tls::{
 };
 use crate::config::ServerConfig;
 
+/// What `[tls]` validation needs to know of one `[[services]]` entry.
+pub(crate) struct ServiceTls {
+    /// Its index in the file.
+    pub index: usize,
+    /// Its name.
+    pub name: String,
+    /// Its host patterns, as written.
+    pub hosts: Vec<String>,
+    /// The key that asks for ACME certificates for it (`tls.acme` or
+    /// `services[i].tls.acme`), when one does.
+    pub acme: Option<String>,
+}
+
 /// The proxy listeners: `[[listeners]]`, or `server.listen` alone (a plain one, `http`).
 pub(crate) fn validate_listeners(
     c: &mut Checker<'_>,
@@ -116,12 +129,13 @@ pub(crate) fn validate_listeners(
     out
 }
 
-/// `[acme]`, when `tls.acme` asks for it; `hosts` are the services' host patterns.
+/// `[acme]`, when `tls.acme` asks for it; `hosts` are the host patterns of the services
+/// that ask, each with the key that asked (`tls.acme` or `services[i].tls.acme`).
 fn validate_acme(
     c: &mut Checker<'_>,
     f: &AcmeFile,
     base_dir: &Path,
-    hosts: &[String],
+    hosts: &[(String, Vec<String>)],
 ) -> AcmeConfig {
     use crate::acme::manager::{Challenge, DEFAULT_RENEW_BEFORE, DEFAULT_RETRY_MIN, LETS_ENCRYPT};
     let directory = f
@@ -161,12 +175,21 @@ fn validate_acme(
     }
     let mut names: Vec<String> = hosts
         .iter()
+        .flat_map(|(_, h)| h)
         .filter(|h| !h.starts_with("*."))
         .map(|h| h.to_ascii_lowercase())
         .collect();
     names.sort();
     names.dedup();
-    if names.is_empty() {
+    for (key, h) in hosts {
+        if key != "tls.acme" && h.iter().all(|h| h.starts_with("*.")) {
+            c.fail(
+                key.clone(),
+                "the service has no exact host name to order a certificate for",
+            );
+        }
+    }
+    if names.is_empty() && hosts.iter().any(|(key, _)| key == "tls.acme") {
         c.fail(
             "tls.acme",
             "no service has an exact host name to order a certificate for",
@@ -195,17 +218,22 @@ pub(crate) fn validate_tls(
     acme: &AcmeFile,
     base_dir: &Path,
     listeners: &[ListenerConfig],
-    hosts: &[String],
+    services: &[ServiceTls],
 ) -> TlsConfig {
-    let acme = f
-        .acme
-        .unwrap_or(false)
-        .then(|| validate_acme(c, acme, base_dir, hosts));
-    if acme.is_some() && !listeners.iter().any(|l| l.tls) {
-        c.fail(
-            "tls.acme",
-            "needs a listener with tls = true to serve the certificates",
-        );
+    let acme_hosts: Vec<(String, Vec<String>)> = services
+        .iter()
+        .filter_map(|s| s.acme.clone().map(|key| (key, s.hosts.clone())))
+        .collect();
+    let acme_hosts = &acme_hosts[..];
+    let acme = (!acme_hosts.is_empty()).then(|| validate_acme(c, acme, base_dir, acme_hosts));
+    let asked = acme_hosts.first().map(|(key, _)| key.clone());
+    if let (Some(key), Some(_)) = (asked, &acme) {
+        if !listeners.iter().any(|l| l.tls) {
+            c.fail(
+                key,
+                "needs a listener with tls = true to serve the certificates",
+            );
+        }
     }
     let unknown_name = match f.unknown_name.as_deref() {
         None | Some("default") => UnknownNamePolicy::Default,
@@ -253,18 +281,25 @@ pub(crate) fn validate_tls(
     }
     if acme.is_some() {
         // HTTP-01 and TLS-ALPN-01 cannot prove a wildcard: it needs a certificate file.
-        for h in hosts.iter().filter(|h| h.starts_with("*.")) {
+        let wildcards = acme_hosts
+            .iter()
+            .flat_map(|(key, h)| h.iter().map(move |h| (key, h)))
+            .filter(|(_, h)| h.starts_with("*."));
+        for (key, h) in wildcards {
             let filed = loaded
                 .iter()
                 .flatten()
                 .any(|l| l.names.iter().any(|n| n.eq_ignore_ascii_case(h)));
             if !filed {
                 c.fail(
-                    "tls.acme",
+                    key.clone(),
                     format!("'{h}' is a wildcard: ACME certificates for wildcards need DNS-01, which Sluice does not do; give it a [[tls.certificates]] file"),
                 );
             }
         }
+    }
+    if unknown_name == UnknownNamePolicy::Refuse && all_loaded {
+        unreachable_hosts(c, services, listeners, &loaded);
     }
     if listeners.iter().any(|l| l.tls) && f.certificates.is_empty() && acme.is_none() {
         c.fail(
@@ -277,5 +312,35 @@ pub(crate) fn validate_tls(
         unknown_name,
         default: f.default.clone(),
         certificates,
+    }
+}
+
+/// With `tls.unknown_name = "refuse"`, a host of a service only TLS listeners serve that no
+/// certificate covers (and ACME does not order one for) could never be reached: an error.
+fn unreachable_hosts(
+    c: &mut Checker<'_>,
+    services: &[ServiceTls],
+    listeners: &[ListenerConfig],
+    loaded: &[Option<crate::tls::Loaded>],
+) {
+    let serves = |l: &ListenerConfig, name: &str| {
+        l.services
+            .as_ref()
+            .is_none_or(|list| list.iter().any(|n| n == name))
+    };
+    for s in services.iter().filter(|s| s.acme.is_none()) {
+        let plain = listeners.iter().any(|l| !l.tls && serves(l, &s.name));
+        let tls = listeners.iter().any(|l| l.tls && serves(l, &s.name));
+        if plain || !tls {
+            continue;
+        }
+        for (j, h) in s.hosts.iter().enumerate() {
+            if !loaded.iter().flatten().any(|l| l.covers(h)) {
+                c.fail(
+                    format!("services[{}].hosts[{j}]", s.index),
+                    format!("'{h}' is covered by no certificate and tls.unknown_name is \"refuse\": no client could reach it (add a [[tls.certificates]] file or tls.acme = true)"),
+                );
+            }
+        }
     }
 }

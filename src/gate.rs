@@ -30,6 +30,7 @@ use pingora::services::Service as _;
 use tokio::runtime::Runtime;
 use tokio::sync::watch;
 
+use crate::access_log::AccessLog;
 use crate::admin::{self, AdminState};
 use crate::config::Config;
 use crate::events::{EventBus, EventKind, NewEvent};
@@ -101,6 +102,8 @@ pub struct GateHandle {
     drain_timeout: Duration,
     /// History, when kept.
     pub history: Option<History>,
+    /// The access log, when on (`reopen` on SIGUSR1).
+    pub access_log: Option<AccessLog>,
     stop_accepting: watch::Sender<bool>,
     stop_workers: watch::Sender<bool>,
     stop_control: watch::Sender<bool>,
@@ -312,6 +315,15 @@ pub fn start(config: Config) -> Result<GateHandle, GateError> {
     let (admin_listener, admin_addr) = bind("server.admin_listen", config.server.admin_listen)?;
 
     let metrics = Arc::new(Metrics::new());
+    let access_log = match &config.access_log {
+        Some(c) => Some(
+            AccessLog::start(c, metrics.access_log_dropped.clone())
+                .map(|(log, _writer)| log)
+                .map_err(|e| GateError::Runtime("access_log.path", e))?,
+        ),
+        None => None,
+    };
+    edge.access_log = access_log.clone();
     let drain_timeout = config.server.drain_timeout;
     let threads = config.server.threads;
     let keepalive_pool_size = config.server.keepalive_pool_size;
@@ -523,6 +535,7 @@ pub fn start(config: Config) -> Result<GateHandle, GateError> {
         draining,
         drain_timeout,
         history,
+        access_log,
         stop_accepting,
         stop_workers,
         stop_control,

@@ -5,6 +5,7 @@
 //! canary back by publishing one new immutable routing table. See `DESIGN.md` for the flow
 //! and the invariants; each module's `//!` line names its concept.
 
+pub mod access_log;
 pub mod acme;
 pub mod admin;
 pub mod api;
@@ -21,6 +22,7 @@ pub mod metrics;
 pub mod notify;
 pub mod probes;
 pub mod proxy;
+pub mod request_id;
 pub mod rollout;
 pub mod routing;
 pub mod stats;

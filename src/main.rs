@@ -126,7 +126,11 @@ fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
     let config = Config::load(&path)?;
     let gate = gate::start(config).context("cannot start")?;
     let (tx, rx) = std::sync::mpsc::channel();
-    gate.spawn_control(handle_signals(gate.control.clone(), tx));
+    gate.spawn_control(handle_signals(
+        gate.control.clone(),
+        gate.access_log.clone(),
+        tx,
+    ));
     let signal = rx.recv().unwrap_or("channel closed");
     tracing::info!(signal, "draining");
     let report = gate.drain();
@@ -139,10 +143,16 @@ fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// SIGHUP reloads the config; SIGTERM or SIGINT start a drain; a second one exits at once.
-async fn handle_signals(control: ControlHandle, stop: std::sync::mpsc::Sender<&'static str>) {
-    let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
+/// SIGHUP reloads the config; SIGUSR1 reopens the access log; SIGTERM or SIGINT start a
+/// drain; a second one exits at once.
+async fn handle_signals(
+    control: ControlHandle,
+    access_log: Option<sluice::access_log::AccessLog>,
+    stop: std::sync::mpsc::Sender<&'static str>,
+) {
+    let (Ok(mut hup), Ok(mut usr1), Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::hangup()),
+        signal(SignalKind::user_defined1()),
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
     ) else {
@@ -152,6 +162,13 @@ async fn handle_signals(control: ControlHandle, stop: std::sync::mpsc::Sender<&'
     let mut stopping = false;
     loop {
         let name = tokio::select! {
+            _ = usr1.recv() => {
+                if let Some(log) = &access_log {
+                    log.reopen();
+                    tracing::info!("access log reopened on SIGUSR1");
+                }
+                continue;
+            }
             _ = hup.recv() => {
                 match control.send(Op::Reload, "signal:SIGHUP").await {
                     Ok(done) => tracing::info!(table = done.table_version, "reloaded on SIGHUP"),

@@ -31,6 +31,8 @@ pub struct Metrics {
     rollbacks: IntCounterVec,
     table_version: IntGauge,
     unrouted: IntCounter,
+    /// Access log lines a full queue dropped.
+    pub access_log_dropped: IntCounter,
     /// History store gauges and counters.
     pub store: StoreMetrics,
     probe_results: IntCounterVec,
@@ -208,6 +210,13 @@ impl Metrics {
                 "Requests no service matched (answered 404 by the gate).",
             ),
         );
+        let access_log_dropped = build(
+            &registry,
+            IntCounter::new(
+                "sluice_access_log_dropped_total",
+                "Access log lines dropped because the writer was behind (never waited for).",
+            ),
+        );
         let store = StoreMetrics {
             up: build(
                 &registry,
@@ -293,6 +302,7 @@ impl Metrics {
             upstream_healthy,
             store,
             unrouted,
+            access_log_dropped,
             registry,
             requests,
             duration,

@@ -29,12 +29,16 @@ use pingora::proxy::{ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, Result};
 
+use crate::access_log::{AccessLog, Entry};
 use crate::acme::challenges::{Http01, HTTP01_PREFIX};
+use crate::config::LatencyMeasure;
 use crate::linger::{DEFAULT_LINGER_BYTES, DEFAULT_LINGER_TIME};
 use crate::listeners::ListenerInfo;
 use crate::metrics::Metrics;
+use crate::request_id::{self, X_REQUEST_ID};
 use crate::rollout::Wake;
 use crate::routing::{Arm, RoutingTable, TableReader};
+use crate::stats::FailedRequest;
 use crate::types::ArmRole;
 use crate::types::StatusClass;
 
@@ -77,6 +81,7 @@ pub struct GateProxy {
     wake: Wake,
     listener: Arc<ListenerInfo>,
     http01: Arc<Http01>,
+    access_log: Option<AccessLog>,
 }
 
 impl GateProxy {
@@ -103,11 +108,12 @@ impl GateProxy {
                 services: None,
             }),
             Arc::default(),
+            None,
         )
     }
 
     /// The same, for the listener `listener`, answering ACME HTTP-01 validation from
-    /// `http01` on a listener that redirects to https.
+    /// `http01` on a listener that redirects to https, writing each request to `access_log`.
     pub fn on_listener(
         table: TableReader,
         metrics: Arc<Metrics>,
@@ -115,6 +121,7 @@ impl GateProxy {
         wake: Wake,
         listener: Arc<ListenerInfo>,
         http01: Arc<Http01>,
+        access_log: Option<AccessLog>,
     ) -> GateProxy {
         GateProxy {
             table,
@@ -123,12 +130,13 @@ impl GateProxy {
             wake,
             listener,
             http01,
+            access_log,
         }
     }
 
     /// ACME's HTTP-01 path, answered from the challenge board (404 for an unknown token).
     /// Returns whether the request was one.
-    async fn http01(&self, session: &mut Session) -> Result<bool> {
+    async fn http01(&self, session: &mut Session, id: &str) -> Result<bool> {
         let path = session.req_header().uri.path();
         if let Some(token) = path.strip_prefix(HTTP01_PREFIX) {
             let token = token.to_string();
@@ -142,7 +150,7 @@ impl GateProxy {
                         .write_response_body(Some(Bytes::from(key_authorization)), true)
                         .await?;
                 }
-                None => respond_plain(session, 404, "sluice: no such ACME challenge\n").await?,
+                None => respond_plain(session, 404, "sluice: no such ACME challenge\n", id).await?,
             }
             return Ok(true);
         }
@@ -150,12 +158,13 @@ impl GateProxy {
     }
 
     /// A 308 to the same host and path over https, on `port`.
-    async fn redirect(&self, session: &mut Session, port: u16) -> Result<bool> {
+    async fn redirect(&self, session: &mut Session, port: u16, id: &str) -> Result<bool> {
         let Some(host) = redirect_host(request_host(session)) else {
             respond_plain(
                 session,
                 400,
                 "sluice: a redirect to https needs a valid Host\n",
+                id,
             )
             .await?;
             return Ok(true);
@@ -174,13 +183,14 @@ impl GateProxy {
         };
         let mut resp = ResponseHeader::build(308, Some(3))?;
         resp.insert_header(http::header::LOCATION, location)?;
+        resp.insert_header(X_REQUEST_ID.clone(), id)?;
         resp.insert_header(http::header::CONTENT_LENGTH, 0)?;
         session.write_response_header(Box::new(resp), true).await?;
         Ok(true)
     }
 
     /// Records a failed canary attempt and moves the request to stable for its one replay.
-    fn shield(&self, ctx: &mut RequestCtx, class: StatusClass) {
+    fn shield(&self, session: &Session, ctx: &mut RequestCtx, class: StatusClass) {
         let Some(table) = ctx.table.clone() else {
             return;
         };
@@ -188,6 +198,9 @@ impl GateProxy {
         let canary = service.arm(ArmRole::Canary);
         let elapsed = ctx.attempt_started.elapsed();
         canary.stats.record(class, elapsed);
+        canary
+            .stats
+            .note_failed(failed_request(session, ctx, ctx.canary_status));
         canary.metrics.record(class, elapsed.as_secs_f64());
         canary.metrics.shielded();
         self.wake.poke();
@@ -202,6 +215,14 @@ impl GateProxy {
 
 /// What one request carries from phase to phase.
 pub struct RequestCtx {
+    /// When its header was read.
+    started: Instant,
+    /// Its `X-Request-Id`.
+    request_id: String,
+    /// When the response header went to the client.
+    first_byte: Option<Instant>,
+    /// The upstream of the latest attempt.
+    upstream: Option<std::net::SocketAddr>,
     /// When the current arm's attempt began (the request start, or the shield's switch).
     attempt_started: Instant,
     /// The table this request routes by, loaded once.
@@ -259,8 +280,14 @@ fn request_host(session: &Session) -> &str {
         .unwrap_or("")
 }
 
-async fn respond_plain(session: &mut Session, status: u16, body: &'static str) -> Result<()> {
-    let mut resp = ResponseHeader::build(status, Some(3))?;
+async fn respond_plain(
+    session: &mut Session,
+    status: u16,
+    body: &'static str,
+    id: &str,
+) -> Result<()> {
+    let mut resp = ResponseHeader::build(status, Some(4))?;
+    resp.insert_header(X_REQUEST_ID.clone(), id)?;
     resp.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
     resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
     session.write_response_header(Box::new(resp), false).await?;
@@ -294,8 +321,13 @@ impl ProxyHttp for GateProxy {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
+        let now = Instant::now();
         RequestCtx {
-            attempt_started: Instant::now(),
+            started: now,
+            request_id: String::new(),
+            first_byte: None,
+            upstream: None,
+            attempt_started: now,
             table: None,
             service: 0,
             role: ArmRole::Stable,
@@ -310,11 +342,18 @@ impl ProxyHttp for GateProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        if self.listener.http01 && self.http01(session).await? {
+        ctx.request_id = request_id::of(
+            session
+                .req_header()
+                .headers
+                .get(&X_REQUEST_ID)
+                .map(HeaderValue::as_bytes),
+        );
+        if self.listener.http01 && self.http01(session, &ctx.request_id).await? {
             return Ok(true);
         }
         if let Some(port) = self.listener.redirect_to {
-            return self.redirect(session, port).await;
+            return self.redirect(session, port, &ctx.request_id).await;
         }
         let table = self.table.load_full();
         let path = session.req_header().uri.path();
@@ -327,6 +366,7 @@ impl ProxyHttp for GateProxy {
                 session,
                 404,
                 "sluice: no service matches this host and path\n",
+                &ctx.request_id,
             )
             .await?;
             return Ok(true);
@@ -334,7 +374,7 @@ impl ProxyHttp for GateProxy {
         let service = &table.services[index];
         if service.config.redirect_https {
             if let Some(port) = self.listener.https_port {
-                return self.redirect(session, port).await;
+                return self.redirect(session, port, &ctx.request_id).await;
             }
         }
         let headers = &session.req_header().headers;
@@ -356,6 +396,7 @@ impl ProxyHttp for GateProxy {
                 session,
                 503,
                 "sluice: this service has no upstream to send the request to\n",
+                &ctx.request_id,
             )
             .await?;
             return Ok(true);
@@ -373,7 +414,7 @@ impl ProxyHttp for GateProxy {
 
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         let Some(table) = ctx.table.as_ref() else {
@@ -386,16 +427,22 @@ impl ProxyHttp for GateProxy {
             return Error::e_explain(pingora::ConnectNoRoute, "the arm has no upstream");
         }
         let upstream = arm.upstream(ctx.start, ctx.attempt);
+        ctx.upstream = Some(upstream.addr);
         let mut peer = HttpPeer::new(upstream.addr, false, String::new());
         peer.options.connection_timeout = Some(service.config.connect_timeout);
-        peer.options.read_timeout = Some(service.config.read_timeout);
+        // An upgraded connection (WebSocket) may stay quiet far longer than a request.
+        peer.options.read_timeout = Some(if session.is_upgrade_req() {
+            service.config.websocket_idle_timeout
+        } else {
+            service.config.read_timeout
+        });
         peer.options.idle_timeout = Some(table.options.idle_timeout);
         Ok(Box::new(peer))
     }
 
     fn fail_to_connect(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         _peer: &HttpPeer,
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
@@ -405,7 +452,7 @@ impl ProxyHttp for GateProxy {
         };
         arm.metrics.connect_failed();
         if ctx.shield_ok {
-            self.shield(ctx, StatusClass::NoResponse);
+            self.shield(session, ctx, StatusClass::NoResponse);
             e.set_retry(true);
             return e;
         }
@@ -439,11 +486,12 @@ impl ProxyHttp for GateProxy {
         retry.decide_reuse(client_reused);
         let stale_pooled = client_reused && ctx.canary_status.is_none() && retry.retry();
         if ctx.shield_ok && replayable && !stale_pooled {
-            let class = match ctx.canary_status.take() {
+            let class = match ctx.canary_status {
                 Some(_) => StatusClass::ServerError,
                 None => StatusClass::NoResponse,
             };
-            self.shield(ctx, class);
+            self.shield(session, ctx, class);
+            ctx.canary_status = None;
             e.set_retry(true);
             return e;
         }
@@ -481,8 +529,9 @@ impl ProxyHttp for GateProxy {
         &self,
         session: &mut Session,
         upstream_request: &mut pingora::http::RequestHeader,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> Result<()> {
+        upstream_request.insert_header(X_REQUEST_ID.clone(), ctx.request_id.as_str())?;
         if let Some(ip) = session
             .client_addr()
             .and_then(PeerAddr::as_inet)
@@ -553,6 +602,8 @@ impl ProxyHttp for GateProxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        ctx.first_byte = Some(Instant::now());
+        upstream_response.insert_header(X_REQUEST_ID.clone(), ctx.request_id.as_str())?;
         if let (Some(seed), Some(table)) = (ctx.new_seed, ctx.table.as_ref()) {
             let mut cookie = table.options.set_cookie(seed);
             if self.listener.tls {
@@ -605,16 +656,98 @@ impl ProxyHttp for GateProxy {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
-        let Some(arm) = ctx.arm() else {
-            return;
-        };
-        let status = session.response_written().map(|r| r.status.as_u16());
-        let class = StatusClass::of(status);
-        let elapsed = ctx.attempt_started.elapsed();
-        arm.stats.record(class, elapsed);
-        arm.metrics.record(class, elapsed.as_secs_f64());
-        if ctx.role == ArmRole::Canary && class.is_failure() {
-            self.wake.poke();
+        let response = session.response_written();
+        let status = response.map(|r| r.status.as_u16());
+        if let Some(arm) = ctx.arm() {
+            let class = StatusClass::of(status);
+            // An upgrade (WebSocket) or an event stream lasts as long as it is used: its
+            // latency is the time to its response header, never its length.
+            let streaming = status == Some(101)
+                || response
+                    .and_then(|r| r.headers.get(http::header::CONTENT_TYPE))
+                    .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+            let first_byte_only = streaming
+                || ctx.table.as_ref().is_some_and(|t| {
+                    t.services[ctx.service].config.latency == LatencyMeasure::FirstByte
+                });
+            let latency = match ctx.first_byte {
+                Some(at) if first_byte_only => at.saturating_duration_since(ctx.attempt_started),
+                _ => ctx.attempt_started.elapsed(),
+            };
+            arm.stats.record(class, latency);
+            arm.metrics.record(class, latency.as_secs_f64());
+            if class.is_failure() {
+                arm.stats.note_failed(failed_request(session, ctx, status));
+                if ctx.role == ArmRole::Canary {
+                    self.wake.poke();
+                }
+            }
         }
+        if let Some(log) = &self.access_log {
+            log.log(self.entry(session, ctx, status));
+        }
+    }
+}
+
+impl GateProxy {
+    /// The access log line of a finished request.
+    fn entry(&self, session: &Session, ctx: &mut RequestCtx, status: Option<u16>) -> Entry {
+        let req = session.req_header();
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+        let header = |name: http::header::HeaderName| {
+            req.headers
+                .get(name)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        };
+        let service = ctx.table.as_ref().map(|t| &t.services[ctx.service]);
+        if ctx.request_id.is_empty() {
+            ctx.request_id = request_id::generate(); // refused before routing
+        }
+        Entry {
+            time_ms: crate::time::now_ms(),
+            client: session
+                .client_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+            method: req.method.as_str().to_string(),
+            host: request_host(session).to_string(),
+            path: req
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str().to_string())
+                .unwrap_or_else(|| req.uri.path().to_string()),
+            protocol: if session.as_downstream().is_http2() {
+                "HTTP/2"
+            } else if req.version == http::Version::HTTP_10 {
+                "HTTP/1.0"
+            } else {
+                "HTTP/1.1"
+            },
+            status: status.unwrap_or(0),
+            bytes_in: session.as_downstream().body_bytes_read() as u64,
+            bytes_out: session.as_downstream().body_bytes_sent() as u64,
+            duration_ms: ms(ctx.started.elapsed()),
+            ttfb_ms: ctx
+                .first_byte
+                .map(|at| ms(at.saturating_duration_since(ctx.started))),
+            service: service.map(|s| s.name().to_string()),
+            arm: service.map(|_| ctx.role.as_str()),
+            upstream: ctx.upstream.map(|u| u.to_string()),
+            shielded: ctx.shielded,
+            request_id: std::mem::take(&mut ctx.request_id),
+            user_agent: header(http::header::USER_AGENT),
+            referer: header(http::header::REFERER),
+        }
+    }
+}
+
+/// A failed request as a cut-back's evidence keeps it.
+fn failed_request(session: &Session, ctx: &RequestCtx, status: Option<u16>) -> FailedRequest {
+    let req = session.req_header();
+    FailedRequest {
+        request_id: ctx.request_id.clone(),
+        request: format!("{} {}", req.method, req.uri.path()),
+        status,
+        at_ms: crate::time::now_ms(),
     }
 }

@@ -91,6 +91,25 @@ pub struct ArmStats {
     slots: Box<[Slot]>,
     consecutive_failures: AtomicU32,
     total: [AtomicU64; 6],
+    /// The latest failed requests, newest last (at most [`FAILED_KEPT`]).
+    failed: parking_lot::Mutex<std::collections::VecDeque<FailedRequest>>,
+}
+
+/// How many failed requests an arm keeps for a cut-back's evidence.
+pub const FAILED_KEPT: usize = 5;
+
+/// A failed request, for the evidence of a cut-back: an operator finds it in the app's logs
+/// by its id.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FailedRequest {
+    /// Its `X-Request-Id`.
+    pub request_id: String,
+    /// Method and path.
+    pub request: String,
+    /// The status the arm answered (none: no answer).
+    pub status: Option<u16>,
+    /// When (epoch ms).
+    pub at_ms: u64,
 }
 
 impl std::fmt::Debug for ArmStats {
@@ -122,6 +141,7 @@ impl ArmStats {
             slots: (0..slots + 2).map(|_| Slot::new()).collect(),
             consecutive_failures: AtomicU32::new(0),
             total: Default::default(),
+            failed: Default::default(),
         }
     }
 
@@ -167,6 +187,20 @@ impl ArmStats {
             // Only write when needed, so successes do not bounce the cache line.
             self.consecutive_failures.store(0, Relaxed);
         }
+    }
+
+    /// Keeps a failed request for the evidence (the oldest kept one goes).
+    pub fn note_failed(&self, failed: FailedRequest) {
+        let mut list = self.failed.lock();
+        if list.len() == FAILED_KEPT {
+            list.pop_front();
+        }
+        list.push_back(failed);
+    }
+
+    /// The latest failed requests, oldest first.
+    pub fn failed_requests(&self) -> Vec<FailedRequest> {
+        self.failed.lock().iter().cloned().collect()
     }
 
     /// Failures (5xx or no response) in a row, up to the latest request.

@@ -421,20 +421,3 @@ stable = ["{}"]
     // Two sockets, not one dual-stack socket: IPv4 reaches only the IPv4 listener.
     assert_eq!(ask(format!("http://127.0.0.1:{port}/a")).await.0, 404);
 }
-
-/// Runs curl; returns (success, stdout + stderr).
-fn curl(args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new("curl")
-        .args(["-sS", "--max-time", "30"])
-        .args(args)
-        .output()
-        .expect("curl runs");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}

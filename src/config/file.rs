@@ -43,6 +43,18 @@ pub struct FileConfig {
     /// The ACME server automatic certificates come from.
     #[serde(default)]
     pub acme: AcmeFile,
+    /// One line per request (on when the table is there).
+    pub access_log: Option<AccessLogFile>,
+}
+
+/// `[access_log]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogFile {
+    pub enabled: Option<bool>,
+    pub path: Option<String>,
+    pub format: Option<String>,
+    pub buffer: Option<i64>,
 }
 
 /// `[acme]`
@@ -68,6 +80,8 @@ pub struct ListenerFile {
     pub redirect_https: Option<bool>,
     pub hsts: Option<String>,
     pub services: Option<Vec<String>>,
+    pub http2: Option<bool>,
+    pub max_concurrent_streams: Option<i64>,
 }
 
 /// `[tls]`
@@ -205,6 +219,10 @@ pub struct ServiceFile {
     pub docker: Option<ServiceDockerFile>,
     /// Plain requests for this service get a 308 to https (ACME's HTTP-01 path excepted).
     pub redirect_https: Option<bool>,
+    /// Which time of a request its latency is: `total` or `first_byte`.
+    pub latency: Option<String>,
+    /// How long an upgraded connection (WebSocket) may stay silent both ways.
+    pub websocket_idle_timeout: Option<String>,
     /// `tls.acme`: automatic certificates for this service's hosts (overrides `[tls] acme`).
     pub tls: Option<ServiceTlsFile>,
 }

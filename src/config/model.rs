@@ -84,7 +84,47 @@ pub struct Config {
     pub listeners: Vec<super::tls::ListenerConfig>,
     /// Certificates for TLS listeners (`[tls]`).
     pub tls: super::tls::TlsConfig,
+    /// One line per request (`[access_log]`), when on.
+    pub access_log: Option<AccessLogConfig>,
 }
+
+/// `[access_log]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLogConfig {
+    /// The file lines are appended to (reopened on SIGUSR1); `None`: standard output.
+    pub path: Option<PathBuf>,
+    /// `json` (default) or `combined`.
+    pub format: AccessLogFormat,
+    /// Lines waiting for the writer at most (default [`DEFAULT_ACCESS_LOG_BUFFER`]); more are
+    /// dropped and counted, never waited for.
+    pub buffer: usize,
+}
+
+/// Default `access_log.buffer`.
+pub const DEFAULT_ACCESS_LOG_BUFFER: usize = 65_536;
+
+/// How access log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Apache's / nginx's `combined`, with Sluice's fields appended.
+    Combined,
+}
+
+/// Which time of a request the judge's latency rules see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LatencyMeasure {
+    /// Until the response is complete (default), except upgrades and event streams.
+    #[default]
+    Total,
+    /// Until the response's header (streaming services).
+    FirstByte,
+}
+
+/// Default `services[].websocket_idle_timeout`.
+pub const DEFAULT_WEBSOCKET_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// Where history goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -235,6 +275,10 @@ pub struct ServiceConfig {
     pub docker: Option<super::docker::DockerService>,
     /// Plain requests are answered with a 308 to the first TLS listener (default false).
     pub redirect_https: bool,
+    /// Which time of a request is its latency (default total).
+    pub latency: LatencyMeasure,
+    /// An upgraded connection silent both ways this long is closed (default 1 h).
+    pub websocket_idle_timeout: Duration,
     /// Its exact hosts get ACME certificates (`services.tls.acme`, else `[tls] acme`).
     pub acme: bool,
 }

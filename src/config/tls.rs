@@ -24,7 +24,16 @@ pub struct ListenerConfig {
     pub hsts: Option<Duration>,
     /// The services it serves, by name (default: all); others answer 404 here.
     pub services: Option<Vec<String>>,
+    /// HTTP/2: ALPN `h2` on a TLS listener (default on), h2c by prior knowledge on a plain
+    /// one (default off).
+    pub http2: bool,
+    /// Streams one HTTP/2 connection may have open at once (default
+    /// [`DEFAULT_MAX_CONCURRENT_STREAMS`]).
+    pub max_concurrent_streams: u32,
 }
+
+/// Default `listeners[].max_concurrent_streams`.
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 100;
 
 /// What a TLS listener does with a name no certificate covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -12,6 +12,7 @@ use pingora::server::Fds;
 use pingora::services::listening::Service;
 
 use super::{bind, GateError};
+use crate::access_log::AccessLog;
 use crate::acme::challenges::Http01;
 use crate::acme::manager::{Manager, Report};
 use crate::config::tls::DEFAULT_LISTENER_NAME;
@@ -43,6 +44,10 @@ pub(super) struct Edge {
     http01: Arc<Http01>,
     /// The ACME manager (its stored certificates already serving) and its reports.
     pub(super) acme: Option<(Manager, tokio::sync::mpsc::UnboundedReceiver<Report>)>,
+    /// HTTP/2 on each listener: on or off, and its stream limit.
+    http2: Vec<(bool, u32)>,
+    /// Where every listener writes its requests, when the access log is on.
+    pub(super) access_log: Option<AccessLog>,
 }
 
 impl Edge {
@@ -125,6 +130,12 @@ impl Edge {
             inspector,
             http01,
             acme,
+            http2: config
+                .listeners
+                .iter()
+                .map(|l| (l.http2, l.max_concurrent_streams))
+                .collect(),
+            access_log: None,
         })
     }
 
@@ -169,14 +180,25 @@ impl Edge {
                     wake.clone(),
                     self.info[j].clone(),
                     self.http01.clone(),
+                    self.access_log.clone(),
                 ),
                 "sluice proxy",
             );
+            let (http2, streams) = self.http2.get(j).copied().unwrap_or_default();
+            if let Some(proxy) = service.app_logic_mut() {
+                let mut h2 = pingora::protocols::http::v2::server::default_h2_options();
+                h2.max_concurrent_streams(streams.max(1));
+                proxy.h2_options = Some(h2);
+                // h2c by prior knowledge on a plain listener that asks for HTTP/2.
+                let mut options = pingora::apps::HttpServerOptions::default();
+                options.h2c = http2 && self.counts[j].is_none();
+                proxy.server_options = Some(options);
+            }
             let key = addr.to_string();
             match (&self.counts[j], &self.certificates, &self.inspector) {
                 (Some(counts), Some(certs), Some(inspector)) => {
                     let settings =
-                        crate::tls::settings(certs.store(), &self.info[j].name, counts, false)
+                        crate::tls::settings(certs.store(), &self.info[j].name, counts, http2)
                             .map_err(|e| GateError::Tls(format!("listeners[{j}]: {e}")))?;
                     service.endpoints().set_pre_tls_callback(inspector.clone());
                     service.add_tls_with_settings(&key, None, settings);

@@ -155,7 +155,17 @@ impl Controller {
         };
         let rule = breach.rule.as_str();
         let reason = breach.reason.clone();
-        let evidence = json!({ "verdict": verdict, "policy": &service.config.cutback });
+        // The canary's latest failed requests, by id: the app's logs have the rest.
+        let failed = service
+            .canary
+            .as_ref()
+            .map(|c| c.stats.failed_requests())
+            .unwrap_or_default();
+        let evidence = json!({
+            "verdict": verdict,
+            "policy": &service.config.cutback,
+            "failed_requests": failed,
+        });
         let result = self.change(service.name(), "judge", evidence, |old, _| {
             ops::rollback(old, &reason)
         });

@@ -437,3 +437,20 @@ pub async fn cli(
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Runs curl (bounded to 30 s); returns (success, stdout + stderr).
+pub fn curl(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "30"])
+        .args(args)
+        .output()
+        .expect("curl runs");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}

@@ -267,6 +267,11 @@ pub(crate) fn validate(
         &service_tls,
     );
 
+    let access_log = model
+        .access_log
+        .as_ref()
+        .and_then(|f| server::validate_access_log(&mut c, f, base));
+
     if c.problems.is_empty() {
         Ok(Config {
             source: None,
@@ -282,6 +287,7 @@ pub(crate) fn validate(
             dashboard,
             listeners,
             tls,
+            access_log,
         })
     } else {
         Err(ConfigError::Invalid {

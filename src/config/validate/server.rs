@@ -186,3 +186,47 @@ pub(crate) fn validate_routing(c: &mut Checker<'_>, model: &FileConfig) -> Routi
         ),
     }
 }
+
+/// `[access_log]`: `None` when it says `enabled = false`.
+pub(crate) fn validate_access_log(
+    c: &mut Checker<'_>,
+    f: &crate::config::file::AccessLogFile,
+    base: &Path,
+) -> Option<AccessLogConfig> {
+    let format = match f.format.as_deref() {
+        None | Some("json") => AccessLogFormat::Json,
+        Some("combined") => AccessLogFormat::Combined,
+        Some(other) => {
+            c.fail(
+                "access_log.format",
+                format!("'{other}' is not one of: json, combined"),
+            );
+            AccessLogFormat::Json
+        }
+    };
+    let buffer = match f.buffer {
+        None => DEFAULT_ACCESS_LOG_BUFFER,
+        Some(n) if (1..=16 * 1024 * 1024).contains(&n) => n as usize,
+        Some(n) => {
+            c.fail(
+                "access_log.buffer",
+                format!("must be between 1 and 16777216 lines (got {n})"),
+            );
+            DEFAULT_ACCESS_LOG_BUFFER
+        }
+    };
+    let path = f.path.as_ref().map(|p| base.join(p));
+    if let Some(dir) = path.as_ref().and_then(|p| p.parent()) {
+        if !dir.as_os_str().is_empty() && !dir.is_dir() {
+            c.fail(
+                "access_log.path",
+                format!("{} is not a directory", dir.display()),
+            );
+        }
+    }
+    f.enabled.unwrap_or(true).then_some(AccessLogConfig {
+        path,
+        format,
+        buffer,
+    })
+}

@@ -203,6 +203,22 @@ pub(crate) fn validate_service(
             }
         }
     }
+    let latency = match svc.latency.as_deref() {
+        None | Some("total") => LatencyMeasure::Total,
+        Some("first_byte") => LatencyMeasure::FirstByte,
+        Some(other) => {
+            c.fail(
+                format!("{base}.latency"),
+                format!("'{other}' is not one of: total, first_byte"),
+            );
+            LatencyMeasure::Total
+        }
+    };
+    let websocket_idle_timeout = c.duration(
+        &format!("{base}.websocket_idle_timeout"),
+        svc.websocket_idle_timeout.as_deref(),
+        DEFAULT_WEBSOCKET_IDLE_TIMEOUT,
+    );
     (c.problems.len() == before).then_some(ServiceConfig {
         name,
         hosts,
@@ -218,6 +234,8 @@ pub(crate) fn validate_service(
         probe_combine,
         docker,
         redirect_https: svc.redirect_https.unwrap_or(false),
+        latency,
+        websocket_idle_timeout,
         acme: svc.tls.as_ref().and_then(|t| t.acme).unwrap_or(acme),
     })
 }

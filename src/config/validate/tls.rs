@@ -10,7 +10,7 @@ use super::Checker;
 use crate::config::file::{AcmeFile, ListenerFile, TlsFile};
 use crate::config::tls::{
     AcmeConfig, CertificatePaths, ListenerConfig, TlsConfig, UnknownNamePolicy,
-    DEFAULT_LISTENER_NAME,
+    DEFAULT_LISTENER_NAME, DEFAULT_MAX_CONCURRENT_STREAMS,
 };
 use crate::config::ServerConfig;
 
@@ -42,6 +42,8 @@ pub(crate) fn validate_listeners(
             redirect_https: false,
             hsts: None,
             services: None,
+            http2: false,
+            max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
         }];
     }
     let mut names = HashSet::new();
@@ -111,6 +113,17 @@ pub(crate) fn validate_listeners(
                 }
             }
         }
+        let max_concurrent_streams = match f.max_concurrent_streams {
+            None => DEFAULT_MAX_CONCURRENT_STREAMS,
+            Some(n) if (1..=10_000).contains(&n) => n as u32,
+            Some(n) => {
+                c.fail(
+                    format!("{base}.max_concurrent_streams"),
+                    format!("must be between 1 and 10000 (got {n})"),
+                );
+                DEFAULT_MAX_CONCURRENT_STREAMS
+            }
+        };
         out.push(ListenerConfig {
             name,
             address,
@@ -118,6 +131,8 @@ pub(crate) fn validate_listeners(
             redirect_https,
             hsts,
             services: f.services.clone(),
+            http2: f.http2.unwrap_or(tls),
+            max_concurrent_streams,
         });
     }
     if out.iter().any(|l| l.redirect_https) && !out.iter().any(|l| l.tls) {

@@ -30,3 +30,4 @@ pub mod store;
 pub mod time;
 pub mod tls;
 pub mod types;
+pub mod upstream;

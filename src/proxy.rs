@@ -41,12 +41,31 @@ use crate::routing::{Arm, RoutingTable, TableReader};
 use crate::stats::FailedRequest;
 use crate::types::ArmRole;
 use crate::types::StatusClass;
+use crate::upstream::Protocol;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Streams one upstream HTTP/2 connection carries at once.
+const UPSTREAM_H2_STREAMS: usize = 100;
+
+/// Whether a `grpc-status` is a failure of the server (as opposed to the caller's: NOT_FOUND,
+/// INVALID_ARGUMENT, PERMISSION_DENIED... are the app working as designed).
+fn grpc_failure(code: &[u8]) -> bool {
+    // UNKNOWN 2, DEADLINE_EXCEEDED 4, INTERNAL 13, UNAVAILABLE 14, DATA_LOSS 15.
+    matches!(code, b"2" | b"4" | b"13" | b"14" | b"15")
+}
+
+/// The host of an upstream as written (`api.internal:443` → `api.internal`, `[::1]:443` →
+/// `::1`), the default SNI.
+fn host_of(spec: &str) -> &str {
+    let host = spec.rsplit_once(':').map_or(spec, |(h, _)| h);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
 
 /// Requests between header read and logging; a drain waits for it to reach zero.
 #[derive(Clone, Default, Debug)]
@@ -223,6 +242,9 @@ pub struct RequestCtx {
     first_byte: Option<Instant>,
     /// The upstream of the latest attempt.
     upstream: Option<std::net::SocketAddr>,
+    /// A gRPC status that means the server failed (UNKNOWN, DEADLINE_EXCEEDED, INTERNAL,
+    /// UNAVAILABLE, DATA_LOSS).
+    grpc_failed: bool,
     /// When the current arm's attempt began (the request start, or the shield's switch).
     attempt_started: Instant,
     /// The table this request routes by, loaded once.
@@ -327,6 +349,7 @@ impl ProxyHttp for GateProxy {
             request_id: String::new(),
             first_byte: None,
             upstream: None,
+            grpc_failed: false,
             attempt_started: now,
             table: None,
             service: 0,
@@ -428,7 +451,25 @@ impl ProxyHttp for GateProxy {
         }
         let upstream = arm.upstream(ctx.start, ctx.attempt);
         ctx.upstream = Some(upstream.addr);
-        let mut peer = HttpPeer::new(upstream.addr, false, String::new());
+        let opts = &service.config.upstream;
+        let sni = match (&opts.sni, opts.tls) {
+            (_, false) => String::new(),
+            (Some(name), true) => name.clone(),
+            (None, true) => host_of(&upstream.spec).to_string(),
+        };
+        let mut peer = HttpPeer::new(upstream.addr, opts.tls, sni);
+        if opts.protocol != Protocol::H1 {
+            peer.options.alpn = pingora::protocols::ALPN::H2;
+            peer.options.max_h2_streams = UPSTREAM_H2_STREAMS;
+        }
+        if opts.tls {
+            peer.options.verify_cert = opts.verify;
+            peer.options.verify_hostname = opts.verify;
+            if let Some(ca) = &opts.ca {
+                peer.options.ca = Some(ca.certs());
+                peer.group_key = ca.fingerprint();
+            }
+        }
         peer.options.connection_timeout = Some(service.config.connect_timeout);
         // An upgraded connection (WebSocket) may stay quiet far longer than a request.
         peer.options.read_timeout = Some(if session.is_upgrade_req() {
@@ -577,6 +618,10 @@ impl ProxyHttp for GateProxy {
         if status == 101 {
             return Ok(());
         }
+        // A gRPC answer with nothing but headers carries its status there.
+        if let Some(code) = upstream_response.headers.get(&GRPC_STATUS) {
+            ctx.grpc_failed = grpc_failure(code.as_bytes());
+        }
         // Hop-by-hop fields of the upstream connection must not reach the client; pingora
         // writes the client's own Connection header.
         let nominated: Vec<HeaderName> = upstream_response
@@ -593,6 +638,19 @@ impl ProxyHttp for GateProxy {
         }
         upstream_response.remove_header(&KEEP_ALIVE);
         upstream_response.remove_header(&PROXY_CONNECTION);
+        Ok(())
+    }
+
+    fn upstream_response_trailer_filter(
+        &self,
+        _session: &mut Session,
+        trailers: &mut http::HeaderMap,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // gRPC fails with HTTP 200 and its status in the trailers.
+        if let Some(code) = trailers.get(&GRPC_STATUS) {
+            ctx.grpc_failed = grpc_failure(code.as_bytes());
+        }
         Ok(())
     }
 
@@ -659,7 +717,11 @@ impl ProxyHttp for GateProxy {
         let response = session.response_written();
         let status = response.map(|r| r.status.as_u16());
         if let Some(arm) = ctx.arm() {
-            let class = StatusClass::of(status);
+            let class = if ctx.grpc_failed {
+                StatusClass::ServerError
+            } else {
+                StatusClass::of(status)
+            };
             // An upgrade (WebSocket) or an event stream lasts as long as it is used: its
             // latency is the time to its response header, never its length.
             let streaming = status == Some(101)

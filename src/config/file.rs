@@ -225,6 +225,19 @@ pub struct ServiceFile {
     pub websocket_idle_timeout: Option<String>,
     /// `tls.acme`: automatic certificates for this service's hosts (overrides `[tls] acme`).
     pub tls: Option<ServiceTlsFile>,
+    /// How its upstreams are spoken to.
+    pub upstream: Option<UpstreamFile>,
+}
+
+/// `[services.upstream]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamFile {
+    pub protocol: Option<String>,
+    pub tls: Option<bool>,
+    pub sni: Option<String>,
+    pub ca_file: Option<String>,
+    pub verify: Option<bool>,
 }
 
 /// `[services.tls]`

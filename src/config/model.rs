@@ -279,6 +279,8 @@ pub struct ServiceConfig {
     pub latency: LatencyMeasure,
     /// An upgraded connection silent both ways this long is closed (default 1 h).
     pub websocket_idle_timeout: Duration,
+    /// How the upstreams are spoken to (`[services.upstream]`; default HTTP/1.1, no TLS).
+    pub upstream: crate::upstream::UpstreamOptions,
     /// Its exact hosts get ACME certificates (`services.tls.acme`, else `[tls] acme`).
     pub acme: bool,
 }

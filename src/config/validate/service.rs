@@ -219,6 +219,11 @@ pub(crate) fn validate_service(
         svc.websocket_idle_timeout.as_deref(),
         DEFAULT_WEBSOCKET_IDLE_TIMEOUT,
     );
+    let upstream = svc
+        .upstream
+        .as_ref()
+        .map(|u| validate_upstream(c, &format!("{base}.upstream"), u, base_dir))
+        .unwrap_or_default();
     (c.problems.len() == before).then_some(ServiceConfig {
         name,
         hosts,
@@ -236,6 +241,7 @@ pub(crate) fn validate_service(
         redirect_https: svc.redirect_https.unwrap_or(false),
         latency,
         websocket_idle_timeout,
+        upstream,
         acme: svc.tls.as_ref().and_then(|t| t.acme).unwrap_or(acme),
     })
 }
@@ -309,5 +315,76 @@ pub(crate) fn validate_shield(c: &mut Checker<'_>, base: &str, svc: &ServiceFile
     Shield {
         enabled: svc.shield.unwrap_or(DEFAULT_SHIELD),
         methods,
+    }
+}
+
+/// `[services.upstream]`: the protocol, and TLS's name, check and roots.
+fn validate_upstream(
+    c: &mut Checker<'_>,
+    base: &str,
+    f: &crate::config::file::UpstreamFile,
+    base_dir: &Path,
+) -> crate::upstream::UpstreamOptions {
+    use crate::upstream::{CaBundle, Protocol, UpstreamOptions};
+    let protocol = match f.protocol.as_deref() {
+        None | Some("h1") => Protocol::H1,
+        Some("h2c") => Protocol::H2c,
+        Some("h2") => Protocol::H2,
+        Some(other) => {
+            c.fail(
+                format!("{base}.protocol"),
+                format!("'{other}' is not one of: h1, h2c, h2"),
+            );
+            Protocol::H1
+        }
+    };
+    let tls = match (protocol, f.tls) {
+        (Protocol::H2c, Some(true)) => {
+            c.fail(
+                format!("{base}.tls"),
+                "h2c is HTTP/2 without TLS: use protocol = \"h2\" for HTTP/2 over TLS",
+            );
+            false
+        }
+        (Protocol::H2, Some(false)) => {
+            c.fail(
+                format!("{base}.tls"),
+                "h2 is HTTP/2 over TLS: use protocol = \"h2c\" for HTTP/2 without TLS",
+            );
+            true
+        }
+        (Protocol::H2, _) => true,
+        (_, t) => t.unwrap_or(false),
+    };
+    let ca = f
+        .ca_file
+        .as_ref()
+        .and_then(|p| match CaBundle::load(&base_dir.join(p)) {
+            Ok(b) => Some(std::sync::Arc::new(b)),
+            Err(m) => {
+                c.fail(format!("{base}.ca_file"), m);
+                None
+            }
+        });
+    if !tls {
+        for (key, set) in [
+            ("sni", f.sni.is_some()),
+            ("ca_file", f.ca_file.is_some()),
+            ("verify", f.verify.is_some()),
+        ] {
+            if set {
+                c.fail(
+                    format!("{base}.{key}"),
+                    "only applies with TLS to the upstreams (tls = true or protocol = \"h2\")",
+                );
+            }
+        }
+    }
+    UpstreamOptions {
+        protocol,
+        tls,
+        sni: f.sni.clone(),
+        verify: f.verify.unwrap_or(true),
+        ca,
     }
 }

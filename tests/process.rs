@@ -696,3 +696,75 @@ async fn cli_deploys_follows_and_exits_by_outcome() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("aborted"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigusr1_reopens_the_access_log_under_load_and_loses_no_line() {
+    let up = spawn_upstream("web");
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let rotated = dir.path().join("access.log.1");
+    let path = write_config(
+        dir.path(),
+        &format!(
+            "[access_log]\npath = \"{}\"\n[[services]]\nname = \"web\"\nstable = [\"{}\"]\n",
+            log.display(),
+            up.addr
+        ),
+    );
+    let gate = Running::start(&path);
+    let lines = |p: &Path| {
+        std::fs::read_to_string(p)
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    };
+    // Load from four clients until told to stop; each counts its answered requests.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let (stop, url, c) = (stop.clone(), format!("http://{}/", gate.proxy), client());
+        load.push(tokio::spawn(async move {
+            let mut n = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let r = c.get(&url).send().await.unwrap();
+                assert_eq!(r.status(), 200);
+                r.bytes().await.unwrap();
+                n += 1;
+            }
+            n
+        }));
+    }
+    until_ok(WAIT, "lines in the access log", async || {
+        if lines(&log) >= 100 {
+            Ok(())
+        } else {
+            Err(format!("{} lines", lines(&log)))
+        }
+    })
+    .await;
+    // logrotate's way: rename, then SIGUSR1; lines go on into the new file.
+    std::fs::rename(&log, &rotated).unwrap();
+    gate.signal("USR1");
+    until_ok(WAIT, "lines in the reopened file", async || {
+        if lines(&log) >= 100 {
+            Ok(())
+        } else {
+            Err(format!("{} lines", lines(&log)))
+        }
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut sent = 0;
+    for l in load {
+        sent += l.await.unwrap();
+    }
+    until_ok(WAIT, "every request in one file or the other", async || {
+        let written = lines(&rotated) + lines(&log);
+        if written == sent {
+            Ok(())
+        } else {
+            Err(format!("{written} lines for {sent} requests"))
+        }
+    })
+    .await;
+    assert!(gate.log_contains("access log reopened on SIGUSR1"));
+}

@@ -25,9 +25,7 @@ WS=$CARGO_TARGET_DIR/release/examples/ws_echo
 UP=$(free_port); WSUP=$(free_port); NGX=$(free_port); NGXP=$(free_port)
 SLU=$(free_port); SLUP=$(free_port); ADM=$(free_port); SLUL=$(free_port); ADML=$(free_port)
 
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
-  -subj /CN=bench.test -addext subjectAltName=DNS:bench.test,IP:127.0.0.1 \
-  -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
+bench_cert
 
 upstream_conf "$work/up" "$UP"
 mkdir -p "$work/ngx"

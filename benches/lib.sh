@@ -66,3 +66,11 @@ wait_ready() {
     done
   done
 }
+
+# bench_cert : an ECDSA P-256 certificate for bench.test and 127.0.0.1, as $work/cert.pem and
+# $work/key.pem (the same for every proxy in a run).
+bench_cert() {
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
+    -subj /CN=bench.test -addext subjectAltName=DNS:bench.test,IP:127.0.0.1 \
+    -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
+}

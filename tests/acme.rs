@@ -403,16 +403,7 @@ stable = ["{intranet}"]
         .await
         .unwrap();
     assert_eq!(r.text().await.unwrap().trim(), "canary");
-    let (status, v) = admin(
-        &client(),
-        &gate,
-        reqwest::Method::POST,
-        "/api/v1/services/shop/weight",
-        None,
-        Some(serde_json::json!({ "weight": 50 })),
-    )
-    .await;
-    assert_eq!(status, 200, "{v}");
+    set_weight(&gate, "shop", 50.0).await;
     let r = c.get(&url).send().await.unwrap();
     let cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
     assert!(cookie.contains("; Secure"), "{cookie}");

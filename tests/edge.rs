@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::tls::*;
 use common::*;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 /// A plain and a TLS listener (certificate for `shop.test`), with `extra` in the plain
 /// listener's table, then `rest`.
@@ -96,16 +96,7 @@ async fn http2_over_tls_and_h2c_carry_every_canary_feature() {
     assert!(ok && out == "stable\n1.1", "{out}");
 
     // Weight: a new h2 client gets a Secure sticky cookie.
-    let (status, v) = admin(
-        &client(),
-        &gate,
-        reqwest::Method::POST,
-        "/api/v1/services/shop/weight",
-        None,
-        Some(json!({ "weight": 50 })),
-    )
-    .await;
-    assert_eq!(status, 200, "{v}");
+    set_weight(&gate, "shop", 50.0).await;
     let (ok, out) = curl_tls(&cert.cert, https, &["--http2", "-i", &url]);
     assert!(ok, "{out}");
     let cookie = out
@@ -371,4 +362,30 @@ async fn a_websocket_held_open_is_not_a_slow_request_to_the_judge() {
     );
     assert_eq!(v["judge"]["verdict"]["verdict"], "healthy", "{v}");
     assert_eq!(v["state"], "canary", "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_websocket_is_closed_after_its_idle_timeout() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let ws_upstream = websocket_upstream().await;
+    let gate = spawn_gate(&format!(
+        "[[services]]\nname = \"chat\"\nstable = [\"{ws_upstream}\"]\nwebsocket_idle_timeout = \"300ms\"\n"
+    ));
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/", gate.proxy_addr))
+        .await
+        .unwrap();
+    ws.send(Message::text("hi")).await.unwrap();
+    assert!(matches!(ws.next().await, Some(Ok(Message::Text(_)))));
+    // Then nothing either way: the gate closes it (the bound is only how long we wait).
+    let ended = tokio::time::timeout(WAIT, async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the idle WebSocket was not closed");
 }

@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 
 use common::tls::*;
 use common::*;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 const PEER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/grpc_peer.py");
 
@@ -134,16 +134,7 @@ async fn grpc_passes_over_h2c_and_tls_and_a_failing_canary_is_cut_back() {
     }
 
     // The canary answers HTTP 200 with grpc-status UNAVAILABLE in its trailers: a failure.
-    let (status, v) = admin(
-        &client(),
-        &gate,
-        reqwest::Method::POST,
-        "/api/v1/services/grpc/weight",
-        None,
-        Some(json!({ "weight": 50 })),
-    )
-    .await;
-    assert_eq!(status, 200, "{v}");
+    set_weight(&gate, "grpc", 50.0).await;
     let mut unavailable = 0;
     until_ok(WAIT, "the gRPC canary is cut back", async || {
         for a in calls(&h2c, 10, None, None).await {

@@ -8,7 +8,7 @@ mod common;
 
 use common::tls::*;
 use common::*;
-use serde_json::json;
+
 
 struct Setup {
     dir: tempfile::TempDir,
@@ -103,19 +103,7 @@ async fn sni_chooses_the_certificate_and_unknown_names_get_the_default() {
     // A real client that trusts only the shop certificate gets the service over TLS 1.3,
     // and the upstream is told the request came over https. (With the canary at some
     // weight, so that a new client gets its sticky cookie.)
-    let set_weight = async |w: f64| {
-        let (status, v) = admin(
-            &client(),
-            &gate,
-            reqwest::Method::POST,
-            "/api/v1/services/shop/weight",
-            None,
-            Some(json!({ "weight": w })),
-        )
-        .await;
-        assert_eq!(status, 200, "{v}");
-    };
-    set_weight(50.0).await;
+    set_weight(&gate, "shop", 50.0).await;
     let c = https_client(&[&s.shop.pem], "shop.test", https);
     let r = c
         .get(format!("https://shop.test:{}/echo", https.port()))
@@ -134,7 +122,7 @@ async fn sni_chooses_the_certificate_and_unknown_names_get_the_default() {
     );
     let echo: serde_json::Value = r.json().await.unwrap();
     assert_eq!(echo["headers"]["x-forwarded-proto"], "https", "{echo}");
-    set_weight(0.0).await;
+    set_weight(&gate, "shop", 0.0).await;
     // TLS 1.2 works too.
     let (ok, out) = curl(&[
         "--tlsv1.2",
@@ -287,16 +275,7 @@ async fn plain_http_is_redirected_and_the_canary_is_judged_over_tls() {
 
     // The canary gets weight, then fails over TLS: the judge cuts it back; the shield hides it.
     let c = https_client(&[&s.shop.pem], "shop.test", https);
-    let (status, v) = admin(
-        &client(),
-        &gate,
-        reqwest::Method::POST,
-        "/api/v1/services/shop/weight",
-        None,
-        Some(json!({ "weight": 50 })),
-    )
-    .await;
-    assert_eq!(status, 200, "{v}");
+    set_weight(&gate, "shop", 50.0).await;
     canary.set_error_rate(1.0);
     let mut errors = 0;
     let mut hsts = None;

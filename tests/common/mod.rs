@@ -454,3 +454,17 @@ pub fn curl(args: &[&str]) -> (bool, String) {
         ),
     )
 }
+
+/// Sets `service`'s canary weight (percent) through the admin API; panics unless it is taken.
+pub async fn set_weight(gate: &GateHandle, service: &str, percent: f64) {
+    let (status, v) = admin(
+        &client(),
+        gate,
+        reqwest::Method::POST,
+        &format!("/api/v1/services/{service}/weight"),
+        None,
+        Some(serde_json::json!({ "weight": percent })),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+}

@@ -14,6 +14,7 @@ pub mod config;
 pub mod demo;
 pub mod docker;
 pub mod events;
+pub mod framing;
 pub mod gate;
 pub mod judge;
 pub mod linger;

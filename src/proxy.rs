@@ -32,6 +32,7 @@ use pingora::{Error, ErrorSource, Result};
 use crate::access_log::{AccessLog, Entry};
 use crate::acme::challenges::{Http01, HTTP01_PREFIX};
 use crate::config::LatencyMeasure;
+use crate::framing;
 use crate::linger::{DEFAULT_LINGER_BYTES, DEFAULT_LINGER_TIME};
 use crate::listeners::ListenerInfo;
 use crate::metrics::Metrics;
@@ -364,6 +365,19 @@ impl ProxyHttp for GateProxy {
         }
     }
 
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // Pipelined requests (several in one write) are answered in order (RFC 9112 9.3.2),
+        // not dropped with the connection after the first.
+        if let pingora::protocols::http::ServerSession::H1(h1) = session.as_downstream_mut() {
+            h1.set_pipelining_enabled(true);
+        }
+        Ok(())
+    }
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.request_id = request_id::of(
             session
@@ -372,6 +386,31 @@ impl ProxyHttp for GateProxy {
                 .get(&X_REQUEST_ID)
                 .map(HeaderValue::as_bytes),
         );
+        // Framing first: nothing ambiguous is routed, answered or forwarded.
+        let req = session.req_header();
+        let has_authority = req.uri.authority().is_some();
+        let checked =
+            framing::check_request(req.version, req.raw_path(), has_authority, &req.headers);
+        match checked {
+            Err(refusal) => {
+                // What follows a request framed this way cannot be trusted: close after.
+                session.set_keepalive(None);
+                respond_plain(session, refusal.status, refusal.body, &ctx.request_id).await?;
+                return Ok(true);
+            }
+            Ok(one_length) => {
+                let fix =
+                    one_length.then(|| framing::content_length(&session.req_header().headers));
+                let dropped = framing::underscored(&session.req_header().headers);
+                let req = session.req_header_mut();
+                if let Some(Ok(Some(n))) = fix {
+                    req.insert_header(http::header::CONTENT_LENGTH, n)?;
+                }
+                for name in dropped {
+                    req.remove_header(&name);
+                }
+            }
+        }
         if self.listener.http01 && self.http01(session, &ctx.request_id).await? {
             return Ok(true);
         }
@@ -614,6 +653,24 @@ impl ProxyHttp for GateProxy {
             );
             e.set_retry(true);
             return Err(e);
+        }
+        match framing::response_fix(status, &upstream_response.headers) {
+            Ok(fix) => {
+                if fix.drop_upgrade {
+                    upstream_response.remove_header(&http::header::UPGRADE);
+                }
+                if let Some(n) = fix.content_length {
+                    upstream_response.insert_header(http::header::CONTENT_LENGTH, n)?;
+                }
+            }
+            Err(framing::Ambiguous) => {
+                let mut e = Error::explain(
+                    pingora::InvalidHTTPHeader,
+                    "upstream answered with conflicting Content-Length values",
+                );
+                e.esource = ErrorSource::Upstream;
+                return Err(e);
+            }
         }
         if status == 101 {
             return Ok(());

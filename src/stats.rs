@@ -10,6 +10,7 @@
 
 use crate::types::StatusClass;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -91,8 +92,11 @@ pub struct ArmStats {
     slots: Box<[Slot]>,
     consecutive_failures: AtomicU32,
     total: [AtomicU64; 6],
-    /// The latest failed requests, newest last (at most [`FAILED_KEPT`]).
-    failed: parking_lot::Mutex<std::collections::VecDeque<FailedRequest>>,
+    /// The latest failed requests, a ring of [`FAILED_KEPT`] slots (lock-free: a failing
+    /// request swaps one pointer).
+    failed: [arc_swap::ArcSwapOption<FailedRequest>; FAILED_KEPT],
+    /// Failed requests noted so far (the next slot, modulo the ring).
+    failed_next: AtomicU64,
 }
 
 /// How many failed requests an arm keeps for a cut-back's evidence.
@@ -142,6 +146,7 @@ impl ArmStats {
             consecutive_failures: AtomicU32::new(0),
             total: Default::default(),
             failed: Default::default(),
+            failed_next: AtomicU64::new(0),
         }
     }
 
@@ -191,16 +196,17 @@ impl ArmStats {
 
     /// Keeps a failed request for the evidence (the oldest kept one goes).
     pub fn note_failed(&self, failed: FailedRequest) {
-        let mut list = self.failed.lock();
-        if list.len() == FAILED_KEPT {
-            list.pop_front();
-        }
-        list.push_back(failed);
+        let n = self.failed_next.fetch_add(1, Relaxed);
+        self.failed[(n % FAILED_KEPT as u64) as usize].store(Some(Arc::new(failed)));
     }
 
     /// The latest failed requests, oldest first.
     pub fn failed_requests(&self) -> Vec<FailedRequest> {
-        self.failed.lock().iter().cloned().collect()
+        let n = self.failed_next.load(Relaxed);
+        (n.saturating_sub(FAILED_KEPT as u64)..n)
+            .filter_map(|i| self.failed[(i % FAILED_KEPT as u64) as usize].load_full())
+            .map(|f| (*f).clone())
+            .collect()
     }
 
     /// Failures (5xx or no response) in a row, up to the latest request.
@@ -648,5 +654,25 @@ mod tests {
         }
         assert_eq!(s.totals()[1], 40_000);
         assert_eq!(s.snapshot().requests(), 40_000);
+    }
+
+    #[test]
+    fn the_latest_failed_requests_are_kept_oldest_first() {
+        let s = ArmStats::new(Duration::from_secs(10));
+        assert!(s.failed_requests().is_empty());
+        for i in 0..7u64 {
+            s.note_failed(FailedRequest {
+                request_id: format!("r{i}"),
+                request: "GET /".into(),
+                status: Some(500),
+                at_ms: i,
+            });
+        }
+        let ids: Vec<String> = s
+            .failed_requests()
+            .into_iter()
+            .map(|f| f.request_id)
+            .collect();
+        assert_eq!(ids, ["r2", "r3", "r4", "r5", "r6"]);
     }
 }

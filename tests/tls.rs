@@ -9,7 +9,6 @@ mod common;
 use common::tls::*;
 use common::*;
 
-
 struct Setup {
     dir: tempfile::TempDir,
     shop: CertFiles,

@@ -412,6 +412,7 @@ pub mod browser;
 pub mod docker;
 pub mod pg;
 pub mod receivers;
+pub mod recorder;
 pub mod tls;
 
 /// Runs the `sluice` binary's CLI against the admin API at `admin`: exit code, stdout, stderr.

@@ -107,7 +107,7 @@ wait_ready "http://127.0.0.1:$UP/" "https://127.0.0.1:$NGX/" "https://127.0.0.1:
 h2rps() { # url -> req/s
   taskset -c "$OTHER_CPU" h2load -c 10 -m 10 -t 1 -D "$DURATION" "$1" 2>&1 |
     awk '/^finished in/ {gsub(",", "", $4); print $4}
-         /^requests:/ && $8 != "0" {print "warning: " $0 > "/dev/stderr"}'
+         /^requests:/ && $10 != "0" {print "warning: " $0 > "/dev/stderr"}'
 }
 wsmps() { taskset -c "$OTHER_CPU" "$WS" client "$1" 16 "$DURATION"; }
 rps() { taskset -c "$OTHER_CPU" wrk -t1 -c32 -d"$DURATION"s "$1" 2>&1 | awk '/Requests\/sec/ {print $2}'; }

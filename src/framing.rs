@@ -129,6 +129,63 @@ pub fn response_fix(status: u16, headers: &HeaderMap) -> Result<ResponseFix, Amb
     })
 }
 
+/// The path routed and forwarded: percent-encoded unreserved characters decoded, duplicate
+/// slashes collapsed, `.` and `..` segments removed (RFC 3986 6.2.2 and 5.2.4; `..` never
+/// climbs above the root). `None` when the path is already normal (no allocation). Other
+/// percent-encodings stay as they are: `%2F` is not a slash, so `/a%2Fb` is one segment.
+pub fn normalise_path(path: &str) -> Option<String> {
+    let b = path.as_bytes();
+    let needs = b.contains(&b'%')
+        || b.windows(2).any(|w| w == b"//" || w == b"/.")
+        || !path.starts_with('/');
+    if !needs {
+        return None;
+    }
+    // Decode what RFC 3986 calls unreserved; keep every other escape as sent.
+    let mut decoded = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok();
+            if let Some(c) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                if c.is_ascii_alphanumeric() || b"-._~".contains(&c) {
+                    decoded.push(c as char);
+                    i += 3;
+                    continue;
+                }
+            }
+        }
+        decoded.push(b[i] as char);
+        i += 1;
+    }
+    let mut out: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = decoded.split('/').collect();
+    let last = segments.len().saturating_sub(1);
+    let mut trailing = false;
+    for (n, seg) in segments.iter().enumerate() {
+        match *seg {
+            "" | "." => trailing = n == last,
+            ".." => {
+                out.pop();
+                trailing = n == last;
+            }
+            s => {
+                out.push(s);
+                trailing = false;
+            }
+        }
+    }
+    let mut normal = String::with_capacity(decoded.len());
+    for seg in &out {
+        normal.push('/');
+        normal.push_str(seg);
+    }
+    if trailing || normal.is_empty() {
+        normal.push('/');
+    }
+    (normal != path).then_some(normal)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,6 +262,28 @@ mod tests {
         let target = check_request(Version::HTTP_11, b" /p", false, &map(&[("host", "a")]));
         assert_eq!(target.unwrap_err().status, 400);
         assert!(check_request(Version::HTTP_2, b"/p", true, &map(&[])).is_ok());
+    }
+
+    #[test]
+    fn paths_are_normalised_before_routing() {
+        for (path, want) in [
+            ("/x/../internal/x", Some("/internal/x")),
+            ("/%69nternal/x", Some("/internal/x")),
+            ("//internal/x", Some("/internal/x")),
+            ("/./internal/x", Some("/internal/x")),
+            ("/internal/../x", Some("/x")),
+            ("/../../etc/passwd", Some("/etc/passwd")),
+            ("/a/b/", None),
+            ("/a/./", Some("/a/")),
+            ("/a/..", Some("/")),
+            ("/a%2Fb", None),
+            ("/%2e%2e/x", Some("/x")),
+            ("/caf%C3%A9", None),
+            ("/", None),
+            ("/a%", None),
+        ] {
+            assert_eq!(normalise_path(path).as_deref(), want, "{path}");
+        }
     }
 
     #[test]

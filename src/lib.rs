@@ -30,5 +30,6 @@ pub mod stats;
 pub mod store;
 pub mod time;
 pub mod tls;
+pub mod trust;
 pub mod types;
 pub mod upstream;

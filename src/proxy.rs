@@ -40,6 +40,7 @@ use crate::request_id::{self, X_REQUEST_ID};
 use crate::rollout::Wake;
 use crate::routing::{Arm, RoutingTable, TableReader};
 use crate::stats::FailedRequest;
+use crate::trust;
 use crate::types::ArmRole;
 use crate::types::StatusClass;
 use crate::upstream::Protocol;
@@ -47,6 +48,10 @@ use crate::upstream::Protocol;
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+/// The tester's token header (`routing.override_token`).
+pub static X_SLUICE_TOKEN: HeaderName = HeaderName::from_static("x-sluice-token");
 static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
@@ -59,6 +64,41 @@ const UPSTREAM_H2_STREAMS: usize = 100;
 fn grpc_failure(code: &[u8]) -> bool {
     // UNKNOWN 2, DEADLINE_EXCEEDED 4, INTERNAL 13, UNAVAILABLE 14, DATA_LOSS 15.
     matches!(code, b"2" | b"4" | b"13" | b"14" | b"15")
+}
+
+/// The client's address: the peer, or behind trusted proxies the last address in
+/// `X-Forwarded-For` that is not one of them.
+fn client_ip(session: &Session, trusted: &[trust::Cidr]) -> Option<std::net::IpAddr> {
+    let peer = session.client_addr().and_then(PeerAddr::as_inet)?.ip();
+    if !trust::any_contains(trusted, peer) {
+        return Some(peer);
+    }
+    let headers = &session.req_header().headers;
+    let mut last = peer;
+    for value in headers.get_all(&X_FORWARDED_FOR).iter().rev() {
+        for part in value.to_str().unwrap_or("").rsplit(',') {
+            match part.trim().parse::<std::net::IpAddr>() {
+                Ok(ip) if trust::any_contains(trusted, ip) => last = ip,
+                Ok(ip) => return Some(ip),
+                Err(_) => return Some(last),
+            }
+        }
+    }
+    Some(last)
+}
+
+/// Whether this request's tester header counts: from `routing.override_from`, or with the
+/// token in `x-sluice-token` (compared in constant time).
+fn tester_allowed(session: &Session, options: &crate::routing::RoutingOptions) -> bool {
+    let from = client_ip(session, &options.trusted_proxies)
+        .is_some_and(|ip| trust::any_contains(&options.override_from, ip));
+    from || options.override_token.as_ref().is_some_and(|token| {
+        session
+            .req_header()
+            .headers
+            .get(&X_SLUICE_TOKEN)
+            .is_some_and(|v| trust::same_secret(v.as_bytes(), token.as_bytes()))
+    })
 }
 
 /// The host of an upstream as written (`api.internal:443` → `api.internal`, `[::1]:443` →
@@ -411,6 +451,26 @@ impl ProxyHttp for GateProxy {
                 }
             }
         }
+        // Route and forward the normal form of the path (dot segments, duplicate slashes and
+        // encoded unreserved characters are not a way around a path prefix).
+        if let Some(path) = framing::normalise_path(session.req_header().uri.path()) {
+            let uri = &session.req_header().uri;
+            let target = match uri.query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path,
+            };
+            let mut parts = uri.clone().into_parts();
+            parts.path_and_query = target.parse().ok();
+            match http::Uri::from_parts(parts) {
+                Ok(uri) => session.req_header_mut().set_uri(uri),
+                Err(_) => {
+                    session.set_keepalive(None);
+                    respond_plain(session, 400, "sluice: malformed path\n", &ctx.request_id)
+                        .await?;
+                    return Ok(true);
+                }
+            }
+        }
         if self.listener.http01 && self.http01(session, &ctx.request_id).await? {
             return Ok(true);
         }
@@ -445,7 +505,8 @@ impl ProxyHttp for GateProxy {
             .override_header
             .as_ref()
             .and_then(|h| headers.get(h))
-            .and_then(|v| ArmRole::parse(v.as_bytes()));
+            .and_then(|v| ArmRole::parse(v.as_bytes()))
+            .filter(|_| tester_allowed(session, &table.options));
         let seed = if forced.is_none() && service.splits() {
             table.options.sticky_seed(headers)
         } else {
@@ -612,26 +673,48 @@ impl ProxyHttp for GateProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         upstream_request.insert_header(X_REQUEST_ID.clone(), ctx.request_id.as_str())?;
-        if let Some(ip) = session
+        let options = ctx.table.as_ref().map(|t| t.options.clone());
+        let trusted_proxies = options.as_ref().map_or(&[][..], |o| &o.trusted_proxies[..]);
+        let peer = session
             .client_addr()
             .and_then(PeerAddr::as_inet)
-            .map(|a| a.ip())
-        {
-            let value = match upstream_request
+            .map(|a| a.ip());
+        // A trusted proxy's forwarding headers are extended; anyone else's are replaced.
+        let trusted = peer.is_some_and(|ip| trust::any_contains(trusted_proxies, ip));
+        if !trusted {
+            upstream_request.remove_header(&FORWARDED);
+            upstream_request.remove_header(&X_REAL_IP);
+        }
+        if let Some(ip) = peer {
+            let prior = upstream_request
                 .headers
                 .get(&X_FORWARDED_FOR)
-                .and_then(|v| v.to_str().ok())
-            {
-                Some(prior) => format!("{prior}, {ip}"),
-                None => ip.to_string(),
+                .and_then(|v| v.to_str().ok());
+            let value = match prior {
+                Some(prior) if trusted => format!("{prior}, {ip}"),
+                _ => ip.to_string(),
             };
             upstream_request.insert_header(X_FORWARDED_FOR.clone(), value)?;
         }
-        let proto = if self.listener.tls { "https" } else { "http" };
-        upstream_request
-            .insert_header(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto))?;
-        if let Some(host) = session.req_header().headers.get(HOST).cloned() {
-            upstream_request.insert_header(X_FORWARDED_HOST.clone(), host)?;
+        if !(trusted && upstream_request.headers.contains_key(&X_FORWARDED_PROTO)) {
+            let proto = if self.listener.tls { "https" } else { "http" };
+            upstream_request
+                .insert_header(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto))?;
+        }
+        if !(trusted && upstream_request.headers.contains_key(&X_FORWARDED_HOST)) {
+            match session.req_header().headers.get(HOST).cloned() {
+                Some(host) => upstream_request.insert_header(X_FORWARDED_HOST.clone(), host)?,
+                None => {
+                    upstream_request.remove_header(&X_FORWARDED_HOST);
+                }
+            }
+        }
+        // The tester header and its token stay here unless asked for.
+        if let Some(o) = options.as_ref().filter(|o| !o.forward_override) {
+            if let Some(h) = &o.override_header {
+                upstream_request.remove_header(h);
+            }
+            upstream_request.remove_header(&X_SLUICE_TOKEN);
         }
         Ok(())
     }

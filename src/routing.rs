@@ -299,12 +299,24 @@ pub struct RoutingOptions {
     pub cookie_attributes: String,
     /// How long idle upstream connections stay pooled.
     pub idle_timeout: Duration,
+    /// Proxies whose forwarding headers are believed.
+    pub trusted_proxies: Vec<crate::trust::Cidr>,
+    /// Clients whose tester header is honoured.
+    pub override_from: Vec<crate::trust::Cidr>,
+    /// The secret that lets any client use the tester header.
+    pub override_token: Option<String>,
+    /// Forward the tester header upstream.
+    pub forward_override: bool,
 }
 
 impl RoutingOptions {
     /// From the validated `[routing]` section.
     pub fn from_config(routing: &RoutingConfig, idle_timeout: Duration) -> RoutingOptions {
         RoutingOptions {
+            trusted_proxies: routing.trusted_proxies.clone(),
+            override_from: routing.override_from.clone(),
+            override_token: routing.override_token.clone(),
+            forward_override: routing.forward_override_header,
             override_header: routing
                 .override_header
                 .as_deref()

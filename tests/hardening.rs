@@ -186,3 +186,103 @@ async fn an_upstreams_ambiguous_framing_does_not_reach_the_client() {
     .await;
     assert!(answer.starts_with("HTTP/1.1 502"), "{answer:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_headers_are_believed_only_from_trusted_proxies() {
+    let up = Recorder::start().await;
+    let req = b"GET /f HTTP/1.1\r\nHost: web.test\r\nConnection: close\r\nX-Forwarded-For: 1.2.3.4\r\nX-Forwarded-Proto: https\r\nForwarded: for=1.2.3.4\r\nX-Real-IP: 1.2.3.4\r\n\r\n";
+    // Nobody trusted (the default): the gate's own view replaces the client's claims.
+    let gate = gate_to(&up).await;
+    let (answer, _) = exchange_raw(gate.proxy_addr, &[req], WAIT).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    let r = &up.requests()[0];
+    assert_eq!(
+        r.header_values("x-forwarded-for"),
+        ["127.0.0.1"],
+        "{}",
+        r.head
+    );
+    assert_eq!(r.header_values("x-forwarded-proto"), ["http"], "{}", r.head);
+    assert!(r.header_values("forwarded").is_empty(), "{}", r.head);
+    assert!(r.header_values("x-real-ip").is_empty(), "{}", r.head);
+    // A trusted proxy in front (here: loopback): its X-Forwarded-For is extended.
+    let up2 = Recorder::start().await;
+    let gate = spawn_gate(&format!(
+        "[routing]\ntrusted_proxies = [\"127.0.0.0/8\"]\n[[services]]\nname = \"web\"\nstable = [\"{}\"]\n",
+        up2.addr
+    ));
+    let (answer, _) = exchange_raw(gate.proxy_addr, &[req], WAIT).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    let r = &up2.requests()[0];
+    assert_eq!(
+        r.header_values("x-forwarded-for"),
+        ["1.2.3.4, 127.0.0.1"],
+        "{}",
+        r.head
+    );
+    assert_eq!(
+        r.header_values("x-forwarded-proto"),
+        ["https"],
+        "{}",
+        r.head
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tester_header_needs_a_trusted_address_or_the_token_and_is_not_forwarded() {
+    let (stable, canary) = (Recorder::start().await, Recorder::start().await);
+    let service = format!(
+        "[[services]]\nname = \"web\"\nstable = [\"{}\"]\ncanary = [\"{}\"]\n",
+        stable.addr, canary.addr
+    );
+    let ask = async |gate: &sluice::gate::GateHandle, extra: &str| {
+        let req = format!(
+            "GET /t HTTP/1.1\r\nHost: web.test\r\nConnection: close\r\nX-Sluice-Arm: canary\r\n{extra}\r\n"
+        );
+        let (answer, _) = exchange_raw(gate.proxy_addr, &[req.as_bytes()], WAIT).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    };
+    // Testers only from ranges that are not this machine, and a token: a loopback client
+    // without the token stays on stable; with it, it reaches the canary.
+    let gate = spawn_gate(&format!(
+        "[routing]\noverride_from = [\"192.0.2.0/24\"]\noverride_token = \"tester-secret-0001\"\n{service}"
+    ));
+    ask(&gate, "").await;
+    ask(&gate, "X-Sluice-Token: wrong\r\n").await;
+    assert_eq!((stable.requests().len(), canary.requests().len()), (2, 0));
+    ask(&gate, "X-Sluice-Token: tester-secret-0001\r\n").await;
+    assert_eq!(canary.requests().len(), 1);
+    // Neither the tester header nor the token goes upstream.
+    for r in stable.requests().iter().chain(canary.requests().iter()) {
+        assert!(r.header_values("x-sluice-arm").is_empty(), "{}", r.head);
+        assert!(r.header_values("x-sluice-token").is_empty(), "{}", r.head);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paths_are_routed_and_forwarded_in_their_normal_form() {
+    let (internal, public) = (Recorder::start().await, Recorder::start().await);
+    let gate = spawn_gate(&format!(
+        "[[services]]\nname = \"internal\"\npath_prefix = \"/internal\"\nstable = [\"{}\"]\n[[services]]\nname = \"public\"\nstable = [\"{}\"]\n",
+        internal.addr, public.addr
+    ));
+    let get = async |path: &str| {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: web.test\r\nConnection: close\r\n\r\n");
+        let (answer, _) = exchange_raw(gate.proxy_addr, &[req.as_bytes()], WAIT).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{path}: {answer:?}");
+    };
+    for path in [
+        "/x/../internal/x",
+        "/%69nternal/x",
+        "//internal/x",
+        "/./internal/x",
+    ] {
+        get(path).await;
+    }
+    get("/internal/../x?q=1").await;
+    let line = |r: &common::recorder::Recorded| r.head.lines().next().unwrap_or("").to_string();
+    let inside: Vec<String> = internal.requests().iter().map(line).collect();
+    assert_eq!(inside, vec!["GET /internal/x HTTP/1.1"; 4]);
+    let outside: Vec<String> = public.requests().iter().map(line).collect();
+    assert_eq!(outside, ["GET /x?q=1 HTTP/1.1"]);
+}

@@ -192,6 +192,10 @@ pub struct RoutingFile {
     pub sticky: Option<bool>,
     pub sticky_cookie: Option<String>,
     pub sticky_max_age: Option<String>,
+    pub trusted_proxies: Option<Vec<String>>,
+    pub override_from: Option<Vec<String>>,
+    pub override_token: Option<String>,
+    pub forward_override_header: Option<bool>,
 }
 
 /// One `[[services]]` table.

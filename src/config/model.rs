@@ -240,6 +240,14 @@ pub struct RoutingConfig {
     pub sticky_cookie: String,
     /// Sticky cookie lifetime; default [`DEFAULT_STICKY_MAX_AGE`].
     pub sticky_max_age: Duration,
+    /// Proxies in front whose forwarding headers are believed (default none).
+    pub trusted_proxies: Vec<crate::trust::Cidr>,
+    /// Clients whose tester header is honoured (default this machine).
+    pub override_from: Vec<crate::trust::Cidr>,
+    /// A secret that lets any client use the tester header (`x-sluice-token`).
+    pub override_token: Option<String>,
+    /// Forward the tester header upstream (default false).
+    pub forward_override_header: bool,
 }
 
 /// One service, validated.

@@ -184,7 +184,39 @@ pub(crate) fn validate_routing(c: &mut Checker<'_>, model: &FileConfig) -> Routi
             r.sticky_max_age.as_deref(),
             DEFAULT_STICKY_MAX_AGE,
         ),
+        trusted_proxies: cidrs(c, "routing.trusted_proxies", r.trusted_proxies.as_deref())
+            .unwrap_or_default(),
+        override_from: cidrs(c, "routing.override_from", r.override_from.as_deref())
+            .unwrap_or_else(crate::trust::loopback),
+        override_token: match &r.override_token {
+            Some(t) if t.len() < 16 => {
+                c.fail(
+                    "routing.override_token",
+                    "must be at least 16 characters (it opens the canary to whoever has it)",
+                );
+                None
+            }
+            t => t.clone(),
+        },
+        forward_override_header: r.forward_override_header.unwrap_or(false),
     }
+}
+
+/// A list of address ranges, each error under its index.
+fn cidrs(
+    c: &mut Checker<'_>,
+    key: &str,
+    list: Option<&[String]>,
+) -> Option<Vec<crate::trust::Cidr>> {
+    let list = list?;
+    let mut out = Vec::with_capacity(list.len());
+    for (i, text) in list.iter().enumerate() {
+        match crate::trust::Cidr::parse(text) {
+            Ok(cidr) => out.push(cidr),
+            Err(m) => c.fail(format!("{key}[{i}]"), m),
+        }
+    }
+    Some(out)
 }
 
 /// `[access_log]`: `None` when it says `enabled = false`.

@@ -256,6 +256,21 @@ fn connect_docker(
     })
 }
 
+/// Raises the soft limit of open files to the hard one: every connection is a descriptor
+/// (two when proxied), and the 1,024 a shell gives would let one client's idle connections
+/// stop the gate serving anyone.
+fn raise_open_files() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::info!(from = soft, to = hard, "raised the open-file limit"),
+            Err(e) => tracing::warn!(soft, hard, error = %e, "cannot raise the open-file limit"),
+        },
+        Ok((soft, _)) => tracing::info!(limit = soft, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot read the open-file limit"),
+    }
+}
+
 /// One proxy worker thread per `threads`, each with its own single-threaded runtime running
 /// its services (one per listener) until accepting stops, then staying up until the drain
 /// releases it.
@@ -308,6 +323,7 @@ fn spawn_workers(
 /// Starts a gate: binds both listeners, then runs the proxy and the control plane on their
 /// own threads. Returns once both listeners accept connections.
 pub fn start(config: Config) -> Result<GateHandle, GateError> {
+    raise_open_files();
     let mut edge = Edge::bind(&config)?;
     let proxy_addr = edge.names[0].1;
     let acme = edge.acme.take();

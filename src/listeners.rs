@@ -34,6 +34,29 @@ pub struct ListenerInfo {
     pub hsts: Option<String>,
     /// The services it serves (`None`: all).
     pub services: Option<std::collections::HashSet<String>>,
+    /// Request target and header limits (`server.max_*`).
+    pub limits: RequestLimits,
+}
+
+/// The limits a request head must keep to, checked before routing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestLimits {
+    /// The longest request target (414 beyond).
+    pub max_uri_length: usize,
+    /// The most header fields (431 beyond).
+    pub max_headers: usize,
+    /// The most bytes of header fields, names and values (431 beyond).
+    pub max_header_size: usize,
+}
+
+impl Default for RequestLimits {
+    fn default() -> RequestLimits {
+        RequestLimits {
+            max_uri_length: crate::config::DEFAULT_MAX_URI_LENGTH,
+            max_headers: crate::config::DEFAULT_MAX_HEADERS,
+            max_header_size: crate::config::DEFAULT_MAX_HEADER_SIZE,
+        }
+    }
 }
 
 impl ListenerInfo {
@@ -51,6 +74,7 @@ impl ListenerInfo {
         listeners: &[ListenerConfig],
         bound: &[std::net::SocketAddr],
         acme: bool,
+        limits: RequestLimits,
     ) -> Vec<ListenerInfo> {
         let https_port = listeners
             .iter()
@@ -67,6 +91,7 @@ impl ListenerInfo {
                 http01: !l.tls && (l.redirect_https || acme),
                 hsts: l.hsts.map(|d| format!("max-age={}", d.as_secs())),
                 services: l.services.as_ref().map(|s| s.iter().cloned().collect()),
+                limits,
             })
             .collect()
     }

@@ -166,6 +166,7 @@ impl GateProxy {
                 http01: false,
                 hsts: None,
                 services: None,
+                limits: Default::default(),
             }),
             Arc::default(),
             None,
@@ -286,6 +287,9 @@ pub struct RequestCtx {
     /// A gRPC status that means the server failed (UNKNOWN, DEADLINE_EXCEEDED, INTERNAL,
     /// UNAVAILABLE, DATA_LOSS).
     grpc_failed: bool,
+    /// The service's body limit (0: none) and the body bytes read so far.
+    max_body: u64,
+    body_read: u64,
     /// When the current arm's attempt began (the request start, or the shield's switch).
     attempt_started: Instant,
     /// The table this request routes by, loaded once.
@@ -391,6 +395,8 @@ impl ProxyHttp for GateProxy {
             first_byte: None,
             upstream: None,
             grpc_failed: false,
+            max_body: 0,
+            body_read: 0,
             attempt_started: now,
             table: None,
             service: 0,
@@ -450,6 +456,28 @@ impl ProxyHttp for GateProxy {
                     req.remove_header(&name);
                 }
             }
+        }
+        // Limits of the head: 414 for the target, 431 for the fields, and the connection closed.
+        let req = session.req_header();
+        let limits = &self.listener.limits;
+        let too_big = if req.raw_path().len() > limits.max_uri_length {
+            Some((414, "sluice: request target too long\n"))
+        } else if req.headers.len() > limits.max_headers
+            || req
+                .headers
+                .iter()
+                .map(|(n, v)| n.as_str().len() + v.len() + 4)
+                .sum::<usize>()
+                > limits.max_header_size
+        {
+            Some((431, "sluice: request header fields too large\n"))
+        } else {
+            None
+        };
+        if let Some((status, body)) = too_big {
+            session.set_keepalive(None);
+            respond_plain(session, status, body, &ctx.request_id).await?;
+            return Ok(true);
         }
         // Route and forward the normal form of the path (dot segments, duplicate slashes and
         // encoded unreserved characters are not a way around a path prefix).
@@ -524,6 +552,24 @@ impl ProxyHttp for GateProxy {
             .await?;
             return Ok(true);
         }
+        // A body announced larger than the service takes: 413 before any of it is read.
+        let max_body = service.config.max_body_size;
+        let announced = framing::content_length(&session.req_header().headers)
+            .ok()
+            .flatten();
+        if max_body > 0 && announced.is_some_and(|n| n > max_body) {
+            session.set_keepalive(None);
+            respond_plain(
+                session,
+                413,
+                "sluice: request body too large\n",
+                &ctx.request_id,
+            )
+            .await?;
+            discard_request_body(session).await;
+            return Ok(true);
+        }
+        ctx.max_body = max_body;
         ctx.shield_ok = choice.role == ArmRole::Canary
             && forced.is_none()
             && service.config.shield.covers(&session.req_header().method);
@@ -533,6 +579,23 @@ impl ProxyHttp for GateProxy {
         ctx.service = index;
         ctx.table = Some(table);
         Ok(false)
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // A chunked body that grows past the limit: 413 (whatever was forwarded is cut).
+        if let Some(b) = body {
+            ctx.body_read += b.len() as u64;
+            if ctx.max_body > 0 && ctx.body_read > ctx.max_body {
+                return Error::e_explain(pingora::HTTPStatus(413), "request body too large");
+            }
+        }
+        Ok(())
     }
 
     async fn upstream_peer(

@@ -286,3 +286,43 @@ async fn paths_are_routed_and_forwarded_in_their_normal_form() {
     let outside: Vec<String> = public.requests().iter().map(line).collect();
     assert_eq!(outside, ["GET /x?q=1 HTTP/1.1"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heads_and_bodies_past_their_limits_get_414_431_413() {
+    let up = Recorder::start().await;
+    let gate = spawn_gate(&format!(
+        "[[services]]\nname = \"web\"\nstable = [\"{}\"]\nmax_body_size = 10\n",
+        up.addr
+    ));
+    let send = async |req: String| exchange_raw(gate.proxy_addr, &[req.as_bytes()], WAIT).await;
+    let long = format!("/{}", "a".repeat(9 * 1024));
+    let (answer, closed) = send(format!("GET {long} HTTP/1.1\r\nHost: web.test\r\n\r\n")).await;
+    assert!(closed && answer.starts_with("HTTP/1.1 414"), "{answer:?}");
+    let many: String = (0..101).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let (answer, closed) = send(format!("GET / HTTP/1.1\r\nHost: web.test\r\n{many}\r\n")).await;
+    assert!(closed && answer.starts_with("HTTP/1.1 431"), "{answer:?}");
+    let big = "b".repeat(33 * 1024);
+    let (answer, closed) = send(format!(
+        "GET / HTTP/1.1\r\nHost: web.test\r\nX-Big: {big}\r\n\r\n"
+    ))
+    .await;
+    assert!(closed && answer.starts_with("HTTP/1.1 431"), "{answer:?}");
+    // An announced body over the service's limit: 413 the client reads, nothing forwarded.
+    let (answer, _) =
+        send("POST / HTTP/1.1\r\nHost: web.test\r\nContent-Length: 11\r\n\r\nAAAAAAAAAAA".into())
+            .await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer:?}");
+    assert!(up.requests().is_empty(), "{:?}", up.requests());
+    // A chunked one that grows past it: 413 too.
+    let (answer, _) = send(
+        "POST / HTTP/1.1\r\nHost: web.test\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nAAAAAA\r\n6\r\nAAAAAA\r\n0\r\n\r\n".into(),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer:?}");
+    // Within the limits, all is well.
+    let (answer, _) = send(
+        "POST / HTTP/1.1\r\nHost: web.test\r\nConnection: close\r\nContent-Length: 10\r\n\r\nAAAAAAAAAA".into(),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+}

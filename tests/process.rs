@@ -25,9 +25,14 @@ struct Running {
 
 impl Running {
     fn start(config: &Path) -> Running {
-        let mut child = Command::new(BIN)
-            .args(["run", "--config"])
-            .arg(config)
+        let mut cmd = Command::new(BIN);
+        cmd.args(["run", "--config"]).arg(config);
+        Running::start_command(cmd)
+    }
+
+    /// Starts `cmd` (a `sluice run` in some wrapper).
+    fn start_command(mut cmd: Command) -> Running {
+        let mut child = cmd
             .env("SLUICE_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -767,4 +772,30 @@ async fn sigusr1_reopens_the_access_log_under_load_and_loses_no_line() {
     })
     .await;
     assert!(gate.log_contains("access log reopened on SIGUSR1"));
+}
+
+#[test]
+fn the_open_file_limit_is_raised_to_the_hard_limit_at_start() {
+    let up = spawn_upstream("web");
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        dir.path(),
+        &format!("[[services]]\nname = \"web\"\nstable = [\"{}\"]\n", up.addr),
+    );
+    // Started from a shell with the soft limit a shell often has.
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", "ulimit -Sn 256 && exec \"$0\" run --config \"$1\""])
+        .arg(BIN)
+        .arg(&path);
+    let gate = Running::start_command(cmd);
+    let pid = gate.child.id();
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let nums: Vec<&str> = line.split_whitespace().skip(3).take(2).collect();
+    assert_eq!(nums[0], nums[1], "soft = hard: {line}");
+    assert_ne!(nums[0], "256", "{line}");
+    assert!(gate.log_contains("raised the open-file limit"));
 }

@@ -151,6 +151,9 @@ pub struct ServerFile {
     pub read_timeout: Option<String>,
     pub idle_timeout: Option<String>,
     pub keepalive_pool_size: Option<i64>,
+    pub max_uri_length: Option<i64>,
+    pub max_headers: Option<i64>,
+    pub max_header_size: Option<i64>,
 }
 
 /// `[admin]`
@@ -227,6 +230,8 @@ pub struct ServiceFile {
     pub latency: Option<String>,
     /// How long an upgraded connection (WebSocket) may stay silent both ways.
     pub websocket_idle_timeout: Option<String>,
+    /// The largest request body, bytes (0: unlimited).
+    pub max_body_size: Option<i64>,
     /// `tls.acme`: automatic certificates for this service's hosts (overrides `[tls] acme`).
     pub tls: Option<ServiceTlsFile>,
     /// How its upstreams are spoken to.

@@ -123,6 +123,15 @@ pub enum LatencyMeasure {
     FirstByte,
 }
 
+/// Default `server.max_uri_length`.
+pub const DEFAULT_MAX_URI_LENGTH: usize = 8 * 1024;
+/// Default `server.max_headers`.
+pub const DEFAULT_MAX_HEADERS: usize = 100;
+/// Default `server.max_header_size`.
+pub const DEFAULT_MAX_HEADER_SIZE: usize = 32 * 1024;
+/// Default `services[].max_body_size`.
+pub const DEFAULT_MAX_BODY_SIZE: u64 = 100 * 1024 * 1024;
+
 /// Default `services[].websocket_idle_timeout`.
 pub const DEFAULT_WEBSOCKET_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 
@@ -211,6 +220,12 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     /// Upstream keep-alive pool size; default [`DEFAULT_KEEPALIVE_POOL_SIZE`].
     pub keepalive_pool_size: usize,
+    /// The longest request target, bytes (default [`DEFAULT_MAX_URI_LENGTH`]; 414 beyond).
+    pub max_uri_length: usize,
+    /// The most request header fields (default [`DEFAULT_MAX_HEADERS`]; 431 beyond).
+    pub max_headers: usize,
+    /// The most bytes of request header fields (default [`DEFAULT_MAX_HEADER_SIZE`]; 431).
+    pub max_header_size: usize,
 }
 
 /// `[admin]`, validated: the token itself, wherever it came from.
@@ -287,6 +302,8 @@ pub struct ServiceConfig {
     pub latency: LatencyMeasure,
     /// An upgraded connection silent both ways this long is closed (default 1 h).
     pub websocket_idle_timeout: Duration,
+    /// The largest request body, bytes; 0: unlimited (default [`DEFAULT_MAX_BODY_SIZE`]).
+    pub max_body_size: u64,
     /// How the upstreams are spoken to (`[services.upstream]`; default HTTP/1.1, no TLS).
     pub upstream: crate::upstream::UpstreamOptions,
     /// Its exact hosts get ACME certificates (`services.tls.acme`, else `[tls] acme`).

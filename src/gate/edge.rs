@@ -65,7 +65,12 @@ impl Edge {
         }
         let bound: Vec<SocketAddr> = sockets.iter().map(|(_, a)| *a).collect();
         let acme_config = config.tls.acme.clone();
-        let info = ListenerInfo::all(&config.listeners, &bound, acme_config.is_some())
+        let limits = crate::listeners::RequestLimits {
+            max_uri_length: config.server.max_uri_length,
+            max_headers: config.server.max_headers,
+            max_header_size: config.server.max_header_size,
+        };
+        let info = ListenerInfo::all(&config.listeners, &bound, acme_config.is_some(), limits)
             .into_iter()
             .map(Arc::new)
             .collect();

@@ -126,8 +126,35 @@ pub(crate) fn validate(
             DEFAULT_KEEPALIVE_POOL_SIZE
         }
     };
+    let mut limit = |key: &str, v: Option<i64>, default: usize, max: i64| match v {
+        None => default,
+        Some(n) if (1..=max).contains(&n) => n as usize,
+        Some(n) => {
+            c.fail(
+                format!("server.{key}"),
+                format!("must be between 1 and {max} (got {n})"),
+            );
+            default
+        }
+    };
+    let max_uri_length = limit(
+        "max_uri_length",
+        s.max_uri_length,
+        DEFAULT_MAX_URI_LENGTH,
+        1 << 20,
+    );
+    let max_headers = limit("max_headers", s.max_headers, DEFAULT_MAX_HEADERS, 10_000);
+    let max_header_size = limit(
+        "max_header_size",
+        s.max_header_size,
+        DEFAULT_MAX_HEADER_SIZE,
+        1 << 20,
+    );
     let server = ServerConfig {
         listen,
+        max_uri_length,
+        max_headers,
+        max_header_size,
         admin_listen,
         threads,
         drain_timeout: c.duration(

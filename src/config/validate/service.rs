@@ -219,6 +219,17 @@ pub(crate) fn validate_service(
         svc.websocket_idle_timeout.as_deref(),
         DEFAULT_WEBSOCKET_IDLE_TIMEOUT,
     );
+    let max_body_size = match svc.max_body_size {
+        None => DEFAULT_MAX_BODY_SIZE,
+        Some(n) if n >= 0 => n as u64,
+        Some(n) => {
+            c.fail(
+                format!("{base}.max_body_size"),
+                format!("must be 0 (unlimited) or a number of bytes (got {n})"),
+            );
+            DEFAULT_MAX_BODY_SIZE
+        }
+    };
     let upstream = svc
         .upstream
         .as_ref()
@@ -242,6 +253,7 @@ pub(crate) fn validate_service(
         latency,
         websocket_idle_timeout,
         upstream,
+        max_body_size,
         acme: svc.tls.as_ref().and_then(|t| t.acme).unwrap_or(acme),
     })
 }

@@ -29,18 +29,8 @@ bench_cert
 
 upstream_conf "$work/up" "$UP"
 mkdir -p "$work/ngx"
-cat > "$work/ngx/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-error_log $work/ngx/error.log warn;
-pid $work/ngx/nginx.pid;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
+{ nginx_main "$work/ngx"; cat <<EOF
   http2_max_concurrent_streams 100;
-  client_body_temp_path $work/ngx;
-  proxy_temp_path $work/ngx;
   upstream backend { server 127.0.0.1:$UP; keepalive 128; }
   server {
     listen 127.0.0.1:$NGX ssl http2;
@@ -63,6 +53,7 @@ http {
   }
 }
 EOF
+} > "$work/ngx/nginx.conf"
 sluice_conf() { # file admin-port listener-tables [extra-tables]
   cat > "$1" <<EOF
 [server]

@@ -37,17 +37,7 @@ NOS=$(free_port); NOS_ADMIN=$(free_port)
 
 upstream_conf "$work/up" "$UP" "$UP2"
 mkdir -p "$work/ngx"
-cat > "$work/ngx/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-error_log $work/ngx/error.log warn;
-pid $work/ngx/nginx.pid;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  client_body_temp_path $work/ngx;
-  proxy_temp_path $work/ngx;
+{ nginx_main "$work/ngx"; cat <<EOF
   upstream backend { server 127.0.0.1:$UP; keepalive 128; }
   server {
     listen 127.0.0.1:$NGX;
@@ -62,6 +52,7 @@ http {
   }
 }
 EOF
+} > "$work/ngx/nginx.conf"
 cat > "$work/sluice.toml" <<EOF
 [server]
 listen = "127.0.0.1:$SLU"

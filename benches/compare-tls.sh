@@ -28,17 +28,7 @@ bench_cert
 
 upstream_conf "$work/up" "$UP"
 mkdir -p "$work/ngx"
-cat > "$work/ngx/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-error_log $work/ngx/error.log warn;
-pid $work/ngx/nginx.pid;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  client_body_temp_path $work/ngx;
-  proxy_temp_path $work/ngx;
+{ nginx_main "$work/ngx"; cat <<EOF
   upstream backend { server 127.0.0.1:$UP; keepalive 128; }
   server {
     listen 127.0.0.1:$NGX ssl;
@@ -56,6 +46,7 @@ http {
   }
 }
 EOF
+} > "$work/ngx/nginx.conf"
 cat > "$work/sluice.toml" <<EOF
 [server]
 admin_listen = "127.0.0.1:$ADM"

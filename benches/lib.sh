@@ -33,27 +33,36 @@ cleanup() {
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
+# nginx_main DIR : the start of an nginx.conf kept in DIR: one worker, in the foreground, no
+# access log, long keep-alive; it leaves the `http {` block open for the caller.
+nginx_main() {
+  cat <<EOF
+worker_processes 1;
+daemon off;
+error_log $1/error.log warn;
+pid $1/nginx.pid;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  client_body_temp_path $1;
+  proxy_temp_path $1;
+EOF
+}
+
 # upstream_conf DIR PORT... : an nginx answering 200 on each port, one worker, no logs.
 upstream_conf() {
   local dir=$1; shift
   local listens="" p
   for p in "$@"; do listens+="    listen 127.0.0.1:$p;"$'\n'; done
   mkdir -p "$dir"
-  cat > "$dir/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-error_log $dir/error.log warn;
-pid $dir/nginx.pid;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  client_body_temp_path $dir;
+  { nginx_main "$dir"; cat <<EOF
   server {
 $listens    location / { return 200 "hello from the upstream\n"; }
   }
 }
 EOF
+  } > "$dir/nginx.conf"
 }
 
 # wait_ready URL... : until each answers (at most 10 s each; curl -k for the test certificate).

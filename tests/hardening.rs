@@ -326,3 +326,71 @@ async fn heads_and_bodies_past_their_limits_get_414_431_413() {
     .await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_silent_clients_are_disconnected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Recorder::start().await;
+    let text = format!(
+        "{}client_header_timeout = \"1s\"\nkeepalive_timeout = \"1s\"\n[store]\nenabled = false\n[[services]]\nname = \"web\"\nstable = [\"{}\"]\n",
+        server_table(),
+        up.addr
+    );
+    let gate =
+        sluice::gate::start(sluice::config::Config::parse(&text, "test.toml").unwrap()).unwrap();
+    // Silent: closed by the gate (the bound is only how long the test waits).
+    let mut silent = tokio::net::TcpStream::connect(gate.proxy_addr)
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(WAIT, silent.read(&mut buf)).await;
+    assert!(
+        matches!(n, Ok(Ok(0)) | Ok(Err(_))),
+        "a silent client was kept: {n:?}"
+    );
+    // Slowloris: a header byte every 100 ms never completes a head; the gate hangs up.
+    let mut slow = tokio::net::TcpStream::connect(gate.proxy_addr)
+        .await
+        .unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: web.test\r\n")
+        .await
+        .unwrap();
+    let mut closed = false;
+    for _ in 0..300 {
+        if slow.write_all(b"X").await.is_err() {
+            closed = true;
+            break;
+        }
+        match tokio::time::timeout(std::time::Duration::from_millis(100), slow.read(&mut buf)).await
+        {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                closed = true;
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert!(closed, "a slowloris client was kept for 30 s");
+    // An idle keep-alive connection closes after keepalive_timeout; a quick client is served.
+    let mut kept = tokio::net::TcpStream::connect(gate.proxy_addr)
+        .await
+        .unwrap();
+    kept.write_all(b"GET / HTTP/1.1\r\nHost: web.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let ended = tokio::time::timeout(WAIT, async {
+        loop {
+            match kept.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(
+        String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"),
+        "{got:?}"
+    );
+    assert!(ended.is_ok(), "an idle keep-alive connection was kept");
+}

@@ -152,6 +152,8 @@ pub struct ServerFile {
     pub idle_timeout: Option<String>,
     pub keepalive_pool_size: Option<i64>,
     pub max_uri_length: Option<i64>,
+    pub client_header_timeout: Option<String>,
+    pub keepalive_timeout: Option<String>,
     pub max_headers: Option<i64>,
     pub max_header_size: Option<i64>,
 }

@@ -123,6 +123,10 @@ pub enum LatencyMeasure {
     FirstByte,
 }
 
+/// Default `server.client_header_timeout`.
+pub const DEFAULT_CLIENT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default `server.keepalive_timeout`.
+pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(75);
 /// Default `server.max_uri_length`.
 pub const DEFAULT_MAX_URI_LENGTH: usize = 8 * 1024;
 /// Default `server.max_headers`.
@@ -220,6 +224,12 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     /// Upstream keep-alive pool size; default [`DEFAULT_KEEPALIVE_POOL_SIZE`].
     pub keepalive_pool_size: usize,
+    /// A request head must arrive whole within this (default
+    /// [`DEFAULT_CLIENT_HEADER_TIMEOUT`]); a slower client is disconnected.
+    pub client_header_timeout: Duration,
+    /// An idle keep-alive client connection closes after this (default
+    /// [`DEFAULT_KEEPALIVE_TIMEOUT`]).
+    pub keepalive_timeout: Duration,
     /// The longest request target, bytes (default [`DEFAULT_MAX_URI_LENGTH`]; 414 beyond).
     pub max_uri_length: usize,
     /// The most request header fields (default [`DEFAULT_MAX_HEADERS`]; 431 beyond).

@@ -46,6 +46,8 @@ pub(super) struct Edge {
     pub(super) acme: Option<(Manager, tokio::sync::mpsc::UnboundedReceiver<Report>)>,
     /// HTTP/2 on each listener: on or off, and its stream limit.
     http2: Vec<(bool, u32)>,
+    /// `server.client_header_timeout` and `server.keepalive_timeout`.
+    client_timeouts: (std::time::Duration, std::time::Duration),
     /// Where every listener writes its requests, when the access log is on.
     pub(super) access_log: Option<AccessLog>,
 }
@@ -141,6 +143,10 @@ impl Edge {
                 .map(|l| (l.http2, l.max_concurrent_streams))
                 .collect(),
             access_log: None,
+            client_timeouts: (
+                config.server.client_header_timeout,
+                config.server.keepalive_timeout,
+            ),
         })
     }
 
@@ -197,6 +203,10 @@ impl Edge {
                 // h2c by prior knowledge on a plain listener that asks for HTTP/2.
                 let mut options = pingora::apps::HttpServerOptions::default();
                 options.h2c = http2 && self.counts[j].is_none();
+                // Slow clients: the head within client_header_timeout, idle keep-alive
+                // connections closed after keepalive_timeout (a pingora patch, PATCHES.md).
+                options.h1_header_timeout = Some(self.client_timeouts.0);
+                options.h1_keepalive_timeout = Some(self.client_timeouts.1);
                 proxy.server_options = Some(options);
             }
             let key = addr.to_string();

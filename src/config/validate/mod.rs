@@ -150,8 +150,28 @@ pub(crate) fn validate(
         DEFAULT_MAX_HEADER_SIZE,
         1 << 20,
     );
+    let client_header_timeout = c.duration(
+        "server.client_header_timeout",
+        s.client_header_timeout.as_deref(),
+        DEFAULT_CLIENT_HEADER_TIMEOUT,
+    );
+    let keepalive_timeout = c.duration(
+        "server.keepalive_timeout",
+        s.keepalive_timeout.as_deref(),
+        DEFAULT_KEEPALIVE_TIMEOUT,
+    );
+    for (key, d) in [
+        ("server.client_header_timeout", client_header_timeout),
+        ("server.keepalive_timeout", keepalive_timeout),
+    ] {
+        if d.is_zero() {
+            c.fail(key, "must be more than 0");
+        }
+    }
     let server = ServerConfig {
         listen,
+        client_header_timeout,
+        keepalive_timeout,
         max_uri_length,
         max_headers,
         max_header_size,

@@ -89,6 +89,18 @@ pub struct HttpServerOptions {
     ///
     /// Default: `None`
     pub h2_idle_timeout: Option<Duration>,
+
+    /// If set, an HTTP/1.x request head must arrive whole within this duration: counted
+    /// from the connection's start for its first request and from the first byte for the
+    /// following ones. A client that is slower is disconnected (slowloris).
+    ///
+    /// Default: `None` (each read waits up to the keepalive or read timeout)
+    pub h1_header_timeout: Option<Duration>,
+
+    /// If set, how long an idle HTTP/1.x keepalive connection waits for its next request.
+    ///
+    /// Default: `None` (60 s)
+    pub h1_keepalive_timeout: Option<Duration>,
 }
 
 /// Settings persisted across HTTP/1.x keepalive requests on the same downstream connection.
@@ -345,6 +357,8 @@ where
         } else {
             // No ALPN or ALPN::H1 and h2c was not configured, fallback to HTTP/1.1
             let mut session = ServerSession::new_http1(stream);
+            let header_timeout = self.server_options().and_then(|o| o.h1_header_timeout);
+            let keepalive_timeout = self.server_options().and_then(|o| o.h1_keepalive_timeout);
             if *shutdown.borrow() {
                 // stop downstream from reusing if this service is shutting down soon
                 session.set_keepalive(None);
@@ -352,6 +366,8 @@ where
                 // default 60s
                 session.set_keepalive(Some(60));
             }
+            // The first request's head, from the connection's start.
+            session.set_header_timeout(header_timeout, true);
             session.set_keepalive_reuses_remaining(
                 self.server_options()
                     .and_then(|opts| opts.keepalive_request_limit),
@@ -363,6 +379,10 @@ where
                 if let Some(persistent_settings) = persistent_settings {
                     persistent_settings.apply_to_session(&mut session);
                 }
+                if let (Some(k), Some(_)) = (keepalive_timeout, session.get_keepalive()) {
+                    session.set_keepalive(Some(k.as_secs().max(1)));
+                }
+                session.set_header_timeout(header_timeout, false);
 
                 result = self.process_new_http(session, shutdown).await;
             }

@@ -322,6 +322,15 @@ impl Session {
         }
     }
 
+    /// Bound the time an HTTP/1.x request head may take (see
+    /// [`crate::apps::HttpServerOptions::h1_header_timeout`]); `from_start`: count from now
+    /// (a new connection), else from the head's first byte. Not applicable for h2.
+    pub fn set_header_timeout(&mut self, timeout: Option<Duration>, from_start: bool) {
+        if let Self::H1(s) = self {
+            s.set_header_timeout(timeout, from_start);
+        }
+    }
+
     /// Get the keepalive timeout. None if keepalive is disabled. Not applicable for h2 or
     /// subrequest
     pub fn get_keepalive(&self) -> Option<u64> {

@@ -102,6 +102,9 @@ pub struct HttpSession {
     /// timeouts:
     keepalive_timeout: KeepaliveStatus,
     read_timeout: Option<Duration>,
+    /// The request head's deadline: its length, and whether it runs from the session's
+    /// start (else from the first byte of the head).
+    header_timeout: Option<(Duration, bool)>,
     write_timeout: Option<Duration>,
     /// How long to wait to make downstream session reusable, if body needs to be drained.
     total_drain_timeout: Option<Duration>,
@@ -187,6 +190,7 @@ impl HttpSession {
             response_written: None,
             request_header: None,
             read_timeout: Some(Duration::from_secs(60)),
+            header_timeout: None,
             write_timeout: None,
             total_drain_timeout: None,
             body_bytes_sent: 0,
@@ -304,6 +308,13 @@ impl HttpSession {
         let mut already_read = buf.len();
         let mut skip_next_read = already_read != 0;
         let mut detached_suffix = None;
+        // The head's deadline, once it runs (see `set_header_timeout`).
+        let mut deadline = match self.header_timeout {
+            Some((t, from_start)) if from_start || already_read > 0 => {
+                Some(tokio::time::Instant::now() + t)
+            }
+            _ => None,
+        };
         loop {
             if already_read > MAX_HEADER_SIZE {
                 /* NOTE: this check only blocks second read. The first large read is allowed
@@ -323,10 +334,33 @@ impl HttpSession {
             // this request and is waiting for our response).
             if skip_next_read {
                 skip_next_read = false;
-            } else if let Some(n) = self.read_request_buf(&mut buf, already_read).await? {
-                already_read += n;
             } else {
-                return Ok(None);
+                let read = match deadline {
+                    Some(at) => match tokio::time::timeout_at(
+                        at,
+                        self.read_request_buf(&mut buf, already_read),
+                    )
+                    .await
+                    {
+                        Ok(read) => read?,
+                        Err(_) => {
+                            // Closed quietly, as an idle keepalive is: a slow client is
+                            // no error worth a log line each (a slowloris has thousands).
+                            debug!("request header not received in time, closing");
+                            return Ok(None);
+                        }
+                    },
+                    None => self.read_request_buf(&mut buf, already_read).await?,
+                };
+                let Some(n) = read else {
+                    return Ok(None);
+                };
+                already_read += n;
+                if deadline.is_none() {
+                    if let Some((t, _)) = self.header_timeout {
+                        deadline = Some(tokio::time::Instant::now() + t);
+                    }
+                }
             }
 
             // Use loop as GOTO to retry escaped request buffer, not a real loop
@@ -1332,6 +1366,12 @@ impl HttpSession {
     /// to read from the stream after `timeout`.
     pub fn set_read_timeout(&mut self, timeout: Option<Duration>) {
         self.read_timeout = timeout;
+    }
+
+    /// Bound the time the request head may take: from now when `from_start`, else from
+    /// its first byte. `None`: no bound beyond the per-read timeouts.
+    pub fn set_header_timeout(&mut self, timeout: Option<Duration>, from_start: bool) {
+        self.header_timeout = timeout.map(|t| (t, from_start));
     }
 
     /// Gets the downstream read timeout.

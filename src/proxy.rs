@@ -15,6 +15,20 @@
 //! failure and replayed once on stable; the client gets stable's answer. Requests a tester
 //! forced onto the canary are never shielded: testers want to see the canary's answer.
 //! Every canary failure pokes the controller so the judge looks at once.
+//!
+//! Submodules: `head` (framing, limits and the path's normal form, before routing),
+//! `answers` (what the gate answers itself: ACME HTTP-01, redirects, plain errors),
+//! `forwarding` (forwarding headers, trusted proxies, the tester guard, gRPC status, SNI),
+//! `record` (the access log line and the failed-request evidence).
+
+mod answers;
+mod forwarding;
+mod head;
+mod record;
+
+use answers::{discard_request_body, request_host, respond_plain};
+use forwarding::{grpc_failure, host_of, tester_allowed};
+use record::failed_request;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -22,91 +36,31 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue, CONNECTION, HOST};
+use http::header::{HeaderName, HeaderValue, CONNECTION};
 use pingora::http::ResponseHeader;
-use pingora::protocols::l4::socket::SocketAddr as PeerAddr;
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, Result};
 
-use crate::access_log::{AccessLog, Entry};
-use crate::acme::challenges::{Http01, HTTP01_PREFIX};
+use crate::access_log::AccessLog;
+use crate::acme::challenges::Http01;
 use crate::config::LatencyMeasure;
 use crate::framing;
-use crate::linger::{DEFAULT_LINGER_BYTES, DEFAULT_LINGER_TIME};
 use crate::listeners::ListenerInfo;
 use crate::metrics::Metrics;
 use crate::request_id::{self, X_REQUEST_ID};
 use crate::rollout::Wake;
 use crate::routing::{Arm, RoutingTable, TableReader};
-use crate::stats::FailedRequest;
-use crate::trust;
 use crate::types::ArmRole;
 use crate::types::StatusClass;
 use crate::upstream::Protocol;
 
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
-static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
-/// The tester's token header (`routing.override_token`).
-pub static X_SLUICE_TOKEN: HeaderName = HeaderName::from_static("x-sluice-token");
 static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Streams one upstream HTTP/2 connection carries at once.
 const UPSTREAM_H2_STREAMS: usize = 100;
-
-/// Whether a `grpc-status` is a failure of the server (as opposed to the caller's: NOT_FOUND,
-/// INVALID_ARGUMENT, PERMISSION_DENIED... are the app working as designed).
-fn grpc_failure(code: &[u8]) -> bool {
-    // UNKNOWN 2, DEADLINE_EXCEEDED 4, INTERNAL 13, UNAVAILABLE 14, DATA_LOSS 15.
-    matches!(code, b"2" | b"4" | b"13" | b"14" | b"15")
-}
-
-/// The client's address: the peer, or behind trusted proxies the last address in
-/// `X-Forwarded-For` that is not one of them.
-fn client_ip(session: &Session, trusted: &[trust::Cidr]) -> Option<std::net::IpAddr> {
-    let peer = session.client_addr().and_then(PeerAddr::as_inet)?.ip();
-    if !trust::any_contains(trusted, peer) {
-        return Some(peer);
-    }
-    let headers = &session.req_header().headers;
-    let mut last = peer;
-    for value in headers.get_all(&X_FORWARDED_FOR).iter().rev() {
-        for part in value.to_str().unwrap_or("").rsplit(',') {
-            match part.trim().parse::<std::net::IpAddr>() {
-                Ok(ip) if trust::any_contains(trusted, ip) => last = ip,
-                Ok(ip) => return Some(ip),
-                Err(_) => return Some(last),
-            }
-        }
-    }
-    Some(last)
-}
-
-/// Whether this request's tester header counts: from `routing.override_from`, or with the
-/// token in `x-sluice-token` (compared in constant time).
-fn tester_allowed(session: &Session, options: &crate::routing::RoutingOptions) -> bool {
-    let from = client_ip(session, &options.trusted_proxies)
-        .is_some_and(|ip| trust::any_contains(&options.override_from, ip));
-    from || options.override_token.as_ref().is_some_and(|token| {
-        session
-            .req_header()
-            .headers
-            .get(&X_SLUICE_TOKEN)
-            .is_some_and(|v| trust::same_secret(v.as_bytes(), token.as_bytes()))
-    })
-}
-
-/// The host of an upstream as written (`api.internal:443` → `api.internal`, `[::1]:443` →
-/// `::1`), the default SNI.
-fn host_of(spec: &str) -> &str {
-    let host = spec.rsplit_once(':').map_or(spec, |(h, _)| h);
-    host.trim_start_matches('[').trim_end_matches(']')
-}
 
 /// Requests between header read and logging; a drain waits for it to reach zero.
 #[derive(Clone, Default, Debug)]
@@ -195,61 +149,6 @@ impl GateProxy {
         }
     }
 
-    /// ACME's HTTP-01 path, answered from the challenge board (404 for an unknown token).
-    /// Returns whether the request was one.
-    async fn http01(&self, session: &mut Session, id: &str) -> Result<bool> {
-        let path = session.req_header().uri.path();
-        if let Some(token) = path.strip_prefix(HTTP01_PREFIX) {
-            let token = token.to_string();
-            match self.http01.answer(&token) {
-                Some(key_authorization) => {
-                    let mut resp = ResponseHeader::build(200, Some(2))?;
-                    resp.insert_header(http::header::CONTENT_TYPE, "text/plain")?;
-                    resp.insert_header(http::header::CONTENT_LENGTH, key_authorization.len())?;
-                    session.write_response_header(Box::new(resp), false).await?;
-                    session
-                        .write_response_body(Some(Bytes::from(key_authorization)), true)
-                        .await?;
-                }
-                None => respond_plain(session, 404, "sluice: no such ACME challenge\n", id).await?,
-            }
-            return Ok(true);
-        }
-        Ok(false)
-    }
-
-    /// A 308 to the same host and path over https, on `port`.
-    async fn redirect(&self, session: &mut Session, port: u16, id: &str) -> Result<bool> {
-        let Some(host) = redirect_host(request_host(session)) else {
-            respond_plain(
-                session,
-                400,
-                "sluice: a redirect to https needs a valid Host\n",
-                id,
-            )
-            .await?;
-            return Ok(true);
-        };
-        let target = session
-            .req_header()
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .filter(|p| p.starts_with('/'))
-            .unwrap_or("/");
-        let location = if port == 443 {
-            format!("https://{host}{target}")
-        } else {
-            format!("https://{host}:{port}{target}")
-        };
-        let mut resp = ResponseHeader::build(308, Some(3))?;
-        resp.insert_header(http::header::LOCATION, location)?;
-        resp.insert_header(X_REQUEST_ID.clone(), id)?;
-        resp.insert_header(http::header::CONTENT_LENGTH, 0)?;
-        session.write_response_header(Box::new(resp), true).await?;
-        Ok(true)
-    }
-
     /// Records a failed canary attempt and moves the request to stable for its one replay.
     fn shield(&self, session: &Session, ctx: &mut RequestCtx, class: StatusClass) {
         let Some(table) = ctx.table.clone() else {
@@ -317,72 +216,6 @@ impl RequestCtx {
     }
 }
 
-/// The Host a request is for: the URI authority (HTTP/2, absolute form) or the Host header.
-/// The host of a redirect target: the request's host without its port, when it is a name
-/// or an address (anything else could inject into the `Location`).
-fn redirect_host(host: &str) -> Option<&str> {
-    if let Some(rest) = host.strip_prefix('[') {
-        // `[v6]` or `[v6]:port`: the bracketed address, when it is one.
-        let (ip, _) = rest.split_once(']')?;
-        ip.parse::<std::net::Ipv6Addr>().ok()?;
-        return host.get(..ip.len() + 2);
-    }
-    let name = host.split(':').next().unwrap_or("");
-    let ok = !name.is_empty()
-        && name.len() <= 253
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
-    ok.then_some(name)
-}
-
-fn request_host(session: &Session) -> &str {
-    let req = session.req_header();
-    if let Some(host) = req.uri.host() {
-        return host;
-    }
-    req.headers
-        .get(HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("")
-}
-
-async fn respond_plain(
-    session: &mut Session,
-    status: u16,
-    body: &'static str,
-    id: &str,
-) -> Result<()> {
-    let mut resp = ResponseHeader::build(status, Some(4))?;
-    resp.insert_header(X_REQUEST_ID.clone(), id)?;
-    resp.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
-    resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
-    session.write_response_header(Box::new(resp), false).await?;
-    session
-        .write_response_body(Some(Bytes::from_static(body.as_bytes())), true)
-        .await
-}
-
-/// After an error answer on a connection that will close: reads and throws away what is
-/// left of the request body (at most [`DEFAULT_LINGER_BYTES`] for [`DEFAULT_LINGER_TIME`]),
-/// so the client, still uploading, reads the answer instead of a reset (see
-/// [`crate::linger`]). HTTP/2 streams end on their own and need none of this.
-async fn discard_request_body(session: &mut Session) {
-    if session.as_downstream().is_http2() || session.as_downstream_mut().is_body_done() {
-        return;
-    }
-    let drain = async {
-        let mut left = DEFAULT_LINGER_BYTES;
-        while let Ok(Some(chunk)) = session.as_downstream_mut().read_request_body().await {
-            left = left.saturating_sub(chunk.len() as u64);
-            if left == 0 {
-                break;
-            }
-        }
-    };
-    let _ = tokio::time::timeout(DEFAULT_LINGER_TIME, drain).await;
-}
-
 #[async_trait]
 impl ProxyHttp for GateProxy {
     type CTX = RequestCtx;
@@ -432,72 +265,8 @@ impl ProxyHttp for GateProxy {
                 .get(&X_REQUEST_ID)
                 .map(HeaderValue::as_bytes),
         );
-        // Framing first: nothing ambiguous is routed, answered or forwarded.
-        let req = session.req_header();
-        let has_authority = req.uri.authority().is_some();
-        let checked =
-            framing::check_request(req.version, req.raw_path(), has_authority, &req.headers);
-        match checked {
-            Err(refusal) => {
-                // What follows a request framed this way cannot be trusted: close after.
-                session.set_keepalive(None);
-                respond_plain(session, refusal.status, refusal.body, &ctx.request_id).await?;
-                return Ok(true);
-            }
-            Ok(one_length) => {
-                let fix =
-                    one_length.then(|| framing::content_length(&session.req_header().headers));
-                let dropped = framing::underscored(&session.req_header().headers);
-                let req = session.req_header_mut();
-                if let Some(Ok(Some(n))) = fix {
-                    req.insert_header(http::header::CONTENT_LENGTH, n)?;
-                }
-                for name in dropped {
-                    req.remove_header(&name);
-                }
-            }
-        }
-        // Limits of the head: 414 for the target, 431 for the fields, and the connection closed.
-        let req = session.req_header();
-        let limits = &self.listener.limits;
-        let too_big = if req.raw_path().len() > limits.max_uri_length {
-            Some((414, "sluice: request target too long\n"))
-        } else if req.headers.len() > limits.max_headers
-            || req
-                .headers
-                .iter()
-                .map(|(n, v)| n.as_str().len() + v.len() + 4)
-                .sum::<usize>()
-                > limits.max_header_size
-        {
-            Some((431, "sluice: request header fields too large\n"))
-        } else {
-            None
-        };
-        if let Some((status, body)) = too_big {
-            session.set_keepalive(None);
-            respond_plain(session, status, body, &ctx.request_id).await?;
+        if self.check_head(session, ctx).await? {
             return Ok(true);
-        }
-        // Route and forward the normal form of the path (dot segments, duplicate slashes and
-        // encoded unreserved characters are not a way around a path prefix).
-        if let Some(path) = framing::normalise_path(session.req_header().uri.path()) {
-            let uri = &session.req_header().uri;
-            let target = match uri.query() {
-                Some(q) => format!("{path}?{q}"),
-                None => path,
-            };
-            let mut parts = uri.clone().into_parts();
-            parts.path_and_query = target.parse().ok();
-            match http::Uri::from_parts(parts) {
-                Ok(uri) => session.req_header_mut().set_uri(uri),
-                Err(_) => {
-                    session.set_keepalive(None);
-                    respond_plain(session, 400, "sluice: malformed path\n", &ctx.request_id)
-                        .await?;
-                    return Ok(true);
-                }
-            }
         }
         if self.listener.http01 && self.http01(session, &ctx.request_id).await? {
             return Ok(true);
@@ -736,49 +505,7 @@ impl ProxyHttp for GateProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         upstream_request.insert_header(X_REQUEST_ID.clone(), ctx.request_id.as_str())?;
-        let options = ctx.table.as_ref().map(|t| t.options.clone());
-        let trusted_proxies = options.as_ref().map_or(&[][..], |o| &o.trusted_proxies[..]);
-        let peer = session
-            .client_addr()
-            .and_then(PeerAddr::as_inet)
-            .map(|a| a.ip());
-        // A trusted proxy's forwarding headers are extended; anyone else's are replaced.
-        let trusted = peer.is_some_and(|ip| trust::any_contains(trusted_proxies, ip));
-        if !trusted {
-            upstream_request.remove_header(&FORWARDED);
-            upstream_request.remove_header(&X_REAL_IP);
-        }
-        if let Some(ip) = peer {
-            let prior = upstream_request
-                .headers
-                .get(&X_FORWARDED_FOR)
-                .and_then(|v| v.to_str().ok());
-            let value = match prior {
-                Some(prior) if trusted => format!("{prior}, {ip}"),
-                _ => ip.to_string(),
-            };
-            upstream_request.insert_header(X_FORWARDED_FOR.clone(), value)?;
-        }
-        if !(trusted && upstream_request.headers.contains_key(&X_FORWARDED_PROTO)) {
-            let proto = if self.listener.tls { "https" } else { "http" };
-            upstream_request
-                .insert_header(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto))?;
-        }
-        if !(trusted && upstream_request.headers.contains_key(&X_FORWARDED_HOST)) {
-            match session.req_header().headers.get(HOST).cloned() {
-                Some(host) => upstream_request.insert_header(X_FORWARDED_HOST.clone(), host)?,
-                None => {
-                    upstream_request.remove_header(&X_FORWARDED_HOST);
-                }
-            }
-        }
-        // The tester header and its token stay here unless asked for.
-        if let Some(o) = options.as_ref().filter(|o| !o.forward_override) {
-            if let Some(h) = &o.override_header {
-                upstream_request.remove_header(h);
-            }
-            upstream_request.remove_header(&X_SLUICE_TOKEN);
-        }
+        self.forwarding_headers(session, upstream_request, ctx)?;
         Ok(())
     }
 
@@ -951,68 +678,5 @@ impl ProxyHttp for GateProxy {
         if let Some(log) = &self.access_log {
             log.log(self.entry(session, ctx, status));
         }
-    }
-}
-
-impl GateProxy {
-    /// The access log line of a finished request.
-    fn entry(&self, session: &Session, ctx: &mut RequestCtx, status: Option<u16>) -> Entry {
-        let req = session.req_header();
-        let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
-        let header = |name: http::header::HeaderName| {
-            req.headers
-                .get(name)
-                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-        };
-        let service = ctx.table.as_ref().map(|t| &t.services[ctx.service]);
-        if ctx.request_id.is_empty() {
-            ctx.request_id = request_id::generate(); // refused before routing
-        }
-        Entry {
-            time_ms: crate::time::now_ms(),
-            client: session
-                .client_addr()
-                .map(|a| a.to_string())
-                .unwrap_or_default(),
-            method: req.method.as_str().to_string(),
-            host: request_host(session).to_string(),
-            path: req
-                .uri
-                .path_and_query()
-                .map(|p| p.as_str().to_string())
-                .unwrap_or_else(|| req.uri.path().to_string()),
-            protocol: if session.as_downstream().is_http2() {
-                "HTTP/2"
-            } else if req.version == http::Version::HTTP_10 {
-                "HTTP/1.0"
-            } else {
-                "HTTP/1.1"
-            },
-            status: status.unwrap_or(0),
-            bytes_in: session.as_downstream().body_bytes_read() as u64,
-            bytes_out: session.as_downstream().body_bytes_sent() as u64,
-            duration_ms: ms(ctx.started.elapsed()),
-            ttfb_ms: ctx
-                .first_byte
-                .map(|at| ms(at.saturating_duration_since(ctx.started))),
-            service: service.map(|s| s.name().to_string()),
-            arm: service.map(|_| ctx.role.as_str()),
-            upstream: ctx.upstream.map(|u| u.to_string()),
-            shielded: ctx.shielded,
-            request_id: std::mem::take(&mut ctx.request_id),
-            user_agent: header(http::header::USER_AGENT),
-            referer: header(http::header::REFERER),
-        }
-    }
-}
-
-/// A failed request as a cut-back's evidence keeps it.
-fn failed_request(session: &Session, ctx: &RequestCtx, status: Option<u16>) -> FailedRequest {
-    let req = session.req_header();
-    FailedRequest {
-        request_id: ctx.request_id.clone(),
-        request: format!("{} {}", req.method, req.uri.path()),
-        status,
-        at_ms: crate::time::now_ms(),
     }
 }

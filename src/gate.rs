@@ -486,6 +486,7 @@ pub fn start(config: Config) -> Result<GateHandle, GateError> {
     }
 
     let state = AdminState {
+        auth_failures: Default::default(),
         control: control.clone(),
         metrics: metrics.clone(),
         token: wiring.admin_token.clone(),

@@ -33,6 +33,8 @@ pub struct Metrics {
     unrouted: IntCounter,
     /// Access log lines a full queue dropped.
     pub access_log_dropped: IntCounter,
+    /// Admin API requests refused for a missing or wrong token.
+    pub admin_auth_failures: IntCounter,
     /// History store gauges and counters.
     pub store: StoreMetrics,
     probe_results: IntCounterVec,
@@ -217,6 +219,13 @@ impl Metrics {
                 "Access log lines dropped because the writer was behind (never waited for).",
             ),
         );
+        let admin_auth_failures = build(
+            &registry,
+            IntCounter::new(
+                "sluice_admin_auth_failures_total",
+                "Admin API requests refused for a missing or wrong token.",
+            ),
+        );
         let store = StoreMetrics {
             up: build(
                 &registry,
@@ -303,6 +312,7 @@ impl Metrics {
             store,
             unrouted,
             access_log_dropped,
+            admin_auth_failures,
             registry,
             requests,
             duration,

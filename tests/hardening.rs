@@ -394,3 +394,45 @@ async fn slow_and_silent_clients_are_disconnected() {
     );
     assert!(ended.is_ok(), "an idle keep-alive connection was kept");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_admin_tokens_are_counted_and_then_refused_for_a_while() {
+    let up = Recorder::start().await;
+    let gate = spawn_gate(&format!(
+        "[admin]\ntoken = \"right-token-0123456789\"\n[[services]]\nname = \"web\"\nstable = [\"{}\"]\n",
+        up.addr
+    ));
+    let c = client();
+    let ask = async |token: &str| {
+        c.get(format!("http://{}/api/v1/services", gate.admin_addr))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+    };
+    assert_eq!(ask("right-token-0123456789").await.status(), 200);
+    for _ in 0..sluice::admin::MAX_AUTH_FAILURES {
+        assert_eq!(ask("wrong").await.status(), 401);
+    }
+    // Past the limit this address is refused, even with the right token, for the window.
+    let r = ask("right-token-0123456789").await;
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "too_many_failures", "{body}");
+    let m = c
+        .get(format!("http://{}/metrics", gate.admin_addr))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.contains(&format!(
+            "sluice_admin_auth_failures_total {}",
+            sluice::admin::MAX_AUTH_FAILURES
+        )),
+        "{m}"
+    );
+}

@@ -91,6 +91,57 @@ pub(super) fn stream_ticket(req: &Request) -> Option<&str> {
         .find_map(|kv| kv.strip_prefix("ticket="))
 }
 
+/// Wrong tokens one source address may send within [`AUTH_WINDOW`] before it is refused
+/// with 429 for the rest of the window.
+pub const MAX_AUTH_FAILURES: u32 = 10;
+/// The window failed attempts are counted in.
+pub const AUTH_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The address an admin request came from (axum's connect info over the lingering listener).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub std::net::SocketAddr);
+
+impl<'a>
+    axum::extract::connect_info::Connected<
+        axum::serve::IncomingStream<'a, crate::linger::LingeringListener>,
+    > for ClientAddr
+{
+    fn connect_info(
+        stream: axum::serve::IncomingStream<'a, crate::linger::LingeringListener>,
+    ) -> Self {
+        ClientAddr(*stream.remote_addr())
+    }
+}
+
+/// Failed authentications per source address (the admin path only: a mutex is fine here).
+#[derive(Debug, Default)]
+pub struct AuthFailures(
+    parking_lot::Mutex<std::collections::HashMap<std::net::IpAddr, (u32, std::time::Instant)>>,
+);
+
+impl AuthFailures {
+    /// How long `ip` stays refused, if it is.
+    fn blocked(&self, ip: std::net::IpAddr) -> Option<std::time::Duration> {
+        let map = self.0.lock();
+        let (n, since) = map.get(&ip)?;
+        let left = AUTH_WINDOW.saturating_sub(since.elapsed());
+        (*n >= MAX_AUTH_FAILURES && !left.is_zero()).then_some(left)
+    }
+
+    /// Counts one failure of `ip` (old windows are forgotten as the table grows).
+    fn failed(&self, ip: std::net::IpAddr) {
+        let mut map = self.0.lock();
+        if map.len() >= 10_000 {
+            map.retain(|_, (_, since)| since.elapsed() < AUTH_WINDOW);
+        }
+        let entry = map.entry(ip).or_insert((0, std::time::Instant::now()));
+        if entry.1.elapsed() >= AUTH_WINDOW {
+            *entry = (0, std::time::Instant::now());
+        }
+        entry.0 += 1;
+    }
+}
+
 pub(super) async fn require_token(
     State(state): State<AdminState>,
     req: Request,
@@ -100,6 +151,23 @@ pub(super) async fn require_token(
         if stream_ticket(&req).is_some_and(|t| state.tickets.valid(t)) {
             return next.run(req).await;
         }
+        let source = req
+            .extensions()
+            .get::<axum::extract::ConnectInfo<ClientAddr>>()
+            .map(|c| c.0 .0.ip());
+        if let Some(left) = source.and_then(|ip| state.auth_failures.blocked(ip)) {
+            let mut resp = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_failures",
+                "too many wrong tokens from this address; try again later",
+            )
+            .into_response();
+            resp.headers_mut().insert(
+                header::RETRY_AFTER,
+                header::HeaderValue::from(left.as_secs().max(1)),
+            );
+            return resp;
+        }
         let given = req
             .headers()
             .get(header::AUTHORIZATION)
@@ -108,6 +176,10 @@ pub(super) async fn require_token(
             .map(str::trim);
         let ok = given.is_some_and(|g| bool::from(g.as_bytes().ct_eq(expected.as_bytes())));
         if !ok {
+            state.metrics.admin_auth_failures.inc();
+            if let Some(ip) = source {
+                state.auth_failures.failed(ip);
+            }
             return ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",

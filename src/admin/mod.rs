@@ -59,6 +59,7 @@ mod stream;
 
 use crate::api::{EmptyBody, MAX_BODY};
 use auth::{actor, issue_ticket, require_token, Tickets};
+pub use auth::{AUTH_WINDOW, MAX_AUTH_FAILURES};
 use deployments::{
     control_deployment, deployment, deployment_trend, deployments, freeze, freezes,
     start_deployment, unfreeze,
@@ -81,6 +82,8 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     /// The bearer token (swapped on reload); `None` disables auth (loopback only).
     pub token: Arc<ArcSwapOption<String>>,
+    /// Wrong tokens per source address (rate limit).
+    pub auth_failures: Arc<auth::AuthFailures>,
     /// Set when the gate drains; `/healthz` then answers 503.
     pub draining: Arc<AtomicBool>,
     /// The event bus (for the live stream).
@@ -161,7 +164,8 @@ pub async fn serve(
     };
     // Lingering close: a client refused mid-upload (413) still reads its answer.
     let listener = crate::linger::LingeringListener(listener);
-    if let Err(e) = axum::serve(listener, router(state))
+    let app = router(state).into_make_service_with_connect_info::<auth::ClientAddr>();
+    if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
     {

@@ -160,14 +160,6 @@ pub(crate) fn validate(
         s.keepalive_timeout.as_deref(),
         DEFAULT_KEEPALIVE_TIMEOUT,
     );
-    for (key, d) in [
-        ("server.client_header_timeout", client_header_timeout),
-        ("server.keepalive_timeout", keepalive_timeout),
-    ] {
-        if d.is_zero() {
-            c.fail(key, "must be more than 0");
-        }
-    }
     let server = ServerConfig {
         listen,
         client_header_timeout,

@@ -799,3 +799,53 @@ fn the_open_file_limit_is_raised_to_the_hard_limit_at_start() {
     assert_ne!(nums[0], "256", "{line}");
     assert!(gate.log_contains("raised the open-file limit"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_drop_mid_head_are_not_logged_as_errors() {
+    use tokio::io::AsyncWriteExt;
+    let up = spawn_upstream("web");
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        dir.path(),
+        &format!("[[services]]\nname = \"web\"\nstable = [\"{}\"]\n", up.addr),
+    );
+    let gate = Running::start(&path);
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{}/fd", gate.child.id()))
+            .unwrap()
+            .count()
+    };
+    let before = fds();
+    for _ in 0..20 {
+        let mut s = tokio::net::TcpStream::connect(gate.proxy).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: web").await.unwrap();
+        drop(s);
+    }
+    until_ok(
+        WAIT,
+        "the dropped connections closed by the gate",
+        async || {
+            if fds() <= before {
+                Ok(())
+            } else {
+                Err(format!("{} descriptors, {before} before", fds()))
+            }
+        },
+    )
+    .await;
+    // A reload's log line comes after anything those connections logged.
+    gate.signal("HUP");
+    until_ok(WAIT, "the reload in the log", async || {
+        if gate.log_contains("reload") {
+            Ok(())
+        } else {
+            Err("not yet".to_string())
+        }
+    })
+    .await;
+    assert!(
+        !gate.log_contains("Fail to proxy"),
+        "{:?}",
+        gate.log.lock().unwrap()
+    );
+}

@@ -92,11 +92,6 @@ pub fn loopback() -> Vec<Cidr> {
     ]
 }
 
-/// Whether two secrets are equal, in time that depends only on their lengths.
-pub fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

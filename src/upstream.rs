@@ -72,9 +72,7 @@ impl CaBundle {
             .iter()
             .map(|d| WrappedX509::new(d.clone(), pingora::utils::tls::parse_x509))
             .collect();
-        let fingerprint = der.iter().flatten().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-        });
+        let fingerprint = crate::types::fnv1a(&der.concat());
         Ok(CaBundle {
             der,
             certs,

@@ -9,6 +9,7 @@ use pingora::Result;
 
 use super::{GateProxy, RequestCtx};
 use crate::trust;
+use subtle::ConstantTimeEq;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -26,8 +27,8 @@ impl GateProxy {
         upstream_request: &mut pingora::http::RequestHeader,
         ctx: &RequestCtx,
     ) -> Result<()> {
-        let options = ctx.table.as_ref().map(|t| t.options.clone());
-        let trusted_proxies = options.as_ref().map_or(&[][..], |o| &o.trusted_proxies[..]);
+        let options = ctx.table.as_ref().map(|t| &*t.options);
+        let trusted_proxies = options.map_or(&[][..], |o| &o.trusted_proxies[..]);
         let peer = session
             .client_addr()
             .and_then(PeerAddr::as_inet)
@@ -63,7 +64,7 @@ impl GateProxy {
             }
         }
         // The tester header and its token stay here unless asked for.
-        if let Some(o) = options.as_ref().filter(|o| !o.forward_override) {
+        if let Some(o) = options.filter(|o| !o.forward_override) {
             if let Some(h) = &o.override_header {
                 upstream_request.remove_header(h);
             }
@@ -111,7 +112,7 @@ pub(super) fn tester_allowed(session: &Session, options: &crate::routing::Routin
             .req_header()
             .headers
             .get(&X_SLUICE_TOKEN)
-            .is_some_and(|v| trust::same_secret(v.as_bytes(), token.as_bytes()))
+            .is_some_and(|v| bool::from(v.as_bytes().ct_eq(token.as_bytes())))
     })
 }
 

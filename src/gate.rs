@@ -259,15 +259,28 @@ fn connect_docker(
 /// Raises the soft limit of open files to the hard one: every connection is a descriptor
 /// (two when proxied), and the 1,024 a shell gives would let one client's idle connections
 /// stop the gate serving anyone.
-fn raise_open_files() {
+/// Returns the soft limit in force after.
+fn raise_open_files() -> u64 {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     match getrlimit(Resource::RLIMIT_NOFILE) {
         Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-            Ok(()) => tracing::info!(from = soft, to = hard, "raised the open-file limit"),
-            Err(e) => tracing::warn!(soft, hard, error = %e, "cannot raise the open-file limit"),
+            Ok(()) => {
+                tracing::info!(from = soft, to = hard, "raised the open-file limit");
+                hard
+            }
+            Err(e) => {
+                tracing::warn!(soft, hard, error = %e, "cannot raise the open-file limit");
+                soft
+            }
         },
-        Ok((soft, _)) => tracing::info!(limit = soft, "open-file limit"),
-        Err(e) => tracing::warn!(error = %e, "cannot read the open-file limit"),
+        Ok((soft, _)) => {
+            tracing::info!(limit = soft, "open-file limit");
+            soft
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the open-file limit");
+            1024
+        }
     }
 }
 
@@ -323,14 +336,14 @@ fn spawn_workers(
 /// Starts a gate: binds both listeners, then runs the proxy and the control plane on their
 /// own threads. Returns once both listeners accept connections.
 pub fn start(config: Config) -> Result<GateHandle, GateError> {
-    raise_open_files();
-    let mut edge = Edge::bind(&config)?;
+    let open_files = raise_open_files();
+    let metrics = Arc::new(Metrics::new());
+    let mut edge = Edge::bind(&config, &metrics, open_files)?;
     let proxy_addr = edge.names[0].1;
     let acme = edge.acme.take();
     let acme_board = acme.as_ref().map(|(m, _)| m.board());
     let (admin_listener, admin_addr) = bind("server.admin_listen", config.server.admin_listen)?;
 
-    let metrics = Arc::new(Metrics::new());
     let access_log = match &config.access_log {
         Some(c) => Some(
             AccessLog::start(c, metrics.access_log_dropped.clone())

@@ -47,6 +47,8 @@ pub struct RequestLimits {
     pub max_headers: usize,
     /// The most bytes of header fields, names and values (431 beyond).
     pub max_header_size: usize,
+    /// The longest wait between two reads of a body (408 beyond).
+    pub client_body_timeout: std::time::Duration,
 }
 
 impl Default for RequestLimits {
@@ -55,6 +57,7 @@ impl Default for RequestLimits {
             max_uri_length: crate::config::DEFAULT_MAX_URI_LENGTH,
             max_headers: crate::config::DEFAULT_MAX_HEADERS,
             max_header_size: crate::config::DEFAULT_MAX_HEADER_SIZE,
+            client_body_timeout: crate::config::DEFAULT_CLIENT_BODY_TIMEOUT,
         }
     }
 }

@@ -35,6 +35,10 @@ pub struct Metrics {
     pub access_log_dropped: IntCounter,
     /// Admin API requests refused for a missing or wrong token.
     pub admin_auth_failures: IntCounter,
+    /// Client connections refused, by listener and the limit they met.
+    pub connections_refused: IntCounterVec,
+    /// Client connections open, by listener.
+    pub connections_open: prometheus::IntGaugeVec,
     /// History store gauges and counters.
     pub store: StoreMetrics,
     probe_results: IntCounterVec,
@@ -226,6 +230,26 @@ impl Metrics {
                 "Admin API requests refused for a missing or wrong token.",
             ),
         );
+        let connections_refused = build(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "sluice_connections_refused_total",
+                    "Client connections refused, by listener and reason (max_connections, listener_max_connections, max_connections_per_ip, proxy_header).",
+                ),
+                &["listener", "reason"],
+            ),
+        );
+        let connections_open = build(
+            &registry,
+            prometheus::IntGaugeVec::new(
+                Opts::new(
+                    "sluice_connections_open",
+                    "Client connections open now, by listener.",
+                ),
+                &["listener"],
+            ),
+        );
         let store = StoreMetrics {
             up: build(
                 &registry,
@@ -313,6 +337,8 @@ impl Metrics {
             unrouted,
             access_log_dropped,
             admin_auth_failures,
+            connections_refused,
+            connections_open,
             registry,
             requests,
             duration,

@@ -254,6 +254,8 @@ impl ProxyHttp for GateProxy {
         if let pingora::protocols::http::ServerSession::H1(h1) = session.as_downstream_mut() {
             h1.set_pipelining_enabled(true);
         }
+        // A body's reads may pause at most this long each (the head has its own deadline).
+        session.set_read_timeout(Some(self.listener.limits.client_body_timeout));
         Ok(())
     }
 
@@ -620,6 +622,8 @@ impl ProxyHttp for GateProxy {
                 ErrorSource::Upstream => 502,
                 ErrorSource::Downstream => match e.etype() {
                     pingora::WriteError | pingora::ReadError | pingora::ConnectionClosed => 0,
+                    // A body that stalled past server.client_body_timeout.
+                    pingora::ReadTimedout => 408,
                     _ => 400,
                 },
                 ErrorSource::Internal | ErrorSource::Unset => 500,
@@ -628,7 +632,7 @@ impl ProxyHttp for GateProxy {
         if code > 0 {
             if let Err(err) = session.respond_error(code).await {
                 tracing::debug!(error = %err, "error answer not delivered");
-            } else {
+            } else if code != 408 {
                 discard_request_body(session).await;
             }
         }

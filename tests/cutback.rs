@@ -407,7 +407,7 @@ async fn events_stream_over_websocket_with_auth_and_filters() {
         assert_eq!(e["kind"], "weight_set", "{e}");
         assert_eq!(e["evidence"]["before"]["canary_weight"], from);
         assert_eq!(e["evidence"]["after"]["canary_weight"], to);
-        assert_eq!(e["actor"], "api");
+        assert_eq!(e["actor"], "api@127.0.0.1", "the actor and its address");
     }
     let e = next_ws_json(&mut ws, WAIT).await;
     assert_eq!(

@@ -159,7 +159,7 @@ async fn the_dashboard_shows_live_state_and_a_click_rolls_back() {
     })
     .await;
     let d = &get_with_token(&gate, "/api/v1/services/web").await["judge"]["last_decision"];
-    assert_eq!(d["actor"], "api:dashboard", "{d}");
+    assert_eq!(d["actor"], "api:dashboard@127.0.0.1", "{d}");
     assert!(
         d["message"]
             .as_str()

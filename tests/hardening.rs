@@ -356,6 +356,7 @@ async fn slow_and_silent_clients_are_disconnected() {
         .await
         .unwrap();
     let mut closed = false;
+    let mut told = Vec::new();
     for _ in 0..300 {
         if slow.write_all(b"X").await.is_err() {
             closed = true;
@@ -367,10 +368,17 @@ async fn slow_and_silent_clients_are_disconnected() {
                 closed = true;
                 break;
             }
-            _ => {}
+            Ok(Ok(n)) => told.extend_from_slice(&buf[..n]),
+            Err(_) => {}
         }
     }
     assert!(closed, "a slowloris client was kept for 30 s");
+    // It began a head, so it is told why (a silent one above was not).
+    assert!(
+        told.starts_with(b"HTTP/1.1 408 Request Timeout\r\n"),
+        "{:?}",
+        String::from_utf8_lossy(&told)
+    );
     // An idle keep-alive connection closes after keepalive_timeout; a quick client is served.
     let mut kept = tokio::net::TcpStream::connect(gate.proxy_addr)
         .await

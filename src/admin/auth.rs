@@ -191,13 +191,36 @@ pub(super) async fn require_token(
     next.run(req).await
 }
 
+/// Who is asking and from where, as history records it: `api@ADDRESS`, or
+/// `api:<name>@ADDRESS` with the CLI's (or dashboard's) actor header.
+pub(crate) struct Actor(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Actor {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Actor, Self::Rejection> {
+        let source = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<ClientAddr>>()
+            .map(|c| c.0 .0.ip());
+        let who = actor(&parts.headers);
+        Ok(Actor(match source {
+            Some(ip) => format!("{who}@{ip}"),
+            None => who,
+        }))
+    }
+}
+
 /// Who is asking: `api`, or `api:<name>` from the CLI's actor header.
-pub(super) fn actor(headers: &HeaderMap) -> String {
+fn actor(headers: &HeaderMap) -> String {
     match headers.get(ACTOR_HEADER).and_then(|v| v.to_str().ok()) {
         Some(v) => {
             let clean: String = v
                 .chars()
-                .filter(|c| c.is_ascii_graphic())
+                .filter(|c| c.is_ascii_graphic() && *c != '@')
                 .take(64)
                 .collect();
             if clean.is_empty() {

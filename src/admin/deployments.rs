@@ -4,11 +4,11 @@
 use std::collections::HashMap;
 
 use axum::extract::{Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use super::auth::actor;
+use super::auth::Actor;
 use super::error::{ApiError, JsonBody, ServiceName};
 use super::history::{pending_records, query_cursor, query_limit, store_failed, store_of};
 use super::AdminState;
@@ -288,7 +288,7 @@ pub(super) fn deploy_spec(
 
 pub(super) async fn start_deployment(
     State(state): State<AdminState>,
-    headers: HeaderMap,
+    Actor(who): Actor,
     ServiceName(name): ServiceName,
     JsonBody(body): JsonBody<DeployBody>,
 ) -> Result<Response, ApiError> {
@@ -354,7 +354,7 @@ pub(super) async fn start_deployment(
                 source,
                 label,
             },
-            actor(&headers),
+            who,
         )
         .await?;
     let id = done.event.deployment.clone().unwrap_or_default();
@@ -369,7 +369,7 @@ pub(super) async fn start_deployment(
 
 pub(super) async fn control_deployment(
     State(state): State<AdminState>,
-    headers: HeaderMap,
+    Actor(who): Actor,
     axum::extract::Path((id, action)): axum::extract::Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     use crate::rollout::deploy::Control;
@@ -393,7 +393,7 @@ pub(super) async fn control_deployment(
                 id: id.clone(),
                 control,
             },
-            actor(&headers),
+            who,
         )
         .await?;
     Ok(axum::Json(json!({
@@ -406,7 +406,7 @@ pub(super) async fn control_deployment(
 
 pub(super) async fn freeze(
     State(state): State<AdminState>,
-    headers: HeaderMap,
+    Actor(who): Actor,
     JsonBody(body): JsonBody<FreezeBody>,
 ) -> Result<Response, ApiError> {
     let reason = body
@@ -424,7 +424,7 @@ pub(super) async fn freeze(
                 service: body.service,
                 reason: Some(reason),
             },
-            actor(&headers),
+            who,
         )
         .await?;
     Ok(axum::Json(json!({ "event": done.event })).into_response())
@@ -432,7 +432,7 @@ pub(super) async fn freeze(
 
 pub(super) async fn unfreeze(
     State(state): State<AdminState>,
-    headers: HeaderMap,
+    Actor(who): Actor,
     JsonBody(body): JsonBody<FreezeBody>,
 ) -> Result<Response, ApiError> {
     let done = state
@@ -442,7 +442,7 @@ pub(super) async fn unfreeze(
                 service: body.service,
                 reason: None,
             },
-            actor(&headers),
+            who,
         )
         .await?;
     Ok(axum::Json(json!({ "event": done.event })).into_response())

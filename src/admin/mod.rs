@@ -36,7 +36,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::middleware::{self};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -58,7 +58,7 @@ mod services;
 mod stream;
 
 use crate::api::{EmptyBody, MAX_BODY};
-use auth::{actor, issue_ticket, require_token, Tickets};
+use auth::{issue_ticket, require_token, Actor, Tickets};
 pub use auth::{AUTH_WINDOW, MAX_AUTH_FAILURES};
 use deployments::{
     control_deployment, deployment, deployment_trend, deployments, freeze, freezes,
@@ -211,10 +211,10 @@ pub(super) async fn method_not_allowed() -> ApiError {
 
 pub(super) async fn reload(
     State(state): State<AdminState>,
-    headers: HeaderMap,
+    Actor(who): Actor,
     JsonBody(EmptyBody {}): JsonBody<EmptyBody>,
 ) -> Result<Response, ApiError> {
-    let done = state.control.send(Op::Reload, actor(&headers)).await?;
+    let done = state.control.send(Op::Reload, who).await?;
     Ok(axum::Json(json!({
         "table_version": done.table_version,
         "report": done.reload,

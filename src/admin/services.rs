@@ -5,11 +5,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use super::auth::actor;
+use super::auth::Actor;
 use super::error::{ApiError, JsonBody, ServiceName};
 use super::history::{store_failed, store_of};
 use super::AdminState;
@@ -170,11 +170,11 @@ pub(super) fn applied(state: &AdminState, name: &str, applied: Applied) -> Respo
 /// Sends an operator's command about service `name` and answers with what it did.
 pub(super) async fn command(
     state: &AdminState,
-    headers: &HeaderMap,
+    who: &str,
     name: &str,
     op: Op,
 ) -> Result<Response, ApiError> {
-    let done = state.control.send(op, actor(headers)).await?;
+    let done = state.control.send(op, who.to_string()).await?;
     Ok(applied(state, name, done))
 }
 
@@ -184,7 +184,7 @@ pub(super) fn weight(value: f64) -> Result<Weight, ApiError> {
 
 pub(super) async fn set_canary(
     State(state): State<AdminState>,
-    headers: HeaderMap,
+    Actor(who): Actor,
     ServiceName(name): ServiceName,
     JsonBody(body): JsonBody<CanaryBody>,
 ) -> Result<Response, ApiError> {
@@ -220,7 +220,7 @@ pub(super) async fn set_canary(
         })?;
     command(
         &state,
-        &headers,
+        &who,
         &name,
         Op::SetCanary {
             service: name.clone(),
@@ -234,14 +234,14 @@ pub(super) async fn set_canary(
 
 pub(super) async fn set_weight(
     State(state): State<AdminState>,
-    headers: HeaderMap,
+    Actor(who): Actor,
     ServiceName(name): ServiceName,
     JsonBody(body): JsonBody<WeightBody>,
 ) -> Result<Response, ApiError> {
     let weight = weight(body.weight)?;
     command(
         &state,
-        &headers,
+        &who,
         &name,
         Op::SetWeight {
             service: name.clone(),
@@ -253,13 +253,13 @@ pub(super) async fn set_weight(
 
 pub(super) async fn promote(
     State(state): State<AdminState>,
-    headers: HeaderMap,
+    Actor(who): Actor,
     ServiceName(name): ServiceName,
     JsonBody(EmptyBody {}): JsonBody<EmptyBody>,
 ) -> Result<Response, ApiError> {
     command(
         &state,
-        &headers,
+        &who,
         &name,
         Op::Promote {
             service: name.clone(),
@@ -270,7 +270,7 @@ pub(super) async fn promote(
 
 pub(super) async fn rollback(
     State(state): State<AdminState>,
-    headers: HeaderMap,
+    Actor(who): Actor,
     ServiceName(name): ServiceName,
     JsonBody(body): JsonBody<RollbackBody>,
 ) -> Result<Response, ApiError> {
@@ -279,7 +279,7 @@ pub(super) async fn rollback(
     }
     command(
         &state,
-        &headers,
+        &who,
         &name,
         Op::Rollback {
             service: name.clone(),
@@ -291,14 +291,14 @@ pub(super) async fn rollback(
 
 pub(super) async fn resume(
     State(state): State<AdminState>,
-    headers: HeaderMap,
+    Actor(who): Actor,
     ServiceName(name): ServiceName,
     JsonBody(body): JsonBody<ResumeBody>,
 ) -> Result<Response, ApiError> {
     let weight = body.weight.map(weight).transpose()?;
     command(
         &state,
-        &headers,
+        &who,
         &name,
         Op::Resume {
             service: name.clone(),
@@ -344,12 +344,12 @@ pub(super) async fn service_releases(
 
 pub(super) async fn clear_canary(
     State(state): State<AdminState>,
-    headers: HeaderMap,
+    Actor(who): Actor,
     ServiceName(name): ServiceName,
 ) -> Result<Response, ApiError> {
     command(
         &state,
-        &headers,
+        &who,
         &name,
         Op::ClearCanary {
             service: name.clone(),

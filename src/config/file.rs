@@ -82,6 +82,8 @@ pub struct ListenerFile {
     pub services: Option<Vec<String>>,
     pub http2: Option<bool>,
     pub max_concurrent_streams: Option<i64>,
+    pub max_connections: Option<i64>,
+    pub proxy_protocol: Option<bool>,
 }
 
 /// `[tls]`
@@ -156,6 +158,9 @@ pub struct ServerFile {
     pub keepalive_timeout: Option<String>,
     pub max_headers: Option<i64>,
     pub max_header_size: Option<i64>,
+    pub client_body_timeout: Option<String>,
+    pub max_connections: Option<i64>,
+    pub max_connections_per_ip: Option<i64>,
 }
 
 /// `[admin]`

@@ -127,6 +127,10 @@ pub enum LatencyMeasure {
 pub const DEFAULT_CLIENT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default `server.keepalive_timeout`.
 pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(75);
+/// Default `server.client_body_timeout`.
+pub const DEFAULT_CLIENT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default `server.max_connections_per_ip`.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 1000;
 /// Default `server.max_uri_length`.
 pub const DEFAULT_MAX_URI_LENGTH: usize = 8 * 1024;
 /// Default `server.max_headers`.
@@ -236,6 +240,15 @@ pub struct ServerConfig {
     pub max_headers: usize,
     /// The most bytes of request header fields (default [`DEFAULT_MAX_HEADER_SIZE`]; 431).
     pub max_header_size: usize,
+    /// The longest wait between two reads of a request body (default
+    /// [`DEFAULT_CLIENT_BODY_TIMEOUT`]; 408 and close beyond).
+    pub client_body_timeout: Duration,
+    /// Client connections open at once over all proxy listeners (default `None`: from
+    /// the open-file limit, `connections::default_max_connections`).
+    pub max_connections: Option<usize>,
+    /// Client connections one address may hold (default
+    /// [`DEFAULT_MAX_CONNECTIONS_PER_IP`]; 0: no limit; trusted proxies are exempt).
+    pub max_connections_per_ip: usize,
 }
 
 /// `[admin]`, validated: the token itself, wherever it came from.

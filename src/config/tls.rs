@@ -30,6 +30,12 @@ pub struct ListenerConfig {
     /// Streams one HTTP/2 connection may have open at once (default
     /// [`DEFAULT_MAX_CONCURRENT_STREAMS`]).
     pub max_concurrent_streams: u32,
+    /// Its own bound on open client connections (default none: only
+    /// `server.max_connections`).
+    pub max_connections: Option<usize>,
+    /// Every connection starts with a PROXY protocol header (v1 or v2), believed only from
+    /// `routing.trusted_proxies` (default false).
+    pub proxy_protocol: bool,
 }
 
 /// Default `listeners[].max_concurrent_streams`.

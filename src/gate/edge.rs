@@ -6,7 +6,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::os::fd::IntoRawFd;
 use std::sync::Arc;
 
-use pingora::proxy::{http_proxy_service_with_name, HttpProxy};
+use pingora::proxy::{http_proxy, HttpProxy};
 use pingora::server::configuration::ServerConf;
 use pingora::server::Fds;
 use pingora::services::listening::Service;
@@ -17,6 +17,7 @@ use crate::acme::challenges::Http01;
 use crate::acme::manager::{Manager, Report};
 use crate::config::tls::DEFAULT_LISTENER_NAME;
 use crate::config::Config;
+use crate::connections::{ConnectionLimits, Limited, ListenerSlot, PreTls};
 use crate::listeners::{acme_settings, Certificates, ListenerInfo, TlsMetrics};
 use crate::metrics::Metrics;
 use crate::proxy::{GateProxy, InFlight};
@@ -27,7 +28,7 @@ use crate::tls::{HandshakeCounts, HelloInspector};
 /// One worker's listening descriptors and its services over them.
 pub(super) type WorkerServices = (
     Arc<parking_lot::Mutex<Fds>>,
-    Vec<Service<HttpProxy<GateProxy>>>,
+    Vec<Service<Limited<HttpProxy<GateProxy>>>>,
 );
 
 /// Everything about the proxy listeners a worker needs.
@@ -50,12 +51,19 @@ pub(super) struct Edge {
     client_timeouts: (std::time::Duration, std::time::Duration),
     /// Where every listener writes its requests, when the access log is on.
     pub(super) access_log: Option<AccessLog>,
+    /// The connection bounds all listeners share, and each listener's own.
+    connections: Arc<ConnectionLimits>,
+    slots: Vec<Arc<ListenerSlot>>,
 }
 
 impl Edge {
     /// Binds every proxy listener (`[[listeners]]`, or `server.listen`) and loads what
     /// their handshakes need; a bind error names the listener's key and address.
-    pub(super) fn bind(config: &Config) -> Result<Edge, GateError> {
+    pub(super) fn bind(
+        config: &Config,
+        metrics: &Metrics,
+        open_files: u64,
+    ) -> Result<Edge, GateError> {
         let mut sockets = Vec::with_capacity(config.listeners.len());
         for (i, l) in config.listeners.iter().enumerate() {
             let key = if config.listeners.len() == 1 && l.name == DEFAULT_LISTENER_NAME && !l.tls {
@@ -71,6 +79,7 @@ impl Edge {
             max_uri_length: config.server.max_uri_length,
             max_headers: config.server.max_headers,
             max_header_size: config.server.max_header_size,
+            client_body_timeout: config.server.client_body_timeout,
         };
         let info = ListenerInfo::all(&config.listeners, &bound, acme_config.is_some(), limits)
             .into_iter()
@@ -128,7 +137,36 @@ impl Edge {
             manager.restore();
             acme = Some((manager, rx));
         }
+        let max_connections = config
+            .server
+            .max_connections
+            .unwrap_or_else(|| crate::connections::default_max_connections(open_files));
+        tracing::info!(
+            max_connections,
+            per_ip = config.server.max_connections_per_ip,
+            "client connection limits"
+        );
+        let connections = Arc::new(ConnectionLimits::new(
+            max_connections,
+            config.server.max_connections_per_ip,
+            metrics.connections_refused.clone(),
+            metrics.connections_open.clone(),
+        ));
+        let slots = config
+            .listeners
+            .iter()
+            .map(|l| {
+                Arc::new(ListenerSlot::new(
+                    &l.name,
+                    l.max_connections,
+                    l.proxy_protocol,
+                    l.tls,
+                ))
+            })
+            .collect();
         Ok(Edge {
+            connections,
+            slots,
             sockets,
             names,
             info,
@@ -182,7 +220,7 @@ impl Edge {
         }
         let mut services = Vec::with_capacity(self.sockets.len());
         for (j, (_, addr)) in self.sockets.iter().enumerate() {
-            let mut service = http_proxy_service_with_name(
+            let mut proxy = http_proxy(
                 conf,
                 GateProxy::on_listener(
                     table.clone(),
@@ -193,10 +231,9 @@ impl Edge {
                     self.http01.clone(),
                     self.access_log.clone(),
                 ),
-                "sluice proxy",
             );
             let (http2, streams) = self.http2.get(j).copied().unwrap_or_default();
-            if let Some(proxy) = service.app_logic_mut() {
+            {
                 let mut h2 = pingora::protocols::http::v2::server::default_h2_options();
                 h2.max_concurrent_streams(streams.max(1));
                 proxy.h2_options = Some(h2);
@@ -209,13 +246,34 @@ impl Edge {
                 options.h1_keepalive_timeout = Some(self.client_timeouts.1);
                 proxy.server_options = Some(options);
             }
+            let mut service = Service::new(
+                "sluice proxy".to_string(),
+                Limited::new(
+                    proxy,
+                    self.connections.clone(),
+                    self.slots[j].clone(),
+                    table.clone(),
+                    self.client_timeouts.0,
+                ),
+            );
             let key = addr.to_string();
             match (&self.counts[j], &self.certificates, &self.inspector) {
                 (Some(counts), Some(certs), Some(inspector)) => {
                     let settings =
                         crate::tls::settings(certs.store(), &self.info[j].name, counts, http2)
                             .map_err(|e| GateError::Tls(format!("listeners[{j}]: {e}")))?;
-                    service.endpoints().set_pre_tls_callback(inspector.clone());
+                    let slot = &self.slots[j];
+                    service.endpoints().set_pre_tls_callback(Arc::new(PreTls {
+                        proxy: slot.proxy_protocol.then(|| {
+                            (
+                                table.clone(),
+                                self.client_timeouts.0,
+                                self.connections.clone(),
+                                slot.clone(),
+                            )
+                        }),
+                        next: inspector.clone(),
+                    }));
                     service.add_tls_with_settings(&key, None, settings);
                 }
                 _ => service.add_tcp(&key),

@@ -103,12 +103,23 @@ pub async fn connect(
     sni: Option<&str>,
     alpn: &[&[u8]],
 ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    connect_over(tcp, addr, sni, alpn).await
+}
+
+/// A TLS connection over `tcp` (already connected to `addr`, where something may have been
+/// sent first), accepting any certificate.
+pub async fn connect_over(
+    tcp: tokio::net::TcpStream,
+    addr: SocketAddr,
+    sni: Option<&str>,
+    alpn: &[&[u8]],
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
     let mut config = rustls::ClientConfig::builder()
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AcceptAny))
         .with_no_client_auth();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    let tcp = tokio::net::TcpStream::connect(addr).await?;
     let name = match sni {
         Some(n) => ServerName::try_from(n.to_string()).map_err(std::io::Error::other)?,
         None => ServerName::IpAddress(addr.ip().into()),

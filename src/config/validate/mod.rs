@@ -160,8 +160,38 @@ pub(crate) fn validate(
         s.keepalive_timeout.as_deref(),
         DEFAULT_KEEPALIVE_TIMEOUT,
     );
+    let max_connections = match s.max_connections {
+        None => None,
+        Some(n) if (1..=10_000_000).contains(&n) => Some(n as usize),
+        Some(n) => {
+            c.fail(
+                "server.max_connections",
+                format!("must be between 1 and 10000000 (got {n})"),
+            );
+            None
+        }
+    };
+    let max_connections_per_ip = match s.max_connections_per_ip {
+        None => DEFAULT_MAX_CONNECTIONS_PER_IP,
+        Some(n) if (0..=10_000_000).contains(&n) => n as usize,
+        Some(n) => {
+            c.fail(
+                "server.max_connections_per_ip",
+                format!("must be between 0 (no limit) and 10000000 (got {n})"),
+            );
+            DEFAULT_MAX_CONNECTIONS_PER_IP
+        }
+    };
+    let client_body_timeout = c.duration(
+        "server.client_body_timeout",
+        s.client_body_timeout.as_deref(),
+        DEFAULT_CLIENT_BODY_TIMEOUT,
+    );
     let server = ServerConfig {
         listen,
+        client_body_timeout,
+        max_connections,
+        max_connections_per_ip,
         client_header_timeout,
         keepalive_timeout,
         max_uri_length,
@@ -277,6 +307,14 @@ pub(crate) fn validate(
         .filter_map(|s| s.name.clone())
         .collect();
     let listeners = tls::validate_listeners(&mut c, &model.listeners, &server, &service_names);
+    for (i, l) in listeners.iter().enumerate() {
+        if l.proxy_protocol && routing.trusted_proxies.is_empty() {
+            c.fail(
+                format!("listeners[{i}].proxy_protocol"),
+                "needs routing.trusted_proxies: the load balancers allowed to send the header",
+            );
+        }
+    }
     let tls_listener = listeners.iter().any(|l| l.tls);
     let mut service_tls = Vec::with_capacity(model.services.len());
     for (i, svc) in model.services.iter().enumerate() {

@@ -44,6 +44,8 @@ pub(crate) fn validate_listeners(
             services: None,
             http2: false,
             max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
+            max_connections: None,
+            proxy_protocol: false,
         }];
     }
     let mut names = HashSet::new();
@@ -124,6 +126,17 @@ pub(crate) fn validate_listeners(
                 DEFAULT_MAX_CONCURRENT_STREAMS
             }
         };
+        let max_connections = match f.max_connections {
+            None => None,
+            Some(n) if (1..=10_000_000).contains(&n) => Some(n as usize),
+            Some(n) => {
+                c.fail(
+                    format!("{base}.max_connections"),
+                    format!("must be between 1 and 10000000 (got {n})"),
+                );
+                None
+            }
+        };
         out.push(ListenerConfig {
             name,
             address,
@@ -133,6 +146,8 @@ pub(crate) fn validate_listeners(
             services: f.services.clone(),
             http2: f.http2.unwrap_or(tls),
             max_concurrent_streams,
+            max_connections,
+            proxy_protocol: f.proxy_protocol.unwrap_or(false),
         });
     }
     if out.iter().any(|l| l.redirect_https) && !out.iter().any(|l| l.tls) {

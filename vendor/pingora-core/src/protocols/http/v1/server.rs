@@ -276,6 +276,18 @@ impl HttpSession {
         }
     }
 
+    /// Tells a client whose request head did not arrive in time: `408` and close. Bounded,
+    /// so a client that does not read cannot hold the connection.
+    async fn answer_head_timeout(&mut self) {
+        const ANSWER: &[u8] =
+            b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+        let write = async {
+            self.underlying_stream.write_all(ANSWER).await?;
+            self.underlying_stream.flush().await
+        };
+        let _ = timeout(Duration::from_secs(1), write).await;
+    }
+
     /// Read the request header. Return `Ok(Some(n))` where the read and parsing are successful.
     /// Return `Ok(None)` when the client closed the connection without sending any data, which
     /// is common on a reused connection.
@@ -344,9 +356,14 @@ impl HttpSession {
                     {
                         Ok(read) => read?,
                         Err(_) => {
-                            // Closed quietly, as an idle keepalive is: a slow client is
-                            // no error worth a log line each (a slowloris has thousands).
+                            // A client that began a head is told why it is cut off (408,
+                            // RFC 9110 15.5.9); one that sent nothing is closed as an idle
+                            // keepalive is. Either way no log line each (a slowloris has
+                            // thousands).
                             debug!("request header not received in time, closing");
+                            if already_read > 0 {
+                                self.answer_head_timeout().await;
+                            }
                             return Ok(None);
                         }
                     },

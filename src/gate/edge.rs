@@ -6,6 +6,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::os::fd::IntoRawFd;
 use std::sync::Arc;
 
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::proxy::{http_proxy, HttpProxy};
 use pingora::server::configuration::ServerConf;
 use pingora::server::Fds;
@@ -24,6 +25,15 @@ use crate::proxy::{GateProxy, InFlight};
 use crate::rollout::Wake;
 use crate::routing::TableReader;
 use crate::tls::{HandshakeCounts, HelloInspector};
+
+/// Each client connection's read and write buffers. pingora's default read buffer is 64 KiB,
+/// most of what an idle or slow connection costs (about 97 KiB each under
+/// `benches/slowloris.sh`); a request head fits in 16 KiB nearly always, a longer one is
+/// read in more than one piece, and a body streams through it either way.
+const CLIENT_BUFFERS: L4BufferSettings = L4BufferSettings {
+    read: Some(16 * 1024),
+    write: None,
+};
 
 /// One worker's listening descriptors and its services over them.
 pub(super) type WorkerServices = (
@@ -274,9 +284,13 @@ impl Edge {
                         }),
                         next: inspector.clone(),
                     }));
-                    service.add_tls_with_settings(&key, None, settings);
+                    service.add_listener(
+                        ListenerConfig::tcp(key)
+                            .tls(settings)
+                            .l4_buffer(CLIENT_BUFFERS),
+                    );
                 }
-                _ => service.add_tcp(&key),
+                _ => service.add_listener(ListenerConfig::tcp(key).l4_buffer(CLIENT_BUFFERS)),
             }
             services.push(service);
         }

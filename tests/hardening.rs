@@ -285,6 +285,13 @@ async fn paths_are_routed_and_forwarded_in_their_normal_form() {
     assert_eq!(inside, vec!["GET /internal/x HTTP/1.1"; 4]);
     let outside: Vec<String> = public.requests().iter().map(line).collect();
     assert_eq!(outside, ["GET /x?q=1 HTTP/1.1"]);
+    // A broken escape that would decode into a new one (found by fuzzing): refused, not
+    // forwarded as a path another parser reads differently.
+    let req = b"GET /%%369nternal/x HTTP/1.1\r\nHost: web.test\r\n\r\n";
+    let (answer, closed) = exchange_raw(gate.proxy_addr, &[req], WAIT).await;
+    assert!(answer.starts_with("HTTP/1.1 400") && closed, "{answer:?}");
+    assert!(answer.contains("percent-encoding"), "{answer:?}");
+    assert_eq!(internal.requests().len() + public.requests().len(), 5);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -64,7 +64,21 @@ impl GateProxy {
         }
         // Route and forward the normal form of the path (dot segments, duplicate slashes and
         // encoded unreserved characters are not a way around a path prefix).
-        if let Some(path) = framing::normalise_path(session.req_header().uri.path()) {
+        let normal = match framing::normalise_path(session.req_header().uri.path()) {
+            Ok(normal) => normal,
+            Err(framing::BadEscape) => {
+                session.set_keepalive(None);
+                respond_plain(
+                    session,
+                    400,
+                    "sluice: malformed percent-encoding in path\n",
+                    &ctx.request_id,
+                )
+                .await?;
+                return Ok(true);
+            }
+        };
+        if let Some(path) = normal {
             let uri = &session.req_header().uri;
             let target = match uri.query() {
                 Some(q) => format!("{path}?{q}"),

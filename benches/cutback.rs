@@ -145,6 +145,9 @@ fn simulate(rng: &mut fastrand::Rng, policy: &Policy, seconds: u64) -> bool {
             canary: canary.snapshot_at(at),
             canary_consecutive_failures: canary.consecutive_failures(),
             stable_consecutive_failures: stable.consecutive_failures(),
+            stable_recent: canary
+                .run_started()
+                .map(|since| stable.recent(at, since, sluice::judge::RECENT_STABLE_REQUESTS)),
             probe_failures: Vec::new(),
             stable_probes_failing: Vec::new(),
             canary_usage: Vec::new(),

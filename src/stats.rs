@@ -91,6 +91,8 @@ pub struct ArmStats {
     window_slots: u64,
     slots: Box<[Slot]>,
     consecutive_failures: AtomicU32,
+    /// When the current run of failures began (ms from `origin`; `u64::MAX`: no run).
+    run_started_ms: AtomicU64,
     total: [AtomicU64; 6],
     /// The latest failed requests, a ring of [`FAILED_KEPT`] slots (lock-free: a failing
     /// request swaps one pointer).
@@ -144,6 +146,7 @@ impl ArmStats {
             // +2: the slots of the window, the one being cleared ahead, and one of slack.
             slots: (0..slots + 2).map(|_| Slot::new()).collect(),
             consecutive_failures: AtomicU32::new(0),
+            run_started_ms: AtomicU64::new(u64::MAX),
             total: Default::default(),
             failed: Default::default(),
             failed_next: AtomicU64::new(0),
@@ -187,7 +190,10 @@ impl ArmStats {
         slot.latency[bucket_of(micros)].fetch_add(1, Relaxed);
         self.total[class.index()].fetch_add(1, Relaxed);
         if class.is_failure() {
-            self.consecutive_failures.fetch_add(1, Relaxed);
+            if self.consecutive_failures.fetch_add(1, Relaxed) == 0 {
+                let ms = at.saturating_duration_since(self.origin).as_millis() as u64;
+                self.run_started_ms.store(ms, Relaxed);
+            }
         } else if self.consecutive_failures.load(Relaxed) != 0 {
             // Only write when needed, so successes do not bounce the cache line.
             self.consecutive_failures.store(0, Relaxed);
@@ -212,6 +218,50 @@ impl ArmStats {
     /// Failures (5xx or no response) in a row, up to the latest request.
     pub fn consecutive_failures(&self) -> u32 {
         self.consecutive_failures.load(Relaxed)
+    }
+
+    /// When the current run of failures began (`None` when the latest request succeeded).
+    pub fn run_started(&self) -> Option<Instant> {
+        if self.consecutive_failures() == 0 {
+            return None;
+        }
+        match self.run_started_ms.load(Relaxed) {
+            u64::MAX => None,
+            ms => Some(self.origin + Duration::from_millis(ms)),
+        }
+    }
+
+    /// Requests and failures in the slots from the one `since` falls in to the one `at` falls
+    /// in, widened back a slot at a time (within the window) until they hold `min_requests`:
+    /// an arm's recent failure ratio, over a span another arm's run of failures took.
+    pub fn recent(&self, at: Instant, since: Instant, min_requests: u64) -> RecentCounts {
+        let now = self.slot_id(at);
+        let oldest = now.saturating_sub(self.window_slots - 1);
+        let ring = self.slots.len() as u64;
+        let mut first = self.slot_id(since).clamp(oldest, now);
+        let mut out = RecentCounts::default();
+        let add = |id: u64, out: &mut RecentCounts| {
+            let slot = &self.slots[(id % ring) as usize];
+            if slot.id.load(Relaxed) != id {
+                return;
+            }
+            for (class, c) in StatusClass::ALL.iter().zip(&slot.counts) {
+                let n = c.load(Relaxed);
+                out.requests += n;
+                if class.is_failure() {
+                    out.failures += n;
+                }
+            }
+        };
+        for id in first..=now {
+            add(id, &mut out);
+        }
+        while out.requests < min_requests && first > oldest {
+            first -= 1;
+            add(first, &mut out);
+        }
+        out.span_ms = (now + 1 - first) * self.slot_ms;
+        out
     }
 
     /// Requests by class since this arm's stats were created.
@@ -313,6 +363,17 @@ impl ArmStats {
         }
         snap
     }
+}
+
+/// An arm's requests and failures over a recent span ([`ArmStats::recent`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct RecentCounts {
+    /// Requests answered in the span.
+    pub requests: u64,
+    /// Of which failures (5xx or no response).
+    pub failures: u64,
+    /// The span, ms (whole slots).
+    pub span_ms: u64,
 }
 
 /// A merged view of a window: counts per class and the latency histogram.
@@ -508,171 +569,4 @@ pub struct StatsSummary {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn buckets_cover_values_in_order() {
-        let mut last = 0;
-        for v in [
-            0u64,
-            1,
-            15,
-            16,
-            17,
-            31,
-            32,
-            100,
-            1_000,
-            65_535,
-            1 << 30,
-            u64::MAX,
-        ] {
-            let b = bucket_of(v);
-            assert!(b >= last, "bucket of {v} went backwards");
-            assert!(b < BUCKETS);
-            last = b;
-            if v < (1 << 36) {
-                let (lo, hi) = bucket_range(b);
-                assert!(lo <= v && v < hi, "{v} not in [{lo},{hi})");
-            }
-        }
-    }
-
-    #[test]
-    fn bucket_error_is_small() {
-        for v in (17..2_000_000u64).step_by(997) {
-            let (lo, hi) = bucket_range(bucket_of(v));
-            let mid = (lo + hi) as f64 / 2.0;
-            assert!(
-                ((mid - v as f64) / v as f64).abs() < 0.035,
-                "{v}: {lo}..{hi}"
-            );
-        }
-    }
-
-    #[test]
-    fn quantiles_of_a_known_distribution() {
-        let origin = Instant::now();
-        let s = ArmStats::with_origin(Duration::from_secs(10), origin);
-        for ms in 1..=100u64 {
-            s.record_at(origin, StatusClass::Success, Duration::from_millis(ms));
-        }
-        let snap = s.snapshot_at(origin);
-        assert_eq!(snap.requests(), 100);
-        let p50 = snap.quantile_ms(0.5).unwrap();
-        let p95 = snap.quantile_ms(0.95).unwrap();
-        let p99 = snap.quantile_ms(0.99).unwrap();
-        assert!((p50 - 50.0).abs() / 50.0 < 0.04, "p50 {p50}");
-        assert!((p95 - 95.0).abs() / 95.0 < 0.04, "p95 {p95}");
-        assert!((p99 - 99.0).abs() / 99.0 < 0.04, "p99 {p99}");
-    }
-
-    #[test]
-    fn old_slots_leave_the_window() {
-        let origin = Instant::now();
-        let s = ArmStats::with_origin(Duration::from_secs(10), origin);
-        s.record_at(origin, StatusClass::ServerError, Duration::from_millis(5));
-        let later = origin + Duration::from_secs(5);
-        s.record_at(later, StatusClass::Success, Duration::from_millis(5));
-        assert_eq!(s.snapshot_at(later).requests(), 2);
-        let much_later = origin + Duration::from_millis(10_500);
-        let snap = s.snapshot_at(much_later);
-        assert_eq!(snap.requests(), 1);
-        assert_eq!(snap.failures(), 0);
-        // After a full turn of the ring (32 slots of 334 ms) slot 0's place is reused.
-        let turn = origin + Duration::from_millis(32 * 334);
-        s.record_at(turn, StatusClass::Success, Duration::from_millis(1));
-        let snap = s.snapshot_at(turn);
-        assert_eq!(snap.requests(), 2);
-        assert_eq!(snap.failures(), 0);
-    }
-
-    #[test]
-    fn maintain_prepares_the_next_slot() {
-        let origin = Instant::now();
-        let s = ArmStats::with_origin(Duration::from_secs(3), origin);
-        for i in 0..20u64 {
-            let t = origin + Duration::from_millis(i * 100);
-            s.maintain_at(t);
-            s.record_at(t, StatusClass::Success, Duration::from_micros(10));
-        }
-        // window of 3 s, 20 samples over 2 s: all in.
-        assert_eq!(
-            s.snapshot_at(origin + Duration::from_millis(1900))
-                .requests(),
-            20
-        );
-    }
-
-    #[test]
-    fn completed_slots_are_merged_once() {
-        let origin = Instant::now();
-        let s = ArmStats::with_origin(Duration::from_secs(30), origin);
-        let mut total = WindowSnapshot::empty(s.window());
-        let mut last = None;
-        for sec in 0..100u64 {
-            let at = origin + Duration::from_millis(sec * 1000 + 500);
-            s.maintain_at(at);
-            s.record_at(at, StatusClass::Success, Duration::from_millis(1));
-            s.record_at(at, StatusClass::Success, Duration::from_millis(1));
-            // Sample every 3 s, as a controller tick might.
-            if sec % 3 == 0 {
-                last = s.merge_completed(last, at, &mut total);
-            }
-        }
-        last = s.merge_completed(last, origin + Duration::from_secs(101), &mut total);
-        assert_eq!(last, Some(100));
-        assert_eq!(total.requests(), 200, "every request exactly once");
-    }
-
-    #[test]
-    fn consecutive_failures_reset_on_success() {
-        let s = ArmStats::new(Duration::from_secs(1));
-        s.record(StatusClass::ServerError, Duration::ZERO);
-        s.record(StatusClass::NoResponse, Duration::ZERO);
-        assert_eq!(s.consecutive_failures(), 2);
-        s.record(StatusClass::ClientError, Duration::ZERO);
-        assert_eq!(s.consecutive_failures(), 0);
-    }
-
-    #[test]
-    fn concurrent_records_are_all_counted() {
-        let s = std::sync::Arc::new(ArmStats::new(Duration::from_secs(60)));
-        let threads: Vec<_> = (0..4)
-            .map(|_| {
-                let s = s.clone();
-                std::thread::spawn(move || {
-                    for _ in 0..10_000 {
-                        s.record(StatusClass::Success, Duration::from_micros(300));
-                    }
-                })
-            })
-            .collect();
-        for t in threads {
-            t.join().unwrap();
-        }
-        assert_eq!(s.totals()[1], 40_000);
-        assert_eq!(s.snapshot().requests(), 40_000);
-    }
-
-    #[test]
-    fn the_latest_failed_requests_are_kept_oldest_first() {
-        let s = ArmStats::new(Duration::from_secs(10));
-        assert!(s.failed_requests().is_empty());
-        for i in 0..7u64 {
-            s.note_failed(FailedRequest {
-                request_id: format!("r{i}"),
-                request: "GET /".into(),
-                status: Some(500),
-                at_ms: i,
-            });
-        }
-        let ids: Vec<String> = s
-            .failed_requests()
-            .into_iter()
-            .map(|f| f.request_id)
-            .collect();
-        assert_eq!(ids, ["r2", "r3", "r4", "r5", "r6"]);
-    }
-}
+mod tests;

@@ -37,6 +37,7 @@ struct Input {
     stable: Arm,
     canary: Arm,
     knobs: Knobs,
+    recent: Option<(u16, u16, u16)>,
 }
 
 fn window(arm: &Arm, span: Duration) -> WindowSnapshot {
@@ -95,6 +96,11 @@ fuzz_target!(|input: Input| {
         canary: window(&input.canary, p.window),
         canary_consecutive_failures: u32::from(input.canary.consecutive),
         stable_consecutive_failures: u32::from(input.stable.consecutive),
+        stable_recent: input.recent.map(|(requests, failures, span)| sluice::stats::RecentCounts {
+            requests: u64::from(requests),
+            failures: u64::from(failures.min(requests)),
+            span_ms: u64::from(span),
+        }),
         probe_failures: Vec::new(),
         stable_probes_failing: Vec::new(),
         canary_usage: Vec::new(),

@@ -91,6 +91,10 @@ pub struct Evidence {
     pub canary_consecutive_failures: u32,
     /// Stable failures in a row.
     pub stable_consecutive_failures: u32,
+    /// Stable's requests and failures over the span of the canary's current run of
+    /// failures (widened to enough requests), when the canary is in one: how likely such a
+    /// run is when stable fails as it does now.
+    pub stable_recent: Option<crate::stats::RecentCounts>,
     /// Canary upstreams failing their probes by policy.
     pub probe_failures: Vec<ProbeFailure>,
     /// Probes failing on every stable upstream.

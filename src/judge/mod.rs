@@ -39,6 +39,11 @@ pub use evidence::{ContainerUsage, Evidence, ProbeFailure, UsageSample, USAGE_SA
 pub use hysteresis::{Action, Hysteresis};
 pub use policy::*;
 pub use rules::decide;
+
+/// The stable requests the consecutive-failure rule wants for its view of stable's recent
+/// failure ratio: the span of the canary's run, widened a slot at a time until it holds
+/// this many (or the window ends).
+pub const RECENT_STABLE_REQUESTS: u64 = 50;
 pub use significance::{
     binomial_upper_tail, difference_p_value, newcombe_lower, wilson, wilson_upper,
 };

@@ -71,6 +71,12 @@ pub fn evidence(
         canary: canary.stats.snapshot_at(at),
         canary_consecutive_failures: canary.stats.consecutive_failures(),
         stable_consecutive_failures: service.stable.stats.consecutive_failures(),
+        stable_recent: canary.stats.run_started().map(|since| {
+            service
+                .stable
+                .stats
+                .recent(at, since, crate::judge::RECENT_STABLE_REQUESTS)
+        }),
         probe_failures,
         stable_probes_failing,
         // Only the containers behind the canary's upstreams now (a replaced canary's

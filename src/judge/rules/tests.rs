@@ -1,0 +1,319 @@
+use super::*;
+use crate::judge::{ContainerUsage, Policy, UsageSample};
+use crate::stats::ArmStats;
+use crate::stats::WindowSnapshot;
+use crate::types::StatusClass;
+use std::time::Instant;
+
+/// A window with `ok` 2xx and `bad` 5xx answers, all taking `latency`.
+fn window(ok: u64, bad: u64, latency: Duration) -> WindowSnapshot {
+    let origin = Instant::now();
+    let s = ArmStats::with_origin(Duration::from_secs(30), origin);
+    for _ in 0..ok {
+        s.record_at(origin, StatusClass::Success, latency);
+    }
+    for _ in 0..bad {
+        s.record_at(origin, StatusClass::ServerError, latency);
+    }
+    s.snapshot_at(origin)
+}
+
+fn evidence(stable: WindowSnapshot, canary: WindowSnapshot) -> Evidence {
+    Evidence {
+        stable,
+        canary,
+        canary_consecutive_failures: 0,
+        stable_consecutive_failures: 0,
+        stable_recent: None,
+        probe_failures: Vec::new(),
+        stable_probes_failing: Vec::new(),
+        canary_usage: Vec::new(),
+    }
+}
+
+fn usage(memory: &[f64]) -> ContainerUsage {
+    ContainerUsage {
+        container: "web-v2-1".into(),
+        upstream: "127.0.0.1:3001".into(),
+        samples: memory
+            .iter()
+            .enumerate()
+            .map(|(i, m)| UsageSample {
+                age_ms: i as u64 * 1000,
+                cpu: 0.1,
+                memory: *m,
+            })
+            .collect(),
+    }
+}
+
+#[test]
+fn memory_over_its_share_for_long_enough_breaches() {
+    let policy = Policy {
+        max_memory: Some(0.9),
+        max_memory_for: Duration::from_secs(5),
+        ..Policy::default()
+    };
+    let mut e = evidence(window(0, 0, MS), window(0, 0, MS));
+    // Four seconds above: not yet.
+    e.canary_usage = vec![usage(&[0.95, 0.95, 0.96, 0.97, 0.5])];
+    assert_eq!(decide(&e, &policy).name(), "inconclusive");
+    // Six seconds above, with no gap: a breach, without any traffic.
+    e.canary_usage = vec![usage(&[0.95, 0.95, 0.96, 0.97, 0.93, 0.92, 0.91])];
+    let v = decide(&e, &policy);
+    let b = v.breach().expect("memory breach");
+    assert_eq!(b.rule, Rule::Memory);
+    assert!((b.observed - 0.92).abs() < 1e-9, "{b:?}");
+    assert!(b.reason.contains("web-v2-1"), "{}", b.reason);
+    // A gap in the samples proves nothing.
+    let mut gappy = usage(&[0.95, 0.95, 0.96, 0.97, 0.93, 0.92, 0.91]);
+    gappy.samples.remove(3);
+    gappy.samples.remove(3);
+    e.canary_usage = vec![gappy];
+    assert_eq!(decide(&e, &policy).name(), "inconclusive");
+    // Off by default.
+    e.canary_usage = vec![usage(&[0.99; 10])];
+    assert_eq!(decide(&e, &Policy::default()).name(), "inconclusive");
+    // Stale samples (the newest is old) prove nothing either.
+    let mut stale = usage(&[0.99; 10]);
+    for s in &mut stale.samples {
+        s.age_ms += 10_000;
+    }
+    e.canary_usage = vec![stale];
+    assert_eq!(decide(&e, &policy).name(), "inconclusive");
+}
+
+#[test]
+fn a_failing_probe_breaches_without_any_traffic() {
+    let mut e = evidence(window(0, 0, MS), window(0, 0, MS));
+    e.probe_failures = vec![ProbeFailure {
+        probe: "health".into(),
+        upstream: "127.0.0.1:3001".into(),
+        failures: 3,
+        since_ms: 0,
+        results: vec![],
+    }];
+    let v = decide(&e, &Policy::default());
+    assert_eq!(v.breach().map(|b| b.rule), Some(Rule::ProbeFailed), "{v:?}");
+    assert!(Rule::ProbeFailed.is_immediate());
+    // The same probe failing on every stable upstream: shared cause.
+    e.stable_probes_failing = vec!["health".into()];
+    assert_eq!(decide(&e, &Policy::default()).name(), "healthy");
+}
+
+const MS: Duration = Duration::from_millis(10);
+
+#[test]
+fn no_traffic_is_inconclusive() {
+    let v = decide(
+        &evidence(window(500, 0, MS), window(0, 0, MS)),
+        &Policy::default(),
+    );
+    assert!(matches!(v, Verdict::Inconclusive { .. }), "{v:?}");
+    assert!(v.summary().contains("no canary traffic"));
+}
+
+#[test]
+fn three_failures_in_a_row_breach_before_min_requests() {
+    let p = Policy {
+        max_consecutive_failures: 3,
+        ..Policy::default()
+    };
+    let mut e = evidence(window(500, 0, MS), window(0, 3, MS));
+    e.canary_consecutive_failures = 3;
+    let v = decide(&e, &p);
+    assert_eq!(
+        v.breach().map(|b| b.rule),
+        Some(Rule::ConsecutiveFailures),
+        "{v:?}"
+    );
+    // The same run while stable fails the same way is a shared outage.
+    e.stable_consecutive_failures = 7;
+    assert_eq!(decide(&e, &p).name(), "healthy");
+}
+
+fn recent(requests: u64, failures: u64) -> Option<crate::stats::RecentCounts> {
+    Some(crate::stats::RecentCounts {
+        requests,
+        failures,
+        span_ms: 1000,
+    })
+}
+
+#[test]
+fn a_run_of_failures_during_a_shared_outage_is_not_a_dead_canary() {
+    // Both arms fail 30 % of their requests since the database went away; the canary's
+    // latest five failed in a row, as happens often at 30 %.
+    let p = Policy::default();
+    let mut e = evidence(window(7_000, 3_000, MS), window(700, 300, MS));
+    e.canary_consecutive_failures = 5;
+    e.stable_consecutive_failures = 1;
+    e.stable_recent = recent(1_000, 300);
+    let v = decide(&e, &p);
+    assert_eq!(v.name(), "healthy", "{v:?}");
+    assert!(
+        v.summary().contains("likely while stable fails 30.0 %"),
+        "{v:?}"
+    );
+    // A run as long as 30 % makes unlikely among 1,000 requests is one.
+    e.canary_consecutive_failures = 14;
+    let v = decide(&e, &p);
+    let b = v.breach().expect("a breach");
+    assert_eq!(b.rule, Rule::ConsecutiveFailures);
+    assert!(b.p_value.is_some_and(|p| p < 0.01), "{b:?}");
+    assert!(b.reason.contains("stable failed 300 of 1000"), "{b:?}");
+}
+
+#[test]
+fn a_dead_canary_beside_a_healthy_stable_is_cut_at_once() {
+    let p = Policy::default();
+    let mut e = evidence(window(9_900, 100, MS), window(0, 5, MS));
+    e.canary_consecutive_failures = 5;
+    e.stable_recent = recent(1_000, 10);
+    let b = decide(&e, &p).breach().cloned().expect("a breach");
+    assert_eq!(b.rule, Rule::ConsecutiveFailures);
+    // Little stable traffic to compare with: its bound is wide, the run must be longer.
+    e.stable_recent = recent(3, 0);
+    assert_eq!(decide(&e, &p).breach(), None);
+    e.canary_consecutive_failures = 60;
+    assert_eq!(
+        decide(&e, &p).breach().map(|b| b.rule),
+        Some(Rule::ConsecutiveFailures)
+    );
+}
+
+#[test]
+fn both_arms_failing_equally_is_not_the_canarys_fault() {
+    let v = decide(
+        &evidence(window(5_000, 5_000, MS), window(500, 500, MS)),
+        &Policy::default(),
+    );
+    assert_eq!(v.name(), "healthy", "{v:?}");
+    assert!(v.summary().contains("shared cause"), "{}", v.summary());
+}
+
+#[test]
+fn two_against_one_percent_needs_enough_data() {
+    // 10 requests: inconclusive (min_requests).
+    let v = decide(
+        &evidence(window(990, 10, MS), window(10, 0, MS)),
+        &Policy::default(),
+    );
+    assert_eq!(v.name(), "inconclusive");
+    // Canary 2 % vs stable 1 %, 20,000 requests each, margin 0.5 points: breach.
+    let p = Policy {
+        max_error_rate_increase: 0.005,
+        ..Policy::default()
+    };
+    let v = decide(
+        &evidence(window(19_800, 200, MS), window(19_600, 400, MS)),
+        &p,
+    );
+    assert_eq!(
+        v.breach().map(|b| b.rule),
+        Some(Rule::ErrorRateIncrease),
+        "{v:?}"
+    );
+    // The same rates on 200 requests are not significant.
+    let v = decide(&evidence(window(198, 2, MS), window(196, 4, MS)), &p);
+    assert_eq!(v.name(), "healthy", "{v:?}");
+}
+
+#[test]
+fn a_clearly_failing_canary_breaches_the_ceiling() {
+    let v = decide(
+        &evidence(window(1000, 5, MS), window(15, 15, MS)),
+        &Policy::default(),
+    );
+    let b = v.breach().expect("breach");
+    assert_eq!(b.rule, Rule::ErrorRate);
+    assert!(b.p_value.unwrap() < 1e-3);
+    // A few failures over the ceiling on little data are not enough.
+    let v = decide(
+        &evidence(window(1000, 5, MS), window(18, 2, MS)),
+        &Policy::default(),
+    );
+    assert_eq!(v.name(), "healthy", "{v:?}");
+}
+
+#[test]
+fn latency_regression_against_stable() {
+    let v = decide(
+        &evidence(
+            window(2000, 0, MS),
+            window(200, 0, Duration::from_millis(80)),
+        ),
+        &Policy::default(),
+    );
+    let b = v.breach().expect("breach");
+    assert_eq!(b.rule, Rule::LatencyIncrease, "{v:?}");
+    // Within the slack: 10 ms vs 30 ms is over 2x but under 25 ms more.
+    let v = decide(
+        &evidence(
+            window(2000, 0, MS),
+            window(200, 0, Duration::from_millis(30)),
+        ),
+        &Policy::default(),
+    );
+    assert_eq!(v.name(), "healthy", "{v:?}");
+}
+
+#[test]
+fn latency_ceiling_unless_stable_is_as_slow() {
+    let slow = Duration::from_millis(3000);
+    let v = decide(
+        &evidence(window(2000, 0, MS), window(100, 0, slow)),
+        &Policy::default(),
+    );
+    assert!(v.breach().is_some(), "{v:?}");
+    let v = decide(
+        &evidence(window(2000, 0, slow), window(100, 0, slow)),
+        &Policy::default(),
+    );
+    assert_eq!(v.name(), "healthy", "{v:?}");
+}
+
+#[test]
+fn rules_can_be_turned_off() {
+    let p = Policy {
+        max_error_rate: 1.0,
+        max_error_rate_increase: 1.0,
+        max_consecutive_failures: 0,
+        ..Policy::default()
+    };
+    let mut e = evidence(window(1000, 0, MS), window(0, 100, MS));
+    e.canary_consecutive_failures = 100;
+    assert_eq!(decide(&e, &p).name(), "healthy");
+}
+
+#[test]
+fn healthy_noisy_canaries_are_never_breached() {
+    // 1,000 simulated canaries with the same 1 % background error rate as stable and
+    // the same latency spread, judged on windows of 20..2,020 requests (benches/cutback.rs runs many more).
+    let mut rng = fastrand::Rng::with_seed(7);
+    let p = Policy::default();
+    let mut breaches = 0;
+    for i in 0..1_000u64 {
+        let n_canary = 20 + (i * 37) % 2_000;
+        let n_stable = n_canary * 9;
+        let draw = |n: u64, rng: &mut fastrand::Rng| {
+            let origin = Instant::now();
+            let s = ArmStats::with_origin(Duration::from_secs(30), origin);
+            for _ in 0..n {
+                let class = if rng.f64() < 0.01 {
+                    StatusClass::ServerError
+                } else {
+                    StatusClass::Success
+                };
+                let ms = 5.0 + rng.f64() * rng.f64() * 40.0;
+                s.record_at(origin, class, Duration::from_secs_f64(ms / 1000.0));
+            }
+            s.snapshot_at(origin)
+        };
+        let e = evidence(draw(n_stable, &mut rng), draw(n_canary, &mut rng));
+        if decide(&e, &p).breach().is_some() {
+            breaches += 1;
+        }
+    }
+    assert_eq!(breaches, 0);
+}

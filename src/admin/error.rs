@@ -112,30 +112,37 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                 ApiError::bad_request(format!("cannot read the request body: {}", r.body_text()))
             }
         })?;
-        let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
-            b"{}"
-        } else {
-            if json_type == Some(false) {
-                return Err(ApiError::new(
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    "unsupported_media_type",
-                    "the request body must be JSON (Content-Type: application/json)",
-                ));
-            }
-            &bytes
-        };
-        let de = &mut serde_json::Deserializer::from_slice(bytes);
-        serde_path_to_error::deserialize(de)
-            .map(JsonBody)
-            .map_err(|e| {
-                let path = e.path().to_string();
-                if path == "." {
-                    ApiError::bad_request(format!("invalid JSON body: {}", e.inner()))
-                } else {
-                    ApiError::bad_request(format!("invalid JSON body at '{path}': {}", e.inner()))
-                }
-            })
+        parse_json(&bytes, json_type).map(JsonBody)
     }
+}
+
+/// A request body as [`JsonBody`] reads it (`json_type`: whether its Content-Type says JSON,
+/// `None` when it has none).
+pub(super) fn parse_json<T: DeserializeOwned>(
+    bytes: &[u8],
+    json_type: Option<bool>,
+) -> Result<T, ApiError> {
+    let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        if json_type == Some(false) {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "the request body must be JSON (Content-Type: application/json)",
+            ));
+        }
+        bytes
+    };
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." {
+            ApiError::bad_request(format!("invalid JSON body: {}", e.inner()))
+        } else {
+            ApiError::bad_request(format!("invalid JSON body at '{path}': {}", e.inner()))
+        }
+    })
 }
 
 /// A service name from the path.

@@ -57,6 +57,37 @@ mod history;
 mod services;
 mod stream;
 
+/// For the fuzz target `admin_bodies`: `bytes` read as the body of every admin API command
+/// (as the API reads it, with and without a JSON Content-Type), and a deployment's body
+/// turned into its plan as `POST /services/{name}/deployments` does. Each answer: `Ok` or
+/// the status the API would refuse it with. Never panics.
+#[doc(hidden)]
+pub fn check_bodies(bytes: &[u8]) -> Vec<Result<(), u16>> {
+    use crate::api::{CanaryBody, DeployBody, FreezeBody, ResumeBody, RollbackBody, WeightBody};
+    fn one<T: serde::de::DeserializeOwned>(bytes: &[u8], json: Option<bool>) -> Result<T, u16> {
+        error::parse_json::<T>(bytes, json).map_err(|e| e.into_response().status().as_u16())
+    }
+    let mut out = Vec::new();
+    for json in [None, Some(true), Some(false)] {
+        out.push(one::<EmptyBody>(bytes, json).map(drop));
+        out.push(one::<CanaryBody>(bytes, json).map(drop));
+        out.push(one::<WeightBody>(bytes, json).map(drop));
+        out.push(one::<RollbackBody>(bytes, json).map(drop));
+        out.push(one::<ResumeBody>(bytes, json).map(drop));
+        out.push(one::<FreezeBody>(bytes, json).map(drop));
+        let deploy = one::<DeployBody>(bytes, json);
+        out.push(deploy.as_ref().map(drop).map_err(|s| *s));
+        if let Ok(body) = deploy {
+            for (stable, min_requests) in [(1, 20), (3, 1)] {
+                let plan = deployments::deploy_spec(&body, stable, min_requests)
+                    .map_err(|e| e.into_response().status().as_u16());
+                out.push(plan.map(drop));
+            }
+        }
+    }
+    out
+}
+
 use crate::api::{EmptyBody, MAX_BODY};
 use auth::{issue_ticket, require_token, Actor, Tickets};
 pub use auth::{AUTH_WINDOW, MAX_AUTH_FAILURES};

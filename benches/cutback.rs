@@ -145,6 +145,7 @@ fn simulate(rng: &mut fastrand::Rng, policy: &Policy, seconds: u64) -> bool {
             canary: canary.snapshot_at(at),
             canary_consecutive_failures: canary.consecutive_failures(),
             stable_consecutive_failures: stable.consecutive_failures(),
+            routes: Vec::new(),
             stable_recent: canary
                 .run_started()
                 .map(|since| stable.recent(at, since, sluice::judge::RECENT_STABLE_REQUESTS)),

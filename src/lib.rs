@@ -27,6 +27,7 @@ pub mod proxy;
 pub mod proxy_protocol;
 pub mod request_id;
 pub mod rollout;
+pub mod routes;
 pub mod routing;
 pub mod stats;
 pub mod store;

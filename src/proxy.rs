@@ -157,7 +157,9 @@ impl GateProxy {
         let service = &table.services[ctx.service];
         let canary = service.arm(ArmRole::Canary);
         let elapsed = ctx.attempt_started.elapsed();
-        canary.stats.record(class, elapsed);
+        canary
+            .stats
+            .record_route(class, elapsed, &record::route(session, service));
         canary
             .stats
             .note_failed(failed_request(session, ctx, ctx.canary_status));
@@ -670,7 +672,10 @@ impl ProxyHttp for GateProxy {
                 Some(at) if first_byte_only => at.saturating_duration_since(ctx.attempt_started),
                 _ => ctx.attempt_started.elapsed(),
             };
-            arm.stats.record(class, latency);
+            if let Some(t) = &ctx.table {
+                let route = record::route(session, &t.services[ctx.service]);
+                arm.stats.record_route(class, latency, &route);
+            }
             arm.metrics.record(class, latency.as_secs_f64());
             if class.is_failure() {
                 arm.stats.note_failed(failed_request(session, ctx, status));

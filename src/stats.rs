@@ -99,6 +99,8 @@ pub struct ArmStats {
     failed: [arc_swap::ArcSwapOption<FailedRequest>; FAILED_KEPT],
     /// Failed requests noted so far (the next slot, modulo the ring).
     failed_next: AtomicU64,
+    /// The same window, per route.
+    routes: RouteStats,
 }
 
 /// How many failed requests an arm keeps for a cut-back's evidence.
@@ -150,6 +152,7 @@ impl ArmStats {
             total: Default::default(),
             failed: Default::default(),
             failed_next: AtomicU64::new(0),
+            routes: RouteStats::new(origin, slot_ms, slots),
         }
     }
 
@@ -198,6 +201,36 @@ impl ArmStats {
             // Only write when needed, so successes do not bounce the cache line.
             self.consecutive_failures.store(0, Relaxed);
         }
+    }
+
+    /// Records one finished request of `route` (the arm's window and its route's).
+    #[inline]
+    pub fn record_route(
+        &self,
+        class: StatusClass,
+        latency: Duration,
+        route: &crate::routes::Route<'_>,
+    ) {
+        let at = Instant::now();
+        self.record_at(at, class, latency);
+        self.routes.record_at(at, route, class.is_failure());
+    }
+
+    /// [`Self::record_route`] at a given time.
+    pub fn record_route_at(
+        &self,
+        at: Instant,
+        class: StatusClass,
+        latency: Duration,
+        route: &crate::routes::Route<'_>,
+    ) {
+        self.record_at(at, class, latency);
+        self.routes.record_at(at, route, class.is_failure());
+    }
+
+    /// Every route's counts over the window ending at `at`.
+    pub fn routes_at(&self, at: Instant) -> Vec<RouteCounts> {
+        self.routes.snapshot_at(at)
     }
 
     /// Keeps a failed request for the evidence (the oldest kept one goes).
@@ -567,6 +600,9 @@ pub struct StatsSummary {
     /// Mean latency.
     pub mean_ms: Option<f64>,
 }
+
+mod routes;
+pub use routes::{RouteCounts, RouteStats, OTHER_ROUTE, ROUTES_KEPT};
 
 #[cfg(test)]
 mod tests;

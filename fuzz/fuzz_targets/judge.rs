@@ -96,6 +96,7 @@ fuzz_target!(|input: Input| {
         canary: window(&input.canary, p.window),
         canary_consecutive_failures: u32::from(input.canary.consecutive),
         stable_consecutive_failures: u32::from(input.stable.consecutive),
+        routes: Vec::new(),
         stable_recent: input.recent.map(|(requests, failures, span)| sluice::stats::RecentCounts {
             requests: u64::from(requests),
             failures: u64::from(failures.min(requests)),

@@ -239,6 +239,8 @@ pub struct ServiceFile {
     pub websocket_idle_timeout: Option<String>,
     /// The largest request body, bytes (0: unlimited).
     pub max_body_size: Option<i64>,
+    /// Route patterns the judge scores apart.
+    pub routes: Option<Vec<String>>,
     /// `tls.acme`: automatic certificates for this service's hosts (overrides `[tls] acme`).
     pub tls: Option<ServiceTlsFile>,
     /// How its upstreams are spoken to.

@@ -327,6 +327,9 @@ pub struct ServiceConfig {
     pub websocket_idle_timeout: Duration,
     /// The largest request body, bytes; 0: unlimited (default [`DEFAULT_MAX_BODY_SIZE`]).
     pub max_body_size: u64,
+    /// Route patterns the judge scores apart (`routes = ["/checkout", "/api/orders/:id"]`);
+    /// requests matching none are grouped by their first path segments, ids folded.
+    pub routes: Vec<crate::routes::RoutePattern>,
     /// How the upstreams are spoken to (`[services.upstream]`; default HTTP/1.1, no TLS).
     pub upstream: crate::upstream::UpstreamOptions,
     /// Its exact hosts get ACME certificates (`services.tls.acme`, else `[tls] acme`).

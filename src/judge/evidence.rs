@@ -95,10 +95,60 @@ pub struct Evidence {
     /// failures (widened to enough requests), when the canary is in one: how likely such a
     /// run is when stable fails as it does now.
     pub stable_recent: Option<crate::stats::RecentCounts>,
+    /// Both arms' counts per route over the same window (routes either arm saw).
+    pub routes: Vec<RouteComparison>,
     /// Canary upstreams failing their probes by policy.
     pub probe_failures: Vec<ProbeFailure>,
     /// Probes failing on every stable upstream.
     pub stable_probes_failing: Vec<String>,
     /// Resource use of the canary's containers (when Docker runs or hosts them).
     pub canary_usage: Vec<ContainerUsage>,
+}
+
+/// One route on both arms, over the window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RouteComparison {
+    /// `POST /checkout`.
+    pub route: String,
+    /// The canary's requests and failures on it.
+    pub canary_requests: u64,
+    pub canary_failures: u64,
+    /// Stable's.
+    pub stable_requests: u64,
+    pub stable_failures: u64,
+}
+
+impl RouteComparison {
+    /// Both arms' route windows side by side, by route.
+    pub fn merge(
+        canary: Vec<crate::stats::RouteCounts>,
+        stable: Vec<crate::stats::RouteCounts>,
+    ) -> Vec<RouteComparison> {
+        let mut out: Vec<RouteComparison> = canary
+            .into_iter()
+            .map(|c| RouteComparison {
+                route: c.route,
+                canary_requests: c.requests,
+                canary_failures: c.failures,
+                stable_requests: 0,
+                stable_failures: 0,
+            })
+            .collect();
+        for s in stable {
+            match out.iter_mut().find(|o| o.route == s.route) {
+                Some(o) => {
+                    o.stable_requests = s.requests;
+                    o.stable_failures = s.failures;
+                }
+                None => out.push(RouteComparison {
+                    route: s.route,
+                    canary_requests: 0,
+                    canary_failures: 0,
+                    stable_requests: s.requests,
+                    stable_failures: s.failures,
+                }),
+            }
+        }
+        out
+    }
 }

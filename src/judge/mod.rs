@@ -35,7 +35,9 @@ mod rules;
 pub mod significance;
 mod verdict;
 
-pub use evidence::{ContainerUsage, Evidence, ProbeFailure, UsageSample, USAGE_SAMPLE_SLACK};
+pub use evidence::{
+    ContainerUsage, Evidence, ProbeFailure, RouteComparison, UsageSample, USAGE_SAMPLE_SLACK,
+};
 pub use hysteresis::{Action, Hysteresis};
 pub use policy::*;
 pub use rules::decide;

@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use super::significance::{binomial_upper_tail, difference_p_value, newcombe_lower, wilson_upper};
+use super::significance::{
+    binomial_upper_tail, difference_p_value, newcombe_lower, wilson, wilson_upper,
+};
 use super::verdict::{round3, round6};
 use super::{ArmFigures, Breach, Evidence, Policy, ProbeFailure, Rule, UsageSample, Verdict};
 
@@ -73,13 +75,14 @@ impl Case<'_> {
 type RuleFn = fn(&mut Case<'_>) -> Option<Verdict>;
 
 /// The rules, in the order they are tried.
-const RULES: [RuleFn; 8] = [
+const RULES: [RuleFn; 9] = [
     probes,
     resources,
     consecutive_failures,
     enough_traffic,
     error_rate,
     error_rate_increase,
+    route_errors,
     latency_ceilings,
     latency_increase,
 ];
@@ -346,6 +349,87 @@ fn error_rate_increase(c: &mut Case<'_>) -> Option<Verdict> {
         p_value: Some(pv),
         confidence: p.confidence,
     }))
+}
+
+/// The fewest canary requests a route needs to be compared on its own.
+pub const ROUTE_MIN_REQUESTS: u64 = 10;
+
+/// 4b. One route worse on the canary than on stable: its failure ratio exceeds stable's on
+///     the same route by more than `max_error_rate_increase` (or, when stable has too few
+///     requests there, exceeds `max_error_rate`), by a confidence bound made stricter by the
+///     number of routes compared (Bonferroni: `1 - (1 - confidence) / routes`), so that many
+///     routes do not multiply false alarms.
+fn route_errors(c: &mut Case<'_>) -> Option<Verdict> {
+    let (e, p) = (c.e, c.p);
+    if p.max_error_rate_increase >= 1.0 {
+        return None;
+    }
+    let compared: Vec<&super::RouteComparison> = e
+        .routes
+        .iter()
+        .filter(|r| r.route != crate::stats::OTHER_ROUTE && r.canary_requests >= ROUTE_MIN_REQUESTS)
+        .collect();
+    if compared.is_empty() {
+        return None;
+    }
+    let m = compared.len() as f64;
+    let confidence = 1.0 - c.alpha() / m;
+    let mut worst: Option<(f64, Breach)> = None;
+    for r in compared {
+        let (kc, nc, ks, ns) = (
+            r.canary_failures,
+            r.canary_requests,
+            r.stable_failures,
+            r.stable_requests,
+        );
+        let rate_c = kc as f64 / nc as f64;
+        let rate_s = if ns > 0 { ks as f64 / ns as f64 } else { 0.0 };
+        let (lower, threshold, against) = if ns >= ROUTE_MIN_REQUESTS {
+            (
+                newcombe_lower(kc, nc, ks, ns, confidence),
+                p.max_error_rate_increase,
+                format!("stable's {:.1} % ({ks}/{ns}) on it", rate_s * 100.0),
+            )
+        } else {
+            if p.max_error_rate >= 1.0 {
+                continue;
+            }
+            (
+                wilson(kc, nc, confidence).0 - p.max_error_rate,
+                0.0,
+                format!(
+                    "the {:.1} % ceiling (stable has {ns} requests on it)",
+                    p.max_error_rate * 100.0
+                ),
+            )
+        };
+        if lower <= threshold || worst.as_ref().is_some_and(|(w, _)| *w >= lower) {
+            continue;
+        }
+        let breach = Breach {
+            rule: Rule::RouteErrorRate,
+            reason: format!(
+                "route {}: canary failed {kc} of {nc} ({:.1} %), above {against} by at least {:.1} points at {:.3} % confidence ({} routes compared)",
+                r.route,
+                rate_c * 100.0,
+                lower * 100.0,
+                confidence * 100.0,
+                m
+            ),
+            threshold: p.max_error_rate_increase,
+            observed: round6(rate_c - rate_s),
+            p_value: Some(round6(difference_p_value(
+                kc,
+                nc,
+                ks,
+                ns.max(1),
+                p.max_error_rate_increase,
+            ))),
+            confidence,
+        };
+        worst = Some((lower, breach));
+    }
+    worst.map(|(_, b)| c.breach(b))
 }
 
 /// 5. Canary p95 over `max_p95` (p99 over `max_p99`), significant: the share of slower

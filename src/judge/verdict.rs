@@ -18,6 +18,8 @@ pub enum Rule {
     ErrorRate,
     /// Failure ratio over stable's plus the margin.
     ErrorRateIncrease,
+    /// One route's failure ratio over stable's on that route plus the margin.
+    RouteErrorRate,
     /// A latency quantile over its ceiling.
     Latency,
     /// p95 over stable's times the ratio.
@@ -36,6 +38,7 @@ impl Rule {
             Rule::ConsecutiveFailures => "consecutive_failures",
             Rule::ErrorRate => "error_rate",
             Rule::ErrorRateIncrease => "error_rate_increase",
+            Rule::RouteErrorRate => "route_error_rate",
             Rule::Latency => "latency",
             Rule::LatencyIncrease => "latency_increase",
             Rule::Memory => "memory",

@@ -80,3 +80,16 @@ pub(super) fn failed_request(
         at_ms: crate::time::now_ms(),
     }
 }
+
+/// The route of this request in `service` (for the judge's per-route windows).
+pub(super) fn route<'a>(
+    session: &'a Session,
+    service: &'a crate::routing::Service,
+) -> crate::routes::Route<'a> {
+    let head = session.req_header();
+    crate::routes::Route::of(
+        head.method.as_str(),
+        head.uri.path(),
+        &service.config.routes,
+    )
+}

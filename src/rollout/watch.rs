@@ -71,6 +71,10 @@ pub fn evidence(
         canary: canary.stats.snapshot_at(at),
         canary_consecutive_failures: canary.stats.consecutive_failures(),
         stable_consecutive_failures: service.stable.stats.consecutive_failures(),
+        routes: crate::judge::RouteComparison::merge(
+            canary.stats.routes_at(at),
+            service.stable.stats.routes_at(at),
+        ),
         stable_recent: canary.stats.run_started().map(|since| {
             service
                 .stable

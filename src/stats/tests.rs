@@ -198,3 +198,39 @@ fn a_run_of_failures_knows_when_it_began_and_another_arm_its_span() {
     canary.record_at(at(5_800), StatusClass::Success, Duration::ZERO);
     assert_eq!(canary.run_started(), None);
 }
+
+#[test]
+fn routes_are_counted_apart_and_bounded() {
+    use crate::routes::Route;
+    const MS: Duration = Duration::from_millis(1);
+    let origin = Instant::now();
+    let s = ArmStats::with_origin(Duration::from_secs(30), origin);
+    let at = origin + Duration::from_millis(500);
+    for i in 0..100u64 {
+        let path = format!("/items/{i}");
+        s.record_route_at(at, StatusClass::Success, MS, &Route::of("GET", &path, &[]));
+    }
+    s.record_route_at(
+        at,
+        StatusClass::ServerError,
+        MS,
+        &Route::of("POST", "/checkout", &[]),
+    );
+    // Far more distinct routes than it keeps: the rest share one place.
+    for i in 0..100u64 {
+        let path = format!("/r{i}");
+        s.record_route_at(at, StatusClass::Success, MS, &Route::of("GET", &path, &[]));
+    }
+    let routes = s.routes_at(at);
+    let find = |name: &str| routes.iter().find(|r| r.route == name).cloned();
+    let items = find("GET /items/:id").unwrap();
+    assert_eq!((items.requests, items.failures), (100, 0));
+    let checkout = find("POST /checkout").unwrap();
+    assert_eq!((checkout.requests, checkout.failures), (1, 1));
+    assert!(routes.len() <= ROUTES_KEPT + 1, "{}", routes.len());
+    let total: u64 = routes.iter().map(|r| r.requests).sum();
+    assert_eq!(total, 201);
+    assert!(find(OTHER_ROUTE).is_some_and(|o| o.requests > 0));
+    // The window moves on: nothing left 40 s later.
+    assert!(s.routes_at(origin + Duration::from_secs(40)).is_empty());
+}

@@ -230,6 +230,23 @@ pub(crate) fn validate_service(
             DEFAULT_MAX_BODY_SIZE
         }
     };
+    let mut routes = Vec::new();
+    for (j, r) in svc.routes.iter().flatten().enumerate() {
+        match crate::routes::RoutePattern::parse(r) {
+            Ok(p) => routes.push(p),
+            Err(m) => c.fail(format!("{base}.routes[{j}]"), m),
+        }
+    }
+    if routes.len() > crate::stats::ROUTES_KEPT {
+        c.fail(
+            format!("{base}.routes"),
+            format!(
+                "at most {} routes (got {})",
+                crate::stats::ROUTES_KEPT,
+                routes.len()
+            ),
+        );
+    }
     let upstream = svc
         .upstream
         .as_ref()
@@ -254,6 +271,7 @@ pub(crate) fn validate_service(
         websocket_idle_timeout,
         upstream,
         max_body_size,
+        routes,
         acme: svc.tls.as_ref().and_then(|t| t.acme).unwrap_or(acme),
     })
 }

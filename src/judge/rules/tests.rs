@@ -25,6 +25,7 @@ fn evidence(stable: WindowSnapshot, canary: WindowSnapshot) -> Evidence {
         canary_consecutive_failures: 0,
         stable_consecutive_failures: 0,
         stable_recent: None,
+        routes: Vec::new(),
         probe_failures: Vec::new(),
         stable_probes_failing: Vec::new(),
         canary_usage: Vec::new(),
@@ -316,4 +317,59 @@ fn healthy_noisy_canaries_are_never_breached() {
         }
     }
     assert_eq!(breaches, 0);
+}
+
+fn route(name: &str, canary: (u64, u64), stable: (u64, u64)) -> crate::judge::RouteComparison {
+    crate::judge::RouteComparison {
+        route: name.into(),
+        canary_requests: canary.0,
+        canary_failures: canary.1,
+        stable_requests: stable.0,
+        stable_failures: stable.1,
+    }
+}
+
+#[test]
+fn one_broken_route_is_not_averaged_away() {
+    // POST /checkout fails every time on the canary: 1.5 % of its traffic, under both
+    // overall ceilings.
+    let mut e = evidence(window(990, 10, MS), window(985, 15, MS));
+    e.routes = vec![
+        route("GET /items", (985, 0), (975, 10)),
+        route("POST /checkout", (15, 15), (15, 0)),
+    ];
+    let v = decide(&e, &Policy::default());
+    let b = v.breach().expect("a breach");
+    assert_eq!(b.rule, Rule::RouteErrorRate, "{v:?}");
+    assert!(
+        b.reason
+            .contains("route POST /checkout: canary failed 15 of 15"),
+        "{b:?}"
+    );
+    assert!(b.reason.contains("2 routes compared"), "{b:?}");
+    // A new route stable never saw is held to the ceiling instead.
+    e.routes[1] = route("POST /checkout", (15, 15), (0, 0));
+    let b = decide(&e, &Policy::default())
+        .breach()
+        .cloned()
+        .expect("a breach");
+    assert!(b.reason.contains("ceiling"), "{b:?}");
+    // Too few requests on the route to say anything alone.
+    e.routes[1] = route("POST /checkout", (4, 4), (4, 0));
+    assert_eq!(decide(&e, &Policy::default()).breach(), None);
+}
+
+#[test]
+fn many_routes_with_the_same_noise_do_not_alarm() {
+    let mut e = evidence(window(9_900, 100, MS), window(9_900, 100, MS));
+    e.routes = (0..30)
+        .map(|i| {
+            // Some routes noisier than others by chance, on either arm.
+            let kc = [0, 1, 2, 6][i % 4];
+            let ks = [3, 0, 4, 1][i % 4];
+            route(&format!("GET /r{i}"), (330, kc), (330, ks))
+        })
+        .collect();
+    let v = decide(&e, &Policy::default());
+    assert_eq!(v.breach(), None, "{v:?}");
 }

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::auth::Actor;
-use super::error::{ApiError, JsonBody, ServiceName};
+use super::error::{ApiError, JsonBody, PathParams, ServiceName};
 use super::history::{pending_records, query_cursor, query_limit, store_failed, store_of};
 use super::AdminState;
 use crate::api::{DeployBody, FreezeBody, DEFAULT_BAKE};
@@ -60,7 +60,7 @@ pub(super) fn no_deployment(id: &str) -> ApiError {
 
 pub(super) async fn deployment(
     State(state): State<AdminState>,
-    axum::extract::Path(id): axum::extract::Path<String>,
+    PathParams(id): PathParams<String>,
 ) -> Result<Response, ApiError> {
     // Read in this order so the answer holds everything already written: the live view
     // first (the controller records every event before its view shows the change), then
@@ -142,7 +142,7 @@ pub(super) const PROBE_RESULTS_SHOWN: usize = 200;
 
 pub(super) async fn deployment_trend(
     State(state): State<AdminState>,
-    axum::extract::Path(id): axum::extract::Path<String>,
+    PathParams(id): PathParams<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let text = match query.get("format").map(String::as_str) {
@@ -190,20 +190,31 @@ pub(super) fn deploy_spec(
     min_requests: u64,
 ) -> Result<crate::rollout::plan::Spec, ApiError> {
     use crate::rollout::plan::{SoftRollback, Spec, Step};
-    let only = |field: &str, present: bool, strategy: &str| {
-        if present {
-            Err(ApiError::bad_request(format!(
-                "{field}: only applies to the {strategy} strategy"
-            )))
-        } else {
-            Ok(())
+    // Each setting belongs to one strategy; another strategy's is refused, never ignored.
+    let owners = [
+        ("steps", b.steps.is_some(), "canary"),
+        ("soft_rollback", b.soft_rollback.is_some(), "canary"),
+        ("verify_for", b.verify_for.is_some(), "blue_green"),
+        ("keep_blue_for", b.keep_blue_for.is_some(), "blue_green"),
+        ("auto_switch", b.auto_switch.is_some(), "blue_green"),
+        ("batch_size", b.batch_size.is_some(), "rolling"),
+        ("max_unavailable", b.max_unavailable.is_some(), "rolling"),
+        ("pause_between", b.pause_between.is_some(), "rolling"),
+        ("drain_timeout", b.drain_timeout.is_some(), "rolling"),
+        ("health_wait", b.health_wait.is_some(), "rolling"),
+    ];
+    if ["canary", "blue_green", "rolling"].contains(&b.strategy.as_str()) {
+        if let Some((field, _, owner)) = owners
+            .iter()
+            .find(|(_, present, owner)| *present && *owner != b.strategy)
+        {
+            return Err(ApiError::bad_request(format!(
+                "{field}: only applies to the {owner} strategy"
+            )));
         }
-    };
+    }
     match b.strategy.as_str() {
         "canary" => {
-            only("verify_for", b.verify_for.is_some(), "blue_green")?;
-            only("keep_blue_for", b.keep_blue_for.is_some(), "blue_green")?;
-            only("batch_size", b.batch_size.is_some(), "rolling")?;
             let steps = b.steps.as_ref().filter(|s| !s.is_empty()).ok_or_else(|| {
                 ApiError::bad_request("steps: a canary deployment needs at least one step")
             })?;
@@ -249,18 +260,12 @@ pub(super) fn deploy_spec(
                 soft_rollback,
             })
         }
-        "blue_green" => {
-            only("steps", b.steps.is_some(), "canary")?;
-            only("batch_size", b.batch_size.is_some(), "rolling")?;
-            Ok(Spec::BlueGreen {
-                verify_for: duration_field("verify_for", b.verify_for.as_deref(), "1m")?,
-                keep_blue_for: duration_field("keep_blue_for", b.keep_blue_for.as_deref(), "10m")?,
-                auto_switch: b.auto_switch.unwrap_or(true),
-            })
-        }
+        "blue_green" => Ok(Spec::BlueGreen {
+            verify_for: duration_field("verify_for", b.verify_for.as_deref(), "1m")?,
+            keep_blue_for: duration_field("keep_blue_for", b.keep_blue_for.as_deref(), "10m")?,
+            auto_switch: b.auto_switch.unwrap_or(true),
+        }),
         "rolling" => {
-            only("steps", b.steps.is_some(), "canary")?;
-            only("verify_for", b.verify_for.is_some(), "blue_green")?;
             let batch_size = b.batch_size.unwrap_or(1);
             if batch_size == 0 {
                 return Err(ApiError::bad_request("batch_size: must be at least 1"));
@@ -370,7 +375,7 @@ pub(super) async fn start_deployment(
 pub(super) async fn control_deployment(
     State(state): State<AdminState>,
     Actor(who): Actor,
-    axum::extract::Path((id, action)): axum::extract::Path<(String, String)>,
+    PathParams((id, action)): PathParams<(String, String)>,
 ) -> Result<Response, ApiError> {
     use crate::rollout::deploy::Control;
     let control = match action.as_str() {
@@ -395,7 +400,12 @@ pub(super) async fn control_deployment(
             },
             who,
         )
-        .await?;
+        .await
+        .map_err(|e| match e {
+            // The controller's not-found is worded for services.
+            ControlError::NotFound(_) => no_deployment(&id),
+            e => e.into(),
+        })?;
     Ok(axum::Json(json!({
         "table_version": done.table_version,
         "event": done.event,

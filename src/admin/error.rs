@@ -82,8 +82,8 @@ impl From<ControlError> for ApiError {
     }
 }
 
-/// A JSON body: empty means `{}`; unknown fields, wrong types and oversize bodies are
-/// refused with a message naming the field.
+/// A JSON body: empty means `{}`; anything but an object, unknown fields, wrong types and
+/// oversize bodies are refused with a message naming the field.
 pub struct JsonBody<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
@@ -132,6 +132,13 @@ pub(super) fn parse_json<T: DeserializeOwned>(
                 "the request body must be JSON (Content-Type: application/json)",
             ));
         }
+        // A struct would also take a JSON array, its fields by position: only an object
+        // names its fields, so only an object is a body.
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(ApiError::bad_request(
+                "invalid JSON body: expected a JSON object",
+            ));
+        }
         bytes
     };
     let de = &mut serde_json::Deserializer::from_slice(bytes);
@@ -145,6 +152,24 @@ pub(super) fn parse_json<T: DeserializeOwned>(
     })
 }
 
+/// Path parameters, refused like every other bad input: a JSON 400 (axum's own rejection
+/// is plain text), e.g. for a segment that is not UTF-8 once percent-decoded.
+pub struct PathParams<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for PathParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(v)| PathParams(v))
+            .map_err(|e| ApiError::bad_request(e.body_text()))
+    }
+}
+
 /// A service name from the path.
 pub struct ServiceName(pub String);
 
@@ -155,10 +180,7 @@ impl<S: Send + Sync> FromRequestParts<S> for ServiceName {
         parts: &mut axum::http::request::Parts,
         state: &S,
     ) -> Result<Self, ApiError> {
-        let axum::extract::Path(name) =
-            axum::extract::Path::<String>::from_request_parts(parts, state)
-                .await
-                .map_err(|e| ApiError::bad_request(e.body_text()))?;
+        let PathParams(name) = PathParams::<String>::from_request_parts(parts, state).await?;
         Ok(ServiceName(name))
     }
 }

@@ -7,6 +7,7 @@
 //! |---|---|---|
 //! | GET | `/healthz` | `{"status":"ok"}`; 503 `draining` during shutdown (no auth) |
 //! | GET | `/metrics` | Prometheus text format (no auth) |
+//! | GET | `/api/v1/openapi.json` | the OpenAPI 3 document of all of these (`openapi.json` here; no auth) |
 //! | GET | `/api/v1/services` | every service with live per-arm stats |
 //! | GET | `/api/v1/services/{name}` | one service |
 //! | PUT | `/api/v1/services/{name}/canary` | `{"upstreams": [...], "weight": N}` sets a new canary |
@@ -29,7 +30,8 @@
 //!
 //! Errors are `{"error": {"code": "...", "message": "..."}}` with 400 (bad body), 401,
 //! 404 (unknown service or route), 405, 409 (state conflict), 413 (body over 64 KiB),
-//! 415, 422 (invalid config on reload) or 503. A refused request changes nothing.
+//! 415, 422 (invalid config on reload), 429 (too many wrong tokens) or 503. A refused
+//! request changes nothing.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -39,7 +41,7 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::middleware::{self};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{get, post, put, MethodRouter};
 use axum::Router;
 use serde_json::json;
 use tokio::sync::watch;
@@ -54,6 +56,7 @@ pub mod dashboard;
 mod deployments;
 mod error;
 mod history;
+mod openapi;
 mod services;
 mod stream;
 
@@ -133,32 +136,44 @@ pub struct AdminState {
     pub acme: Option<crate::acme::manager::AcmeBoard>,
 }
 
-/// Builds the router.
-pub fn router(state: AdminState) -> Router {
-    let api = Router::new()
-        .route("/services", get(list_services))
-        .route("/services/{name}", get(show_service))
-        .route(
+/// Every route under [`crate::api::PREFIX`] that needs the token, with its handlers. The
+/// router is built from this list, and the unit test of `openapi` checks the document
+/// against it.
+pub(crate) fn api_routes() -> Vec<(&'static str, MethodRouter<AdminState>)> {
+    vec![
+        ("/services", get(list_services)),
+        ("/services/{name}", get(show_service)),
+        (
             "/services/{name}/canary",
             put(set_canary).delete(clear_canary),
-        )
-        .route("/services/{name}/deployments", post(start_deployment))
-        .route("/services/{name}/releases", get(service_releases))
-        .route("/deployments/{id}/{action}", post(control_deployment))
-        .route("/freeze", get(freezes).post(freeze))
-        .route("/unfreeze", post(unfreeze))
-        .route("/services/{name}/weight", post(set_weight))
-        .route("/services/{name}/promote", post(promote))
-        .route("/services/{name}/rollback", post(rollback))
-        .route("/services/{name}/resume", post(resume))
-        .route("/reload", post(reload))
-        .route("/events", get(events))
-        .route("/tickets", post(issue_ticket))
-        .route("/history", get(history))
-        .route("/certificates", get(certificates::certificates))
-        .route("/deployments", get(deployments))
-        .route("/deployments/{id}", get(deployment))
-        .route("/deployments/{id}/trend", get(deployment_trend))
+        ),
+        ("/services/{name}/deployments", post(start_deployment)),
+        ("/services/{name}/releases", get(service_releases)),
+        ("/deployments/{id}/{action}", post(control_deployment)),
+        ("/freeze", get(freezes).post(freeze)),
+        ("/unfreeze", post(unfreeze)),
+        ("/services/{name}/weight", post(set_weight)),
+        ("/services/{name}/promote", post(promote)),
+        ("/services/{name}/rollback", post(rollback)),
+        ("/services/{name}/resume", post(resume)),
+        ("/reload", post(reload)),
+        ("/events", get(events)),
+        ("/tickets", post(issue_ticket)),
+        ("/history", get(history)),
+        ("/certificates", get(certificates::certificates)),
+        ("/deployments", get(deployments)),
+        ("/deployments/{id}", get(deployment)),
+        ("/deployments/{id}/trend", get(deployment_trend)),
+    ]
+}
+
+/// Builds the router.
+pub fn router(state: AdminState) -> Router {
+    let api = api_routes()
+        .into_iter()
+        .fold(Router::new(), |api, (path, handler)| {
+            api.route(path, handler)
+        })
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/", get(dashboard::index))
@@ -166,6 +181,8 @@ pub fn router(state: AdminState) -> Router {
         .route("/dashboard/{file}", get(dashboard::asset))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        // Public, like /healthz: the document holds no state, and tools fetch it first.
+        .route(openapi::PATH, get(openapi::document))
         .nest("/api/v1", api)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

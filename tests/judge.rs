@@ -11,6 +11,19 @@ use std::time::{Duration, Instant};
 use common::*;
 use sluice::demo::{Load, LoadConfig};
 
+/// The service once it is rolled back (within `limit`).
+async fn rolled_back(gate: &sluice::gate::GateHandle, limit: Duration) -> serde_json::Value {
+    until_ok(limit, "the rollback", async || {
+        let v = web_service(gate).await;
+        if v["state"] == "rolled_back" {
+            Ok(v)
+        } else {
+            Err(v["judge"].to_string())
+        }
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shared_outage_does_not_cut_the_canary_back() {
     let (stable, canary) = (spawn_upstream("stable"), spawn_upstream("canary"));
@@ -66,15 +79,7 @@ async fn a_shared_outage_does_not_cut_the_canary_back() {
         ..load_config(&gate, 300)
     })
     .unwrap();
-    let v = until_ok(WAIT, "the rollback", async || {
-        let v = web_service(&gate).await;
-        if v["state"] == "rolled_back" {
-            Ok(v)
-        } else {
-            Err(v["judge"].to_string())
-        }
-    })
-    .await;
+    let v = rolled_back(&gate, WAIT).await;
     drop(load.stop());
     let events = admin_get(&gate, "/api/v1/history?service=web&kind=rolled_back").await;
     let text = events.to_string();
@@ -155,15 +160,7 @@ async fn one_broken_endpoint_is_caught_though_it_is_a_sliver_of_the_traffic() {
             }
         }));
     }
-    let v = until_ok(LONG_WAIT, "the rollback", async || {
-        let v = web_service(&gate).await;
-        if v["state"] == "rolled_back" {
-            Ok(v)
-        } else {
-            Err(v["judge"].to_string())
-        }
-    })
-    .await;
+    let v = rolled_back(&gate, LONG_WAIT).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for c in clients {
         let _ = c.await;

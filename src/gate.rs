@@ -553,7 +553,7 @@ pub fn start(config: Config) -> Result<GateHandle, GateError> {
         ))
     });
 
-    tracing::info!(proxy = %proxy_addr, admin = %admin_addr, threads, "sluice ready");
+    tracing::info!(proxy = %proxy_addr, admin = %admin_addr, threads, "sluice started");
     Ok(GateHandle {
         proxy_addr,
         admin_addr,

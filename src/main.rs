@@ -126,11 +126,22 @@ fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
     let config = Config::load(&path)?;
     let gate = gate::start(config).context("cannot start")?;
     let (tx, rx) = std::sync::mpsc::channel();
+    let (installed_tx, installed) = std::sync::mpsc::channel();
     gate.spawn_control(handle_signals(
         gate.control.clone(),
         gate.access_log.clone(),
         tx,
+        installed_tx,
     ));
+    // Ready only once signals are caught: a SIGHUP or SIGTERM before that would end the
+    // process (their default action) instead of reloading or draining.
+    if installed
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .is_err()
+    {
+        anyhow::bail!("the signal handlers did not start");
+    }
+    tracing::info!(proxy = %gate.proxy_addr, admin = %gate.admin_addr, "sluice ready");
     let signal = rx.recv().unwrap_or("channel closed");
     tracing::info!(signal, "draining");
     let report = gate.drain();
@@ -149,6 +160,7 @@ async fn handle_signals(
     control: ControlHandle,
     access_log: Option<sluice::access_log::AccessLog>,
     stop: std::sync::mpsc::Sender<&'static str>,
+    installed: std::sync::mpsc::Sender<()>,
 ) {
     let (Ok(mut hup), Ok(mut usr1), Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::hangup()),
@@ -159,6 +171,7 @@ async fn handle_signals(
         tracing::error!("cannot install signal handlers");
         return;
     };
+    let _ = installed.send(());
     let mut stopping = false;
     loop {
         let name = tokio::select! {

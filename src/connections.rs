@@ -291,11 +291,6 @@ impl<A> Limited<A> {
             header_timeout,
         }
     }
-
-    /// The app inside, to configure before it starts.
-    pub fn inner_mut(&mut self) -> Option<&mut A> {
-        Arc::get_mut(&mut self.inner)
-    }
 }
 
 #[async_trait]
@@ -315,8 +310,11 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Limited<A> {
             }
         }
         let ip = peer_of(&stream).map(|p| canonical(p.ip()));
-        let exempt = ip
-            .is_some_and(|ip| trust::any_contains(&self.table.load().options.trusted_proxies, ip));
+        // Trusted proxies are exempt from the bound per address (none: no table look).
+        let exempt = self.limits.max_per_ip > 0
+            && ip.is_some_and(|ip| {
+                trust::any_contains(&self.table.load().options.trusted_proxies, ip)
+            });
         let _admitted = match self.limits.admit(&self.slot, ip, exempt) {
             Ok(a) => a,
             Err(why) => {

@@ -190,6 +190,8 @@ fn mann_whitney_greater(a: &[f64], b: &[f64]) -> f64 {
 struct Outcome {
     sluice: Option<u64>,
     sluice_thin: bool,
+    /// The rule Sluice cut back by.
+    sluice_rule: Option<sluice::judge::Rule>,
     flagger: Option<u64>,
     flagger_thin: bool,
     argo: Option<u64>,
@@ -262,6 +264,7 @@ fn run(rng: &mut fastrand::Rng, c: &Case, policy: &Policy, seconds: u64) -> Outc
                 == Action::CutBack
             {
                 out.sluice = Some(t);
+                out.sluice_rule = verdict.breach().map(|b| b.rule);
                 let probe = matches!(&verdict, Verdict::Breach { breach, .. } if breach.rule == sluice::judge::Rule::ProbeFailed);
                 out.sluice_thin = !probe && e.canary.requests() < policy.min_requests;
             }
@@ -382,6 +385,13 @@ fn main() {
         ..Policy::default()
     };
     let mut tallies: [Tally; 4] = Default::default();
+    // Sluice per kind, and the rules it cut back by (healthy and bad apart).
+    let mut kinds: Vec<(Kind, Tally)> = HEALTHY
+        .iter()
+        .chain(BAD.iter())
+        .map(|k| (*k, Tally::default()))
+        .collect();
+    let mut rules: std::collections::BTreeMap<(bool, &'static str), u64> = Default::default();
     let started = Instant::now();
     for i in 0..healthy + bad {
         let is_bad = i >= healthy;
@@ -405,6 +415,12 @@ fn main() {
         let o = run(&mut rng, &case, &policy, seconds);
         let fault_at = if is_bad { case.fault_at } else { 0 };
         tallies[0].add(is_bad, fault_at, o.sluice, o.sluice_thin);
+        if let Some((_, t)) = kinds.iter_mut().find(|(k, _)| *k == kind) {
+            t.add(is_bad, fault_at, o.sluice, o.sluice_thin);
+        }
+        if let Some(rule) = o.sluice_rule {
+            *rules.entry((is_bad, rule.as_str())).or_default() += 1;
+        }
         tallies[1].add(is_bad, fault_at, o.flagger, o.flagger_thin);
         tallies[2].add(is_bad, fault_at, o.argo, o.argo_thin);
         tallies[3].add(is_bad, fault_at, o.kayenta, o.kayenta_thin);
@@ -423,5 +439,15 @@ fn main() {
         "Kayenta-style (Mann-Whitney, 1m buckets)",
     ]) {
         t.row(name);
+    }
+    println!("\nSluice by kind of canary:\n");
+    println!("| kind | bad caught | false rollbacks | median time to detect | p95 time to detect | rollbacks on < min_requests |");
+    println!("|---|---|---|---|---|---|");
+    for (kind, t) in &mut kinds {
+        t.row(&format!("{kind:?}"));
+    }
+    println!("\nSluice's cut-backs by rule:\n");
+    for ((bad, rule), n) in rules {
+        println!("- {} canaries, {rule}: {n}", if bad { "bad" } else { "healthy" });
     }
 }

@@ -448,6 +448,9 @@ fn main() {
     }
     println!("\nSluice's cut-backs by rule:\n");
     for ((bad, rule), n) in rules {
-        println!("- {} canaries, {rule}: {n}", if bad { "bad" } else { "healthy" });
+        println!(
+            "- {} canaries, {rule}: {n}",
+            if bad { "bad" } else { "healthy" }
+        );
     }
 }

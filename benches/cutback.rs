@@ -151,6 +151,7 @@ fn simulate(rng: &mut fastrand::Rng, policy: &Policy, seconds: u64) -> bool {
                 .map(|since| stable.recent(at, since, sluice::judge::RECENT_STABLE_REQUESTS)),
             probe_failures: Vec::new(),
             stable_probes_failing: Vec::new(),
+            sustained: None,
             canary_usage: Vec::new(),
         };
         let verdict = decide(&e, policy);

@@ -24,7 +24,9 @@
 
 use std::time::{Duration, Instant};
 
-use sluice::judge::{decide, Action, Evidence, Hysteresis, Policy, RouteComparison, Verdict};
+use sluice::judge::{
+    decide, Action, Evidence, Hysteresis, Policy, RouteComparison, Sustained, Verdict,
+};
 use sluice::routes::Route;
 use sluice::stats::ArmStats;
 use sluice::types::StatusClass;
@@ -205,6 +207,7 @@ fn run(rng: &mut fastrand::Rng, c: &Case, policy: &Policy, seconds: u64) -> Outc
     let stable = ArmStats::with_origin(policy.window, origin);
     let canary = ArmStats::with_origin(policy.window, origin);
     let mut hysteresis = Hysteresis::default();
+    let mut sustained = Sustained::new(&stable, &canary, 0, origin);
     let mut out = Outcome::default();
     let (mut s_min, mut c_min) = (Minute::default(), Minute::default());
     let (mut s_hist, mut c_hist): (Vec<Minute>, Vec<Minute>) = (Vec::new(), Vec::new());
@@ -257,6 +260,7 @@ fn run(rng: &mut fastrand::Rng, c: &Case, policy: &Policy, seconds: u64) -> Outc
                 routes: RouteComparison::merge(canary.routes_at(at), stable.routes_at(at)),
                 probe_failures,
                 stable_probes_failing: Vec::new(),
+                sustained: Some(sustained.observe(&stable, &canary, 0, at).clone()),
                 canary_usage: Vec::new(),
             };
             let verdict = decide(&e, policy);

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use sluice::judge::{decide, Evidence, Policy, Verdict};
+use sluice::judge::{decide, Evidence, Policy, SustainedCounts, Verdict};
 use sluice::stats::{bucket_range, WindowSnapshot, BUCKETS};
 
 #[derive(Arbitrary, Debug)]
@@ -38,6 +38,10 @@ struct Input {
     canary: Arm,
     knobs: Knobs,
     recent: Option<(u16, u16, u16)>,
+    /// Seconds of both arms: (canary requests, failures, stable requests, failures).
+    strata: Option<Vec<(u16, u16, u16, u16)>>,
+    sustained_error_ratio: Option<u16>,
+    sustained_error_slack: u16,
 }
 
 fn window(arm: &Arm, span: Duration) -> WindowSnapshot {
@@ -90,7 +94,9 @@ fn finite(v: &Verdict) {
 }
 
 fuzz_target!(|input: Input| {
-    let p = policy(&input.knobs);
+    let mut p = policy(&input.knobs);
+    p.sustained_error_ratio = input.sustained_error_ratio.map(|r| 1.0 + f64::from(r) / 100.0);
+    p.sustained_error_slack = f64::from(input.sustained_error_slack) / f64::from(u16::MAX);
     let e = Evidence {
         stable: window(&input.stable, p.window),
         canary: window(&input.canary, p.window),
@@ -104,6 +110,15 @@ fuzz_target!(|input: Input| {
         }),
         probe_failures: Vec::new(),
         stable_probes_failing: Vec::new(),
+        sustained: input.strata.as_ref().map(|strata| {
+            let mut s = SustainedCounts::new(p.window);
+            for &(nc, kc, ns, ks) in strata.iter().take(256) {
+                s.add_stratum(1000, nc.into(), kc.into(), ns.into(), ks.into());
+            }
+            s.canary_latency = window(&input.canary, p.window);
+            s.stable_latency = window(&input.stable, p.window);
+            s
+        }),
         canary_usage: Vec::new(),
     };
     let v = decide(&e, &p);

@@ -97,6 +97,9 @@ pub struct Evidence {
     pub stable_recent: Option<crate::stats::RecentCounts>,
     /// Both arms' counts per route over the same window (routes either arm saw).
     pub routes: Vec<RouteComparison>,
+    /// Both arms over the canary's life, second by second (the sustained rules'; `None`:
+    /// not kept, and those rules are silent).
+    pub sustained: Option<super::SustainedCounts>,
     /// Canary upstreams failing their probes by policy.
     pub probe_failures: Vec<ProbeFailure>,
     /// Probes failing on every stable upstream.

@@ -23,6 +23,18 @@
 //!    healthy quantile allows. Skipped when stable is over the same ceiling.
 //! 6. **Latency against stable.** Canary p95 above `max_p95_ratio` × stable's p95 (and at
 //!    least `latency_slack` above it), tested the same way against that threshold.
+//! 7. **Sustained errors.** Over the canary's whole life, second by second against stable
+//!    in the same seconds, its failure ratio is above stable's by more than the larger of
+//!    `(sustained_error_ratio - 1)` × stable's ratio and `sustained_error_slack`, by an
+//!    always-valid sequential test (looking every 100 ms costs no extra false alarms). What
+//!    both arms suffer in the same seconds cancels out, so a shared outage never counts;
+//!    a point of errors more, invisible in one window, is caught within minutes.
+//! 8. **Sustained latency.** Since the canary's weight last changed, more than 5 % of its
+//!    requests are slower than `sustained_p95_ratio` × stable's p95 over the same time
+//!    (and `sustained_latency_slack` above it), by the same sequential test.
+//!
+//! Rules 3–6 (and 4b, per route) judge the window and are fast on large faults; rules 7–8
+//! are slower and see small ones.
 //!
 //! Every verdict carries the numbers it was decided on. Time enters only through the
 //! [`Hysteresis`] that the controller keeps per service: a rate or latency breach must hold
@@ -33,6 +45,7 @@ mod hysteresis;
 mod policy;
 mod rules;
 pub mod significance;
+pub mod sustained;
 mod verdict;
 
 pub use evidence::{
@@ -41,6 +54,7 @@ pub use evidence::{
 pub use hysteresis::{Action, Hysteresis};
 pub use policy::*;
 pub use rules::decide;
+pub use sustained::{Sustained, SustainedCounts};
 
 /// The stable requests the consecutive-failure rule wants for its view of stable's recent
 /// failure ratio: the span of the canary's run, widened a slot at a time until it holds

@@ -22,6 +22,14 @@ pub const DEFAULT_MAX_CONSECUTIVE_FAILURES: u32 = 5;
 pub const DEFAULT_BREACH_FOR: Duration = Duration::from_millis(100);
 /// Confidence of every statistical test.
 pub const DEFAULT_CONFIDENCE: f64 = 0.999;
+/// Over the canary's life its failure ratio may be at most this many times stable's ...
+pub const DEFAULT_SUSTAINED_ERROR_RATIO: f64 = 1.25;
+/// ... and at most this much above it (a share: 0.0025 is a quarter of a point).
+pub const DEFAULT_SUSTAINED_ERROR_SLACK: f64 = 0.0025;
+/// Since its weight last changed, the canary's p95 may be at most this many times stable's ...
+pub const DEFAULT_SUSTAINED_P95_RATIO: f64 = 1.25;
+/// ... and at most this much above it.
+pub const DEFAULT_SUSTAINED_LATENCY_SLACK: Duration = Duration::from_millis(10);
 /// How long canary memory must stay above `max_memory` when the rule is on.
 pub const DEFAULT_MAX_MEMORY_FOR: Duration = Duration::from_secs(30);
 /// How long canary CPU must stay above `max_cpu` when the rule is on.
@@ -48,6 +56,15 @@ pub struct Policy {
     /// Default [`DEFAULT_LATENCY_SLACK`].
     #[serde(with = "crate::time::text")]
     pub latency_slack: Duration,
+    /// Default [`DEFAULT_SUSTAINED_ERROR_RATIO`]; `None` turns the sustained error rule off.
+    pub sustained_error_ratio: Option<f64>,
+    /// Default [`DEFAULT_SUSTAINED_ERROR_SLACK`].
+    pub sustained_error_slack: f64,
+    /// Default [`DEFAULT_SUSTAINED_P95_RATIO`]; `None` turns the sustained latency rule off.
+    pub sustained_p95_ratio: Option<f64>,
+    /// Default [`DEFAULT_SUSTAINED_LATENCY_SLACK`].
+    #[serde(with = "crate::time::text")]
+    pub sustained_latency_slack: Duration,
     /// Default [`DEFAULT_MIN_REQUESTS`].
     pub min_requests: u64,
     /// Default [`DEFAULT_MAX_CONSECUTIVE_FAILURES`]; 0 turns the rule off.
@@ -84,6 +101,10 @@ impl Default for Policy {
             max_p99: None,
             max_p95_ratio: Some(DEFAULT_MAX_P95_RATIO),
             latency_slack: DEFAULT_LATENCY_SLACK,
+            sustained_error_ratio: Some(DEFAULT_SUSTAINED_ERROR_RATIO),
+            sustained_error_slack: DEFAULT_SUSTAINED_ERROR_SLACK,
+            sustained_p95_ratio: Some(DEFAULT_SUSTAINED_P95_RATIO),
+            sustained_latency_slack: DEFAULT_SUSTAINED_LATENCY_SLACK,
             min_requests: DEFAULT_MIN_REQUESTS,
             max_consecutive_failures: DEFAULT_MAX_CONSECUTIVE_FAILURES,
             breach_for: DEFAULT_BREACH_FOR,

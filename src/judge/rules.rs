@@ -39,6 +39,19 @@ impl Case<'_> {
         1.0 - self.p.confidence
     }
 
+    /// The windowed tests' (rules 3 to 6) share of `1 - confidence`: the window is looked at
+    /// every 100 ms for as long as a canary runs, so each of an hour's windows gets its
+    /// Bonferroni share and an hour of looks costs at most `1 - confidence` of false alarm.
+    /// (The sustained rules need no such share: their test is valid at every look.)
+    fn window_alpha(&self) -> f64 {
+        let windows = (3600.0 / self.p.window.as_secs_f64().max(1.0)).max(1.0);
+        self.alpha() / windows
+    }
+
+    fn window_confidence(&self) -> f64 {
+        1.0 - self.window_alpha()
+    }
+
     fn breach(&self, b: Breach) -> Verdict {
         Verdict::Breach {
             breach: b,
@@ -75,7 +88,7 @@ impl Case<'_> {
 type RuleFn = fn(&mut Case<'_>) -> Option<Verdict>;
 
 /// The rules, in the order they are tried.
-const RULES: [RuleFn; 9] = [
+const RULES: [RuleFn; 11] = [
     probes,
     resources,
     consecutive_failures,
@@ -83,8 +96,10 @@ const RULES: [RuleFn; 9] = [
     error_rate,
     error_rate_increase,
     route_errors,
+    sustained::sustained_errors,
     latency_ceilings,
     latency_increase,
+    sustained::sustained_latency,
 ];
 
 /// Decides on a canary. Pure: same evidence and policy, same verdict.
@@ -292,7 +307,7 @@ fn error_rate(c: &mut Case<'_>) -> Option<Verdict> {
         return None;
     }
     let pv = binomial_upper_tail(k, n, p.max_error_rate);
-    (pv < c.alpha()).then(|| {
+    (pv < c.window_alpha()).then(|| {
         c.breach(Breach {
             rule: Rule::ErrorRate,
             reason: format!(
@@ -304,7 +319,7 @@ fn error_rate(c: &mut Case<'_>) -> Option<Verdict> {
             threshold: p.max_error_rate,
             observed: round6(rate_c),
             p_value: Some(pv),
-            confidence: p.confidence,
+            confidence: c.window_confidence(),
         })
     })
 }
@@ -329,26 +344,38 @@ fn error_rate_increase(c: &mut Case<'_>) -> Option<Verdict> {
     {
         return None;
     }
-    let lower = newcombe_lower(k, n, ks, ns, p.confidence);
-    if lower <= p.max_error_rate_increase {
+    let confidence = c.window_confidence();
+    let lower = newcombe_lower(k, n, ks, ns, confidence);
+    if lower <= p.max_error_rate_increase
+        || !exact_above(k, n, rate_s, p.max_error_rate_increase, confidence)
+    {
         return None;
     }
     let pv = difference_p_value(k, n, ks, ns, p.max_error_rate_increase);
     Some(c.breach(Breach {
         rule: Rule::ErrorRateIncrease,
         reason: format!(
-            "canary error rate {:.2} % ({k}/{n}) exceeds stable's {:.2} % ({ks}/{ns}) by more than {:.2} points (at least {:.2} at {} % confidence)",
+            "canary error rate {:.2} % ({k}/{n}) exceeds stable's {:.2} % ({ks}/{ns}) by more than {:.2} points (at least {:.2} at {:.4} % confidence)",
             rate_c * 100.0,
             rate_s * 100.0,
             p.max_error_rate_increase * 100.0,
             lower * 100.0,
-            p.confidence * 100.0
+            confidence * 100.0
         ),
         threshold: p.max_error_rate_increase,
         observed: round6(rate_c - rate_s),
         p_value: Some(pv),
-        confidence: p.confidence,
+        confidence: confidence,
     }))
+}
+
+/// Whether an exact binomial test agrees that `k` of `n` canary failures are above
+/// `stable` (stable's ratio, or a bound of it) plus `margin`. Score intervals flatter a
+/// handful of failures among a few dozen canary requests; judged every 100 ms, that
+/// flattery adds up to false alarms, so the rules that compare a window with stable also
+/// ask this.
+fn exact_above(k: u64, n: u64, stable: f64, margin: f64, confidence: f64) -> bool {
+    binomial_upper_tail(k, n, (stable + margin).min(1.0)) < 1.0 - confidence
 }
 
 /// The fewest canary requests a route needs to be compared on its own.
@@ -373,7 +400,7 @@ fn route_errors(c: &mut Case<'_>) -> Option<Verdict> {
         return None;
     }
     let m = compared.len() as f64;
-    let confidence = 1.0 - c.alpha() / m;
+    let confidence = 1.0 - c.window_alpha() / m;
     let mut worst: Option<(f64, Breach)> = None;
     for r in compared {
         let (kc, nc, ks, ns) = (
@@ -385,13 +412,21 @@ fn route_errors(c: &mut Case<'_>) -> Option<Verdict> {
         let rate_c = kc as f64 / nc as f64;
         let rate_s = if ns > 0 { ks as f64 / ns as f64 } else { 0.0 };
         let (lower, threshold, against) = if ns >= ROUTE_MIN_REQUESTS {
+            // A route holds few stable requests: a failure and a success added to them (a
+            // few lucky stable successes must not make an ordinary canary look bad).
+            let stable = (ks + 1) as f64 / (ns + 2) as f64;
+            if !exact_above(kc, nc, stable, p.max_error_rate_increase, confidence) {
+                continue;
+            }
             (
                 newcombe_lower(kc, nc, ks, ns, confidence),
                 p.max_error_rate_increase,
                 format!("stable's {:.1} % ({ks}/{ns}) on it", rate_s * 100.0),
             )
         } else {
-            if p.max_error_rate >= 1.0 {
+            if p.max_error_rate >= 1.0
+                || binomial_upper_tail(kc, nc, p.max_error_rate) >= 1.0 - confidence
+            {
                 continue;
             }
             (
@@ -458,7 +493,7 @@ fn latency_ceilings(c: &mut Case<'_>) -> Option<Verdict> {
         }
         let slow = e.canary.count_above_ms(limit_ms);
         let pv = binomial_upper_tail(slow, n, 1.0 - q);
-        if pv < c.alpha() {
+        if pv < c.window_alpha() {
             return Some(c.breach(Breach {
                 rule: Rule::Latency,
                 reason: format!(
@@ -469,7 +504,7 @@ fn latency_ceilings(c: &mut Case<'_>) -> Option<Verdict> {
                 threshold: limit_ms,
                 observed: round3(observed),
                 p_value: Some(pv),
-                confidence: p.confidence,
+                confidence: c.window_confidence(),
             }));
         }
     }
@@ -491,7 +526,7 @@ fn latency_increase(c: &mut Case<'_>) -> Option<Verdict> {
     }
     let slow = e.canary.count_above_ms(limit);
     let pv = binomial_upper_tail(slow, n, 0.05);
-    (pv < c.alpha()).then(|| {
+    (pv < c.window_alpha()).then(|| {
         c.breach(Breach {
             rule: Rule::LatencyIncrease,
             reason: format!(
@@ -501,7 +536,7 @@ fn latency_increase(c: &mut Case<'_>) -> Option<Verdict> {
             threshold: round3(limit),
             observed: round3(c95),
             p_value: Some(pv),
-            confidence: p.confidence,
+            confidence: c.window_confidence(),
         })
     })
 }
@@ -513,6 +548,8 @@ fn fmt_p(p: f64) -> String {
         format!("{p:.6}")
     }
 }
+
+mod sustained;
 
 #[cfg(test)]
 mod tests;

@@ -24,6 +24,10 @@ pub enum Rule {
     Latency,
     /// p95 over stable's times the ratio.
     LatencyIncrease,
+    /// Over the canary's life, its failure ratio above stable's in the same seconds.
+    SustainedErrorRate,
+    /// Since the weight last changed, its p95 above stable's times the ratio.
+    SustainedLatency,
     /// A canary container's memory over its share of the limit for long enough.
     Memory,
     /// A canary container's CPU over its share of the limit for long enough.
@@ -41,6 +45,8 @@ impl Rule {
             Rule::RouteErrorRate => "route_error_rate",
             Rule::Latency => "latency",
             Rule::LatencyIncrease => "latency_increase",
+            Rule::SustainedErrorRate => "sustained_error_rate",
+            Rule::SustainedLatency => "sustained_latency",
             Rule::Memory => "memory",
             Rule::Cpu => "cpu",
         }
@@ -48,7 +54,10 @@ impl Rule {
 
     /// Latency regressions (a deployment may step back from them instead).
     pub fn is_soft(self) -> bool {
-        matches!(self, Rule::Latency | Rule::LatencyIncrease)
+        matches!(
+            self,
+            Rule::Latency | Rule::LatencyIncrease | Rule::SustainedLatency
+        )
     }
 
     /// Hard failures act at once; soft regressions wait `breach_for`. (Resource rules

@@ -144,6 +144,35 @@ fn arm_numbers(arm: &Value) -> Option<String> {
     Some(parts.join(", "))
 }
 
+/// The latest failed requests by id (the evidence lists them oldest first), newest first
+/// and three at most: what to look up in the
+/// app's logs.
+fn failed_requests(list: &Value) -> Option<String> {
+    let list = list.as_array().filter(|l| !l.is_empty())?;
+    let shown: Vec<String> = list
+        .iter()
+        .rev()
+        .take(3)
+        .map(|r| {
+            let status = match r["status"].as_u64() {
+                Some(s) => s.to_string(),
+                None => "no answer".to_string(),
+            };
+            format!(
+                "{} {} ({status})",
+                r["request_id"].as_str().unwrap_or("?"),
+                r["request"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    let more = list.len().saturating_sub(3);
+    Some(if more > 0 {
+        format!("{} and {more} more", shown.join(", "))
+    } else {
+        shown.join(", ")
+    })
+}
+
 fn percent(v: &Value) -> Option<String> {
     let p = v.as_f64()?;
     Some(if p.fract() == 0.0 {
@@ -183,6 +212,9 @@ impl Notice {
         }
         if let Some(n) = arm_numbers(&verdict["stable"]) {
             fields.push(("Stable", n));
+        }
+        if let Some(f) = failed_requests(&ev["failed_requests"]) {
+            fields.push(("Failed requests", f));
         }
         if let (Some(b), Some(a)) = (
             percent(&ev["before"]["canary_weight"]),
@@ -341,6 +373,10 @@ mod tests {
                 "version": "v2 <beta>",
                 "before": { "canary_weight": 50.0, "stable": { "upstreams": ["10.0.0.1:80"] }, "canary": { "upstreams": ["10.0.0.2:80"] } },
                 "after": { "canary_weight": 0.0 },
+                "failed_requests": [
+                    { "request_id": "r-8", "request": "GET /", "status": null, "at_ms": 1 },
+                    { "request_id": "r-9", "request": "POST /checkout", "status": 502, "at_ms": 2 }
+                ],
                 "verdict": { "rule": "error_rate",
                     "canary": { "requests": 366, "failures": 44, "error_rate": 0.12, "p95_ms": 88.0, "consecutive_failures": 0 },
                     "stable": { "requests": 3000, "failures": 3, "error_rate": 0.001, "p95_ms": 12.0 } },
@@ -361,10 +397,18 @@ mod tests {
         assert_eq!(f["Rule"], "error_rate");
         assert_eq!(f["Canary"], "error rate 12.0 % (44 of 366), p95 88 ms");
         assert_eq!(f["Weight"], "50% -> 0%");
+        assert_eq!(
+            f["Failed requests"],
+            "r-9 POST /checkout (502), r-8 GET / (no answer)"
+        );
         assert_eq!(f["At"], "2026-11-22 07:02:54 UTC");
         assert_eq!(n.link, "http://gate:9901/#deployment=web-1");
         let text = n.text();
-        assert!(text.contains("Canary:     error rate 12.0 %"), "{text}");
+        assert!(
+            text.lines().any(|l| l.starts_with("Canary: ")
+                && l.ends_with(" error rate 12.0 % (44 of 366), p95 88 ms")),
+            "{text}"
+        );
         assert!(text.ends_with("Dashboard: http://gate:9901/#deployment=web-1\n"));
     }
 

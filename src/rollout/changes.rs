@@ -78,6 +78,7 @@ impl Controller {
         }
         // Any operator change starts the judge's watch afresh.
         self.hysteresis.remove(&name);
+        self.sustained.remove(&name);
         Ok(applied)
     }
 
@@ -218,6 +219,7 @@ impl Controller {
         let (services, report) = ops::merge(&old, &new, &current, &self.metrics);
         for name in report.removed.iter().chain(&report.changed) {
             self.hysteresis.remove(name);
+            self.sustained.remove(name);
         }
         for name in &report.removed {
             self.metrics.forget_service(name);

@@ -350,6 +350,7 @@ impl Controller {
         let next = table.next(services, None);
         self.keeper.retain(&next);
         self.hysteresis.remove(name);
+        self.sustained.remove(name);
         self.metrics.forget_service(name);
         let change = self.publish(next, "discovered");
         let event = self.bus.publish(

@@ -44,7 +44,8 @@ impl Controller {
                 service.state,
                 watch::evidence(service, at, &self.probing, &self.usage),
             ) {
-                (ServiceState::Canary, Some(e)) => {
+                (ServiceState::Canary, Some(mut e)) => {
+                    e.sustained = self.sustained_counts(service, at);
                     let policy = &service.config.cutback;
                     let verdict = decide(&e, policy);
                     let h = self.hysteresis.entry(name.clone()).or_default();
@@ -59,6 +60,7 @@ impl Controller {
                 }
                 _ => {
                     self.hysteresis.remove(&name);
+                    self.sustained.remove(&name);
                     None
                 }
             };
@@ -78,6 +80,26 @@ impl Controller {
         self.board.store(Arc::new(board));
         self.deployment_views
             .store(Arc::new(self.deployment_views()));
+    }
+
+    /// Both arms over the canary's life so far, brought up to `at` (a new canary version
+    /// starts afresh).
+    fn sustained_counts(
+        &mut self,
+        service: &Service,
+        at: std::time::Instant,
+    ) -> Option<crate::judge::SustainedCounts> {
+        let canary = &service.canary.as_ref()?.stats;
+        let stable = &service.stable.stats;
+        let weight = service.weight.units();
+        let s = self
+            .sustained
+            .entry(service.name().to_string())
+            .or_insert_with(|| crate::judge::Sustained::new(stable, canary, weight, at));
+        if !s.is_for(canary) {
+            *s = crate::judge::Sustained::new(stable, canary, weight, at);
+        }
+        Some(s.observe(stable, canary, weight, at).clone())
     }
 
     /// A breach that holds: a deployment may step back (soft regressions, when asked);

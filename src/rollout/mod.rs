@@ -73,6 +73,8 @@ pub struct Controller {
     rx: mpsc::Receiver<Command>,
     wake_rx: mpsc::Receiver<()>,
     hysteresis: HashMap<String, Hysteresis>,
+    /// Per canary service: both arms over the canary's life (the sustained rules).
+    sustained: HashMap<String, crate::judge::Sustained>,
     last_decision: HashMap<String, Arc<Event>>,
     started: tokio::time::Instant,
     last_judged: Option<tokio::time::Instant>,
@@ -212,6 +214,7 @@ impl Controller {
             rx,
             wake_rx,
             hysteresis: HashMap::new(),
+            sustained: HashMap::new(),
             last_decision: HashMap::new(),
             started: tokio::time::Instant::now(),
             last_judged: None,

@@ -169,3 +169,62 @@ async fn virtual_time_moves_the_windows_the_judge_reads() {
     let verdict = board["web"].verdict.as_ref().unwrap();
     assert!(verdict.breach().is_none(), "{verdict:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_point_more_errors_is_cut_back_by_the_sustained_rule() {
+    // Stable fails 1 %, the canary 2 %: never enough in one window, plain over minutes.
+    let (mut c, w, bus) = controller(WEB);
+    let mut events = bus.subscribe();
+    let mut cut_at = None;
+    for second in 0..1800u64 {
+        c.maintain_windows();
+        record(&w.table, false, StatusClass::Success, 49);
+        record(
+            &w.table,
+            false,
+            StatusClass::ServerError,
+            usize::from(second.is_multiple_of(2)),
+        );
+        record(
+            &w.table,
+            false,
+            StatusClass::Success,
+            usize::from(second % 2 == 1),
+        );
+        record(&w.table, true, StatusClass::Success, 4);
+        record(
+            &w.table,
+            true,
+            StatusClass::ServerError,
+            usize::from(second.is_multiple_of(10)),
+        );
+        record(
+            &w.table,
+            true,
+            StatusClass::Success,
+            usize::from(!second.is_multiple_of(10)),
+        );
+        for _ in 0..10 {
+            tokio::time::advance(Duration::from_millis(100)).await;
+            c.judge_all();
+        }
+        if w.table.load().services[0].state == ServiceState::RolledBack {
+            cut_at = Some(second);
+            break;
+        }
+    }
+    let cut_at = cut_at.expect("cut back within 30 minutes");
+    assert!(cut_at > 300, "too early for a point of errors: {cut_at} s");
+    loop {
+        let e = events.recv().await.unwrap();
+        if e.kind == EventKind::RolledBack {
+            assert_eq!(e.evidence["verdict"]["rule"], "sustained_error_rate");
+            let reason = e.evidence["verdict"]["reason"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            assert!(reason.contains("in the same seconds"), "{reason}");
+            break;
+        }
+    }
+}

@@ -83,6 +83,7 @@ pub fn evidence(
         }),
         probe_failures,
         stable_probes_failing,
+        sustained: None,
         // Only the containers behind the canary's upstreams now (a replaced canary's
         // samples may linger until the sampler's next round).
         canary_usage: usage

@@ -25,6 +25,11 @@ pub(crate) fn validate_cutback(c: &mut Checker<'_>, base: &str, f: &CutbackFile)
         f.max_error_rate_increase,
         d.max_error_rate_increase,
     );
+    let sustained_error_slack = ratio(
+        "sustained_error_slack",
+        f.sustained_error_slack,
+        d.sustained_error_slack,
+    );
     let confidence = match f.confidence {
         None => d.confidence,
         Some(x) if x.is_finite() && (0.5..1.0).contains(&x) => x,
@@ -36,18 +41,30 @@ pub(crate) fn validate_cutback(c: &mut Checker<'_>, base: &str, f: &CutbackFile)
             d.confidence
         }
     };
-    let max_p95_ratio = match f.max_p95_ratio {
-        None => d.max_p95_ratio,
+    // A multiple of stable's figure, at least 1; 0 turns its rule off.
+    let mut multiple = |k: &str, v: Option<f64>, default: Option<f64>| match v {
+        None => default,
         Some(0.0) => None,
         Some(x) if x.is_finite() && x >= 1.0 => Some(x),
         Some(x) => {
             c.fail(
-                key("max_p95_ratio"),
+                key(k),
                 format!("must be at least 1 (got {x}); 0 turns the rule off"),
             );
-            d.max_p95_ratio
+            default
         }
     };
+    let max_p95_ratio = multiple("max_p95_ratio", f.max_p95_ratio, d.max_p95_ratio);
+    let sustained_error_ratio = multiple(
+        "sustained_error_ratio",
+        f.sustained_error_ratio,
+        d.sustained_error_ratio,
+    );
+    let sustained_p95_ratio = multiple(
+        "sustained_p95_ratio",
+        f.sustained_p95_ratio,
+        d.sustained_p95_ratio,
+    );
     let mut optional_duration = |k: &str, v: Option<&str>, default: Option<Duration>| match v {
         None => default,
         Some(text) => match parse_duration(text) {
@@ -64,6 +81,14 @@ pub(crate) fn validate_cutback(c: &mut Checker<'_>, base: &str, f: &CutbackFile)
     let latency_slack = match f.latency_slack.as_deref() {
         None => d.latency_slack,
         Some(text) => c.take(&key("latency_slack"), parse_duration(text), d.latency_slack),
+    };
+    let sustained_latency_slack = match f.sustained_latency_slack.as_deref() {
+        None => d.sustained_latency_slack,
+        Some(text) => c.take(
+            &key("sustained_latency_slack"),
+            parse_duration(text),
+            d.sustained_latency_slack,
+        ),
     };
     let breach_for = match f.breach_for.as_deref() {
         None => d.breach_for,
@@ -121,6 +146,10 @@ pub(crate) fn validate_cutback(c: &mut Checker<'_>, base: &str, f: &CutbackFile)
         max_p99,
         max_p95_ratio,
         latency_slack,
+        sustained_error_ratio,
+        sustained_error_slack,
+        sustained_p95_ratio,
+        sustained_latency_slack,
         min_requests,
         max_consecutive_failures,
         breach_for,

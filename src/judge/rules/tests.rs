@@ -1,5 +1,5 @@
 use super::*;
-use crate::judge::{ContainerUsage, Policy, UsageSample};
+use crate::judge::{ContainerUsage, Policy, SustainedCounts, UsageSample};
 use crate::stats::ArmStats;
 use crate::stats::WindowSnapshot;
 use crate::types::StatusClass;
@@ -28,6 +28,7 @@ fn evidence(stable: WindowSnapshot, canary: WindowSnapshot) -> Evidence {
         routes: Vec::new(),
         probe_failures: Vec::new(),
         stable_probes_failing: Vec::new(),
+        sustained: None,
         canary_usage: Vec::new(),
     }
 }
@@ -201,13 +202,14 @@ fn two_against_one_percent_needs_enough_data() {
         &Policy::default(),
     );
     assert_eq!(v.name(), "inconclusive");
-    // Canary 2 % vs stable 1 %, 20,000 requests each, margin 0.5 points: breach.
+    // Canary 2 % vs stable 1 %, 40,000 requests each, margin 0.5 points: breach (at the
+    // window's share of 1 - confidence, 1/120 of it: the window is looked at all the time).
     let p = Policy {
         max_error_rate_increase: 0.005,
         ..Policy::default()
     };
     let v = decide(
-        &evidence(window(19_800, 200, MS), window(19_600, 400, MS)),
+        &evidence(window(39_600, 400, MS), window(39_200, 800, MS)),
         &p,
     );
     assert_eq!(
@@ -372,4 +374,96 @@ fn many_routes_with_the_same_noise_do_not_alarm() {
         .collect();
     let v = decide(&e, &Policy::default());
     assert_eq!(v.breach(), None, "{v:?}");
+}
+
+/// Both arms second by second: each second `nc` canary requests (one of them failing every
+/// `canary_every` seconds; 0: never) and `ns` stable ones (one failing every `stable_every`).
+fn sustained(
+    seconds: u64,
+    nc: u64,
+    canary_every: u64,
+    ns: u64,
+    stable_every: u64,
+) -> SustainedCounts {
+    let mut s = SustainedCounts::new(Duration::from_secs(30));
+    let fails = |every: u64, t: u64| u64::from(every > 0 && t.is_multiple_of(every));
+    for t in 0..seconds {
+        s.add_stratum(1000, nc, fails(canary_every, t), ns, fails(stable_every, t));
+    }
+    s
+}
+
+/// Windows in which nothing is wrong, for the sustained rules to speak alone.
+fn quiet() -> Evidence {
+    evidence(window(990, 10, MS), window(99, 1, MS))
+}
+
+#[test]
+fn a_point_of_errors_more_is_caught_once_enough_seconds_show_it() {
+    // The canary fails 2 % (1 of its 5 requests every 10 s), stable 1 %.
+    let mut e = quiet();
+    e.sustained = Some(sustained(600, 5, 10, 50, 2));
+    assert_eq!(decide(&e, &Policy::default()).name(), "healthy");
+    e.sustained = Some(sustained(1200, 5, 10, 50, 2));
+    let v = decide(&e, &Policy::default());
+    let b = v.breach().expect("sustained breach");
+    assert_eq!(b.rule, Rule::SustainedErrorRate);
+    assert!(b.reason.contains("120/6000"), "{}", b.reason);
+    assert!(b.p_value.is_some_and(|p| p < 0.001), "{b:?}");
+    assert!(!b.rule.is_soft() && !b.rule.is_immediate());
+    // Off: silent.
+    let off = Policy {
+        sustained_error_ratio: None,
+        ..Policy::default()
+    };
+    assert_eq!(decide(&e, &off).name(), "healthy");
+}
+
+#[test]
+fn equal_failure_ratios_stay_healthy_however_long() {
+    let mut e = quiet();
+    // 2 % on both arms for two hours.
+    e.sustained = Some(sustained(7200, 5, 10, 50, 1));
+    assert_eq!(decide(&e, &Policy::default()).name(), "healthy");
+}
+
+#[test]
+fn a_shared_outage_over_the_canary_life_is_no_breach() {
+    // An hour of both arms failing alike: 1 % then 30 % in the same seconds.
+    let mut s = SustainedCounts::new(Duration::from_secs(30));
+    for t in 0..3600u64 {
+        let (kc, ks) = if t % 60 < 20 {
+            (3, 30)
+        } else {
+            (u64::from(t.is_multiple_of(10)), 1)
+        };
+        s.add_stratum(1000, 10, kc, 100, ks);
+    }
+    let mut e = quiet();
+    e.sustained = Some(s);
+    assert_eq!(decide(&e, &Policy::default()).name(), "healthy");
+}
+
+#[test]
+fn a_slower_canary_is_caught_on_its_sustained_share_of_slow_requests() {
+    let slow = |fast: u64, slow: u64| {
+        let mut w = window(fast, 0, MS * 20);
+        w.merge(&window(slow, 0, MS * 40));
+        w
+    };
+    let mut s = sustained(600, 5, 0, 50, 0);
+    s.stable_latency = window(10_000, 0, MS * 20);
+    // 10 % of the canary's requests twice as slow: its p95 is stable's; healthy.
+    s.canary_latency = slow(90, 10);
+    let mut e = quiet();
+    e.sustained = Some(s.clone());
+    assert_eq!(decide(&e, &Policy::default()).name(), "healthy");
+    // The same share over 2,000 requests: the p95 is twice stable's, and it shows.
+    s.canary_latency = slow(1800, 200);
+    e.sustained = Some(s);
+    let v = decide(&e, &Policy::default());
+    let b = v.breach().expect("sustained latency breach");
+    assert_eq!(b.rule, Rule::SustainedLatency);
+    assert!(b.rule.is_soft());
+    assert!(b.reason.contains("200/2000"), "{}", b.reason);
 }

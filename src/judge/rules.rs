@@ -365,7 +365,7 @@ fn error_rate_increase(c: &mut Case<'_>) -> Option<Verdict> {
         threshold: p.max_error_rate_increase,
         observed: round6(rate_c - rate_s),
         p_value: Some(pv),
-        confidence: confidence,
+        confidence,
     }))
 }
 

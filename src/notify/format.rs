@@ -73,6 +73,7 @@ fn headline(kind: EventKind) -> (&'static str, Severity) {
         K::DeploymentAborted => ("deployment aborted", Severity::Warning),
         K::DeploymentSucceeded => ("deployment succeeded", Severity::Good),
         K::DeploymentStarted => ("deployment started", Severity::Info),
+        K::DeploymentStalled => ("deployment stalled: no progress", Severity::Warning),
         K::RollbackRefused => (
             "rollback refused: the previous version is gone",
             Severity::Critical,
@@ -144,9 +145,8 @@ fn arm_numbers(arm: &Value) -> Option<String> {
     Some(parts.join(", "))
 }
 
-/// The latest failed requests by id (the evidence lists them oldest first), newest first
-/// and three at most: what to look up in the
-/// app's logs.
+/// The latest failed requests by id, newest first and three at most (the evidence lists
+/// them oldest first): what to look up in the app's logs.
 fn failed_requests(list: &Value) -> Option<String> {
     let list = list.as_array().filter(|l| !l.is_empty())?;
     let shown: Vec<String> = list

@@ -22,8 +22,8 @@ fn seconds(ms: u64) -> String {
 }
 
 /// 7. Over the canary's life, second by second, its failure ratio is above stable's in the
-///    same seconds by more than `max(sustained_error_ratio - 1) x stable's ratio` and by
-///    more than `sustained_error_slack`: the sequential test's likelihood ratio crosses
+///    same seconds by more than the larger of `(sustained_error_ratio - 1) x stable's
+///    ratio` and `sustained_error_slack`: the sequential test's likelihood ratio crosses
 ///    `1 / (1 - confidence)` (and an exact binomial test of the canary's failures against
 ///    that level agrees, for the few-failure cases a normal approximation flatters).
 pub(super) fn sustained_errors(c: &mut Case<'_>) -> Option<Verdict> {

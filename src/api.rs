@@ -173,6 +173,13 @@ pub struct DeployBody {
     pub drain_timeout: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_wait: Option<String>,
+    /// How long a phase may wait for samples, a healthy judge or probes beyond its own
+    /// minimum (default 30m; `0s`: forever).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress_deadline: Option<String>,
+    /// `pause` (default), `rollback` or `promote_if_probes_healthy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_deadline: Option<String>,
 }
 
 /// Step bake time when a step names none.

@@ -59,6 +59,9 @@ pub enum EventKind {
     DeploymentPaused,
     /// A deployment was resumed.
     DeploymentResumed,
+    /// A deployment's phase waited past its progress deadline (and was paused, rolled back
+    /// or promoted, as the deployment asked).
+    DeploymentStalled,
     /// A deployment ended with the new version serving.
     DeploymentSucceeded,
     /// A deployment ended rolled back (the previous version serves).
@@ -93,7 +96,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind, for filters and docs.
-    pub const ALL: [EventKind; 33] = [
+    pub const ALL: [EventKind; 34] = [
         EventKind::Started,
         EventKind::CanarySet,
         EventKind::WeightSet,
@@ -113,6 +116,7 @@ impl EventKind {
         EventKind::DeploymentStep,
         EventKind::DeploymentPaused,
         EventKind::DeploymentResumed,
+        EventKind::DeploymentStalled,
         EventKind::DeploymentSucceeded,
         EventKind::DeploymentFailed,
         EventKind::DeploymentAborted,
@@ -156,6 +160,7 @@ impl EventKind {
             EventKind::DeploymentStep => "deployment_step",
             EventKind::DeploymentPaused => "deployment_paused",
             EventKind::DeploymentResumed => "deployment_resumed",
+            EventKind::DeploymentStalled => "deployment_stalled",
             EventKind::DeploymentSucceeded => "deployment_succeeded",
             EventKind::DeploymentFailed => "deployment_failed",
             EventKind::DeploymentAborted => "deployment_aborted",

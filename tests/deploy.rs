@@ -552,3 +552,104 @@ async fn a_rollback_to_a_version_that_is_gone_is_refused() {
         "the deployment waits for the operator: {live}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_that_cannot_collect_its_samples_pauses_at_its_deadline_and_notifies() {
+    let rx = receivers::HttpReceiver::start(0);
+    let (old, new) = (spawn_upstream("v1"), spawn_upstream("v2"));
+    // A notifier with the default events: a stall is among them.
+    let gate = gate(
+        &[&old],
+        &format!(
+            "[[notify]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{}\"\n",
+            rx.url("ok", "hook")
+        ),
+    );
+    let traffic = load(&gate);
+    // Real traffic, but a step asking for more canary samples than it can collect.
+    let mut body = canary_body(
+        &new,
+        json!([{ "weight": 10, "bake": "0s", "min_samples": 100_000_000u64 }]),
+    );
+    body["progress_deadline"] = json!("1s");
+    let (status, v) = deploy(&gate, body).await;
+    assert_eq!(status, 201, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    assert_eq!(v["deployment"]["progress"]["deadline"]["after"], "1s");
+    let paused = wait_state(&gate, &id, &["paused"], LONG_WAIT).await;
+    let waiting = paused["live"]["progress"]["waiting"].as_str().unwrap();
+    assert!(waiting.contains("no progress for 1.0s"), "{waiting}");
+    let stalled = paused["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "deployment_stalled")
+        .unwrap_or_else(|| panic!("no deployment_stalled in {paused}"))
+        .clone();
+    assert_eq!(stalled["actor"], "deadline");
+    assert_eq!(stalled["evidence"]["stall"]["action"], "paused");
+    let hook = tokio::task::spawn_blocking(move || {
+        rx.wait_for(LONG_WAIT, |r| r.json()["kind"] == "deployment_stalled")
+    })
+    .await
+    .unwrap();
+    let hook = hook.json();
+    assert_eq!(hook["event"]["deployment"], json!(id));
+    assert_eq!(
+        hook["title"], "web: deployment stalled: no progress",
+        "{hook}"
+    );
+    // Traffic stays where it was while paused; resumed, the deployment waits again.
+    assert_eq!(web_service(&gate).await["canary_weight"], json!(10.0));
+    let (status, v) = control(&gate, &id, "resume").await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(traffic.stop().client_errors(), 0);
+    let (status, v) = control(&gate, &id, "abort").await;
+    assert_eq!(status, 200, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_deployment_rolls_back_when_it_asks_to() {
+    let (old, new) = (spawn_upstream("v1"), spawn_upstream("v2"));
+    let gate = gate(&[&old], "");
+    let mut body = canary_body(
+        &new,
+        json!([{ "weight": 5, "bake": "0s", "min_samples": 1_000_000 }]),
+    );
+    body["progress_deadline"] = json!("500ms");
+    body["on_deadline"] = json!("rollback");
+    let (status, v) = deploy(&gate, body).await;
+    assert_eq!(status, 201, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    let done = wait_state(
+        &gate,
+        &id,
+        &["succeeded", "rolled_back", "aborted"],
+        LONG_WAIT,
+    )
+    .await;
+    assert_eq!(done["state"], "rolled_back", "{done}");
+    assert!(done["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["kind"] == "deployment_stalled"));
+    let s = web_service(&gate).await;
+    assert_eq!(
+        (&s["canary_weight"], &s["state"]),
+        (&json!(0.0), &json!("rolled_back")),
+        "{s}"
+    );
+    // Refused settings name their field.
+    let mut bad = canary_body(&new, json!([{ "weight": 5 }]));
+    bad["on_deadline"] = json!("later");
+    let (status, v) = deploy(&gate, bad).await;
+    assert_eq!(status, 400);
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("on_deadline:"),
+        "{v}"
+    );
+}

@@ -291,6 +291,35 @@ pub(super) fn deploy_spec(
     }
 }
 
+/// The progress deadline a deployment asks for: `progress_deadline` (default 30m, `0s`
+/// for none) and what to do then.
+pub(super) fn deploy_deadline(
+    b: &DeployBody,
+) -> Result<Option<crate::rollout::plan::Deadline>, ApiError> {
+    use crate::rollout::plan::{Deadline, OnDeadline, DEFAULT_PROGRESS_DEADLINE};
+    let after = match b.progress_deadline.as_deref() {
+        None => DEFAULT_PROGRESS_DEADLINE,
+        Some(v) => duration_field("progress_deadline", Some(v), "")?,
+    };
+    let on = match b.on_deadline.as_deref() {
+        None => OnDeadline::Pause,
+        Some(v) => OnDeadline::parse(v).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "on_deadline: '{v}' is not pause, rollback or promote_if_probes_healthy"
+            ))
+        })?,
+    };
+    if after.is_zero() {
+        if b.on_deadline.is_some() {
+            return Err(ApiError::bad_request(
+                "on_deadline: progress_deadline is 0s (no deadline), so nothing would use it",
+            ));
+        }
+        return Ok(None);
+    }
+    Ok(Some(Deadline { after, on }))
+}
+
 pub(super) async fn start_deployment(
     State(state): State<AdminState>,
     Actor(who): Actor,
@@ -306,6 +335,7 @@ pub(super) async fn start_deployment(
         service.stable.upstreams.len(),
         service.config.cutback.min_requests,
     )?;
+    let deadline = deploy_deadline(&body)?;
     let label = body
         .label
         .clone()
@@ -358,6 +388,7 @@ pub(super) async fn start_deployment(
                 spec,
                 source,
                 label,
+                deadline,
             },
             who,
         )

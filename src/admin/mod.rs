@@ -86,6 +86,9 @@ pub fn check_bodies(bytes: &[u8]) -> Vec<Result<(), u16>> {
                     .map_err(|e| e.into_response().status().as_u16());
                 out.push(plan.map(drop));
             }
+            let deadline = deployments::deploy_deadline(&body)
+                .map_err(|e| e.into_response().status().as_u16());
+            out.push(deadline.map(drop));
         }
     }
     out

@@ -229,6 +229,14 @@ pub enum Command {
         /// Rolling: how long a batch must stay healthy before the next one.
         #[arg(long)]
         health_wait: Option<String>,
+        /// How long a phase may wait for samples, a healthy judge or probes beyond its own
+        /// minimum (default 30m; 0s: forever).
+        #[arg(long)]
+        progress_deadline: Option<String>,
+        /// What a stalled deployment does: pause (default), rollback or
+        /// promote_if_probes_healthy.
+        #[arg(long)]
+        on_deadline: Option<String>,
         /// Start it and print its id without following it.
         #[arg(long)]
         detach: bool,

@@ -247,6 +247,8 @@ pub fn call_for(command: Command) -> anyhow::Result<Call> {
             pause_between,
             drain_timeout,
             health_wait,
+            progress_deadline,
+            on_deadline,
             detach,
             remote,
         } => {
@@ -284,6 +286,8 @@ pub fn call_for(command: Command) -> anyhow::Result<Call> {
                 pause_between,
                 drain_timeout,
                 health_wait,
+                progress_deadline,
+                on_deadline,
             };
             let body = wire(&body)?;
             return Ok(Call::Deploy {

@@ -16,12 +16,13 @@ pub const DEFAULT_NOTIFY_BACKOFF: Duration = Duration::from_secs(1);
 pub const DEFAULT_NOTIFY_QUEUE: usize = 256;
 
 /// What a notifier hears when it does not say: what someone should act on.
-pub const DEFAULT_NOTIFY_EVENTS: [EventKind; 9] = [
+pub const DEFAULT_NOTIFY_EVENTS: [EventKind; 10] = [
     EventKind::RolledBack,
     EventKind::Breach,
     EventKind::DeploymentFailed,
     EventKind::DeploymentSucceeded,
     EventKind::DeploymentAborted,
+    EventKind::DeploymentStalled,
     EventKind::RollbackRefused,
     EventKind::ProbeFailed,
     EventKind::ReleaseMissing,

@@ -76,6 +76,8 @@ pub enum Op {
         source: DeploySource,
         /// Version label.
         label: Option<String>,
+        /// How long a phase may wait for what it needs (none: forever).
+        deadline: Option<plan::Deadline>,
     },
     /// Pause, resume, abort or promote a deployment.
     Deployment {

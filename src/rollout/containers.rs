@@ -62,7 +62,11 @@ impl Controller {
                 .active
                 .get_mut(&service)
                 .ok_or_else(|| ControlError::NotFound(format!("deployment {id}")))?;
-            let (plan, wants) = Plan::start(active.plan.spec().clone(), std::time::Duration::ZERO);
+            let (plan, wants) = Plan::start(
+                active.plan.spec().clone(),
+                active.plan.deadline(),
+                std::time::Duration::ZERO,
+            );
             active.plan = plan;
             active.new = upstreams;
             active.preparing = false;

@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::history::Planned;
-use super::plan::{Outcome, Phase, Plan, Progress, Spec, Want};
+use super::plan::{Deadline, Outcome, Phase, Plan, Progress, Spec, Want};
 use super::state::{DeploymentState, Strategy};
 use super::{ops, Applied, ControlError, Controller};
 use crate::events::{EventKind, NewEvent};
@@ -171,6 +171,7 @@ impl Controller {
         &mut self,
         service: &str,
         spec: Spec,
+        deadline: Option<Deadline>,
         source: super::DeploySource,
         label: Option<String>,
         actor: &str,
@@ -260,7 +261,7 @@ impl Controller {
         }
         let id = super::history::new_deployment_id(service);
         let started_ms = now_ms();
-        let (plan, wants) = Plan::start(spec.clone(), Duration::ZERO);
+        let (plan, wants) = Plan::start(spec.clone(), deadline, Duration::ZERO);
         let label = label.or_else(|| image.clone());
         self.keeper.expect(
             service,
@@ -297,6 +298,7 @@ impl Controller {
             .deployment(Some(id.clone()))
             .evidence(json!({
                 "plan": spec,
+                "deadline": deadline,
                 "upstreams": upstreams.iter().map(|u| u.spec.clone()).collect::<Vec<_>>(),
                 "image": image,
             })),

@@ -19,99 +19,11 @@
 //! The controller feeds [`Inputs`] every tick and applies the [`Want`]s.
 
 pub use super::state::Outcome;
-use super::state::Strategy;
 use std::time::Duration;
 
 use serde::Serialize;
 
 use crate::types::Weight;
-
-/// One step of a canary plan.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Step {
-    /// Weight for this step.
-    pub weight: Weight,
-    /// How long to stay before moving on.
-    #[serde(with = "crate::time::text")]
-    pub bake: Duration,
-    /// Canary requests needed during the bake (with a healthy judge) to move on.
-    pub min_samples: u64,
-    /// Wait here for an operator (resume moves on, promote finishes).
-    pub pause: bool,
-}
-
-/// What to do on a soft (latency) breach during a canary plan.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum SoftRollback {
-    /// Cut back at once, like any breach (the default).
-    #[default]
-    Instant,
-    /// Go back one step and pause; hard failures are still instant.
-    StepBack,
-}
-
-/// A strategy and its settings.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(tag = "strategy", rename_all = "snake_case")]
-pub enum Spec {
-    /// Weight steps.
-    Canary {
-        /// The steps.
-        steps: Vec<Step>,
-        /// Latency regressions step back instead of cutting back.
-        soft_rollback: SoftRollback,
-    },
-    /// Preview, verify, switch, keep blue warm.
-    BlueGreen {
-        /// Green's probes must pass this long before the switch.
-        #[serde(with = "crate::time::text")]
-        verify_for: Duration,
-        /// Blue stays ready this long after the switch.
-        #[serde(with = "crate::time::text")]
-        keep_blue_for: Duration,
-        /// Switch by itself once verified (else wait for promote).
-        auto_switch: bool,
-    },
-    /// Instance by instance.
-    Rolling {
-        /// Instances in all (old and new alike).
-        instances: usize,
-        /// Instances replaced per batch.
-        batch_size: usize,
-        /// Instances out of service at once (a batch never exceeds it).
-        max_unavailable: usize,
-        /// Wait between batches.
-        #[serde(with = "crate::time::text")]
-        pause_between: Duration,
-        /// Longest wait for a batch's old instances to finish their requests.
-        #[serde(with = "crate::time::text")]
-        drain_timeout: Duration,
-        /// How long new instances must stay healthy before the next batch.
-        #[serde(with = "crate::time::text")]
-        health_wait: Duration,
-    },
-}
-
-impl Spec {
-    /// Its strategy.
-    pub fn strategy(&self) -> Strategy {
-        match self {
-            Spec::Canary { .. } => Strategy::Canary,
-            Spec::BlueGreen { .. } => Strategy::BlueGreen,
-            Spec::Rolling { .. } => Strategy::Rolling,
-        }
-    }
-
-    /// `canary`, `blue_green` or `rolling`.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Spec::Canary { .. } => "canary",
-            Spec::BlueGreen { .. } => "blue_green",
-            Spec::Rolling { .. } => "rolling",
-        }
-    }
-}
 
 /// The judge's current view, as a plan needs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,6 +99,8 @@ pub enum Want {
     CutBack(String),
     /// The deployment is over.
     Finish(Outcome, String),
+    /// A phase met its progress deadline (what follows says what the plan did about it).
+    Stalled(Stall),
 }
 
 /// Where a plan is.
@@ -244,6 +158,10 @@ pub struct Plan {
     replaced_at_failure: Option<usize>,
     /// The phase it was in when it failed.
     failed_in: Option<Phase>,
+    /// How long a phase may wait for what it needs (none: forever).
+    deadline: Option<Deadline>,
+    /// Time in the phase when it was last resumed: the deadline counts from there.
+    resumed_in_phase: Duration,
 }
 
 /// The plan's state for the API.
@@ -267,6 +185,8 @@ pub struct Progress {
     pub replaced_at_failure: Option<usize>,
     /// The phase it failed in (a canary step, the warm period, a batch).
     pub failed_in: Option<Phase>,
+    /// The progress deadline, if one.
+    pub deadline: Option<Deadline>,
     /// How it ended.
     pub outcome: Option<Outcome>,
 }
@@ -277,8 +197,8 @@ fn weight_of(replaced: usize, instances: usize) -> Weight {
 }
 
 impl Plan {
-    /// Starts a plan at `now`; returns what to do first.
-    pub fn start(spec: Spec, now: Duration) -> (Plan, Vec<Want>) {
+    /// Starts a plan at `now` with a progress deadline (or none); returns what to do first.
+    pub fn start(spec: Spec, deadline: Option<Deadline>, now: Duration) -> (Plan, Vec<Want>) {
         let (phase, wants) = match &spec {
             Spec::Canary { steps, .. } => (
                 Phase::Step { index: 0 },
@@ -312,6 +232,8 @@ impl Plan {
             outcome: None,
             replaced_at_failure: None,
             failed_in: None,
+            deadline,
+            resumed_in_phase: Duration::ZERO,
         };
         (plan, wants)
     }
@@ -319,6 +241,11 @@ impl Plan {
     /// The strategy.
     pub fn spec(&self) -> &Spec {
         &self.spec
+    }
+
+    /// The progress deadline.
+    pub fn deadline(&self) -> Option<Deadline> {
+        self.deadline
     }
 
     /// Where it is.
@@ -349,6 +276,7 @@ impl Plan {
         self.phase = phase;
         self.entered = now;
         self.paused_for = Duration::ZERO;
+        self.resumed_in_phase = Duration::ZERO;
         if let Some(p) = self.paused_at.as_mut() {
             *p = now;
         }
@@ -401,11 +329,11 @@ impl Plan {
                     i.judged == Judged::Healthy && i.samples >= step.min_samples
                 };
                 if !proven {
-                    self.waiting = Some(format!(
+                    let why = format!(
                         "baked; waiting for a healthy judge with {} canary samples (have {}, judge {})",
                         step.min_samples, i.samples, i.judged.as_str()
-                    ));
-                    return Vec::new();
+                    );
+                    return self.wait_for(i, elapsed.saturating_sub(step.bake), why);
                 }
                 if last {
                     let done = self.finish(Outcome::Succeeded, "every step passed".into());
@@ -431,14 +359,19 @@ impl Plan {
                     _ => false,
                 };
                 if !verified {
-                    self.waiting = Some(match i.probes {
-                        None => "green has no probes to verify it: promote to switch".into(),
+                    let why = match i.probes {
+                        None => {
+                            // A person's decision, not a stall.
+                            self.waiting =
+                                Some("green has no probes to verify it: promote to switch".into());
+                            return Vec::new();
+                        }
                         Some(None) => "green's probes do not all pass yet".into(),
                         Some(Some(_)) => {
                             format!("green's probes pass; verifying for {}", secs(verify_for))
                         }
-                    });
-                    return Vec::new();
+                    };
+                    return self.wait_for(i, elapsed.saturating_sub(verify_for), why);
                 }
                 if !auto_switch {
                     self.waiting = Some("green verified: promote to switch".into());
@@ -488,11 +421,11 @@ impl Plan {
                     Some(None) => false,
                 };
                 if elapsed < health_wait || !probes_ok || i.judged == Judged::Breach {
-                    self.waiting = Some(format!(
+                    let why = format!(
                         "health gate: {replaced} of {instances} new instances must stay healthy for {}",
                         secs(health_wait)
-                    ));
-                    return Vec::new();
+                    );
+                    return self.wait_for(i, elapsed.saturating_sub(health_wait), why);
                 }
                 if replaced >= instances {
                     let done = self.finish(Outcome::Succeeded, "every instance replaced".into());
@@ -635,6 +568,7 @@ impl Plan {
         };
         self.paused_for += now.saturating_sub(at);
         self.waiting = None;
+        self.resumed_in_phase = self.in_phase(now);
         // A manual-decision step is passed by resuming it.
         if let (Spec::Canary { steps, .. }, Phase::Step { index }) = (&self.spec, &self.phase) {
             if steps[*index].pause {
@@ -653,6 +587,10 @@ impl Plan {
     /// An operator promotes: skip what is left. For rolling, every remaining instance is
     /// replaced at once.
     pub fn promote(&mut self) -> Vec<Want> {
+        self.promote_because("promoted by an operator".into())
+    }
+
+    fn promote_because(&mut self, why: String) -> Vec<Want> {
         if self.done() || matches!(self.phase, Phase::Reverting { .. }) {
             return Vec::new();
         }
@@ -664,7 +602,7 @@ impl Plan {
             });
         }
         wants.push(Want::Promote);
-        wants.push(self.finish(Outcome::Succeeded, "promoted by an operator".into()));
+        wants.push(self.finish(Outcome::Succeeded, why));
         wants
     }
 
@@ -684,10 +622,16 @@ impl Plan {
             replaced: self.replaced(),
             replaced_at_failure: self.replaced_at_failure,
             failed_in: self.failed_in.clone(),
+            deadline: self.deadline,
             outcome: self.outcome,
         }
     }
 }
 
+mod deadline;
+mod spec;
 #[cfg(test)]
 mod tests;
+
+pub use deadline::{Deadline, OnDeadline, Stall, DEFAULT_PROGRESS_DEADLINE};
+pub use spec::{SoftRollback, Spec, Step};

@@ -3,7 +3,7 @@
 //! previous version is gone.
 
 use crate::events::{EventKind, NewEvent};
-use crate::rollout::plan::{Inputs, Judged, Outcome, Want};
+use crate::rollout::plan::{Inputs, Judged, Outcome, Stall, Want};
 use crate::rollout::state::DeploymentState;
 use crate::rollout::{ops, Controller};
 use crate::types::ServiceState;
@@ -70,11 +70,38 @@ impl Controller {
                     self.finish_deployment(service, end, &why, actor);
                     return;
                 }
+                Want::Stalled(stall) => {
+                    self.deployment_stalled(service, &stall);
+                    continue;
+                }
             };
             if let Err(e) = result {
                 tracing::warn!(service, deployment = %id, error = %e, "a deployment step was refused");
             }
         }
+    }
+
+    /// A phase met its progress deadline: said (and notified) before the plan acts on it.
+    fn deployment_stalled(&mut self, service: &str, stall: &Stall) {
+        let Some(active) = self.deployments.active.get(service) else {
+            return;
+        };
+        let view = self.view(active);
+        let message = format!(
+            "deployment {} made no progress for {} ({}): {}",
+            active.id,
+            crate::time::format_duration(stall.deadline.after),
+            stall.waiting,
+            stall.action
+        );
+        tracing::warn!(service, "{message}");
+        let event = self.bus.publish(
+            NewEvent::new(EventKind::DeploymentStalled, "deadline", message)
+                .service(service.to_string())
+                .deployment(Some(active.id.clone()))
+                .evidence(json!({ "stall": stall, "deployment": view })),
+        );
+        self.remember(&event);
     }
 
     /// Drives every running deployment one tick.

@@ -8,7 +8,7 @@ const DECISIONS = 40;         // decisions listed
 const DECISION_KINDS = new Set([
   "rolled_back", "breach", "breach_cleared", "promoted", "canary_set", "weight_set", "resumed",
   "probe_failed", "probe_recovered", "deployment_started", "deployment_step",
-  "deployment_paused", "deployment_resumed", "deployment_succeeded", "deployment_failed",
+  "deployment_paused", "deployment_resumed", "deployment_stalled", "deployment_succeeded", "deployment_failed",
   "deployment_aborted", "rollback_refused", "release_ready", "release_failed",
   "container_restored", "release_missing", "discovered", "config_reloaded", "reload_failed",
   "notify_failed", "freeze_changed",

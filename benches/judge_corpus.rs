@@ -3,8 +3,8 @@
 //! Thousands of canaries, healthy and bad, each simulated for `MINUTES` of virtual time with
 //! requests drawn second by second on both arms (error rates, latencies, routes), and each
 //! judged four ways:
-//! - **Sluice**: the real `decide` and `Hysteresis` over the real `ArmStats` windows, every
-//!   second (the gate judges every 100 ms and on every canary failure: this is slower than
+//! - **Sluice**: the real `decide` and `Hysteresis` over the real `ArmStats` windows and
+//!   the real `Sustained` counts (rules 7 and 8), every second (the gate judges every 100 ms and on every canary failure: this is slower than
 //!   the gate, never faster);
 //! - **Flagger** (its documented defaults): every 1 min, the canary's error rate over the
 //!   last minute above 1 % or its p99 above 500 ms is a failed check; 5 failed checks in a

@@ -42,6 +42,8 @@ struct Input {
     strata: Option<Vec<(u16, u16, u16, u16)>>,
     sustained_error_ratio: Option<u16>,
     sustained_error_slack: u16,
+    sustained_p95_ratio: Option<u16>,
+    sustained_latency_slack_ms: u16,
 }
 
 fn window(arm: &Arm, span: Duration) -> WindowSnapshot {
@@ -97,6 +99,8 @@ fuzz_target!(|input: Input| {
     let mut p = policy(&input.knobs);
     p.sustained_error_ratio = input.sustained_error_ratio.map(|r| 1.0 + f64::from(r) / 100.0);
     p.sustained_error_slack = f64::from(input.sustained_error_slack) / f64::from(u16::MAX);
+    p.sustained_p95_ratio = input.sustained_p95_ratio.map(|r| 1.0 + f64::from(r) / 100.0);
+    p.sustained_latency_slack = Duration::from_millis(u64::from(input.sustained_latency_slack_ms));
     let e = Evidence {
         stable: window(&input.stable, p.window),
         canary: window(&input.canary, p.window),
@@ -120,6 +124,7 @@ fuzz_target!(|input: Input| {
             s
         }),
         canary_usage: Vec::new(),
+        analysis_failures: Vec::new(),
     };
     let v = decide(&e, &p);
     assert_eq!(v, decide(&e, &p), "the same evidence, another verdict");
@@ -131,7 +136,10 @@ fuzz_target!(|input: Input| {
     if e.canary.requests() < p.min_requests && !dead_run {
         assert!(!breach, "a breach on {} requests: {v:?}", e.canary.requests());
     }
-    let latency_rules_off = p.max_p95.is_none() && p.max_p99.is_none() && p.max_p95_ratio.is_none();
+    let latency_rules_off = p.max_p95.is_none()
+        && p.max_p99.is_none()
+        && p.max_p95_ratio.is_none()
+        && p.sustained_p95_ratio.is_none();
     if e.canary.failures() == 0 && e.canary_consecutive_failures == 0 && latency_rules_off {
         assert!(!breach, "a breach without a failure: {v:?}");
     }

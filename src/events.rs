@@ -92,11 +92,16 @@ pub enum EventKind {
     CertificateIssued,
     /// An ACME order failed; the certificate the name had keeps serving.
     CertificateFailed,
+    /// An external analysis measured (passed, failed or inconclusive), with its values.
+    AnalysisMeasured,
+    /// An external analysis had no answer `max_inconclusive` times in a row (a running
+    /// deployment is paused).
+    AnalysisInconclusive,
 }
 
 impl EventKind {
     /// Every kind, for filters and docs.
-    pub const ALL: [EventKind; 34] = [
+    pub const ALL: [EventKind; 36] = [
         EventKind::Started,
         EventKind::CanarySet,
         EventKind::WeightSet,
@@ -131,6 +136,8 @@ impl EventKind {
         EventKind::NotifyFailed,
         EventKind::CertificateIssued,
         EventKind::CertificateFailed,
+        EventKind::AnalysisMeasured,
+        EventKind::AnalysisInconclusive,
     ];
 
     /// Parses a kind name.
@@ -175,6 +182,8 @@ impl EventKind {
             EventKind::NotifyFailed => "notify_failed",
             EventKind::CertificateIssued => "certificate_issued",
             EventKind::CertificateFailed => "certificate_failed",
+            EventKind::AnalysisMeasured => "analysis_measured",
+            EventKind::AnalysisInconclusive => "analysis_inconclusive",
         }
     }
 }

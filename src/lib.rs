@@ -8,6 +8,7 @@
 pub mod access_log;
 pub mod acme;
 pub mod admin;
+pub mod analysis;
 pub mod api;
 pub mod cli;
 pub mod config;

@@ -230,6 +230,9 @@ pub struct ServiceFile {
     pub probe_combine: Option<String>,
     #[serde(default)]
     pub probes: Vec<ProbeFile>,
+    /// External analyses (`[[services.analysis]]`).
+    #[serde(default)]
+    pub analysis: Vec<AnalysisFile>,
     pub docker: Option<ServiceDockerFile>,
     /// Plain requests for this service get a 308 to https (ACME's HTTP-01 path excepted).
     pub redirect_https: Option<bool>,
@@ -337,6 +340,21 @@ pub struct ProbeFile {
     pub command: Option<Vec<String>>,
     pub env: Option<std::collections::BTreeMap<String, String>>,
     pub expect_exit: Option<i64>,
+}
+
+/// One `[[services.analysis]]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnalysisFile {
+    pub name: Option<String>,
+    pub kind: Option<String>,
+    pub address: Option<String>,
+    pub query: Option<String>,
+    pub interval: Option<String>,
+    pub timeout: Option<String>,
+    pub failure_condition: Option<String>,
+    pub failure_limit: Option<i64>,
+    pub max_inconclusive: Option<i64>,
 }
 
 /// `[services.cutback]`

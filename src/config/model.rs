@@ -314,6 +314,8 @@ pub struct ServiceConfig {
     pub cutback: Policy,
     /// Active probes (`[[services.probes]]`).
     pub probes: Vec<ProbeSpec>,
+    /// External analyses (`[[services.analysis]]`).
+    pub analysis: Vec<crate::analysis::AnalysisSpec>,
     /// How the probes combine per upstream; default `all`.
     pub probe_combine: Combine,
     /// Containers Sluice runs for this service (`[services.docker]`); its arms are then

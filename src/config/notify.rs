@@ -16,7 +16,7 @@ pub const DEFAULT_NOTIFY_BACKOFF: Duration = Duration::from_secs(1);
 pub const DEFAULT_NOTIFY_QUEUE: usize = 256;
 
 /// What a notifier hears when it does not say: what someone should act on.
-pub const DEFAULT_NOTIFY_EVENTS: [EventKind; 10] = [
+pub const DEFAULT_NOTIFY_EVENTS: [EventKind; 11] = [
     EventKind::RolledBack,
     EventKind::Breach,
     EventKind::DeploymentFailed,
@@ -27,6 +27,7 @@ pub const DEFAULT_NOTIFY_EVENTS: [EventKind; 10] = [
     EventKind::ProbeFailed,
     EventKind::ReleaseMissing,
     EventKind::CertificateFailed,
+    EventKind::AnalysisInconclusive,
 ];
 
 /// A secret value; never printed.

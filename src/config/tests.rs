@@ -378,3 +378,57 @@ tls.acme = false
     assert!(c.services[0].acme && c.services[0].redirect_https);
     assert!(!c.services[1].acme && !c.services[1].redirect_https);
 }
+
+#[test]
+fn analyses_are_read_with_defaults_and_their_errors_name_the_key() {
+    let ok = format!(
+        "{MINIMAL}[[services.analysis]]\nname = \"checkouts\"\nkind = \"prometheus\"\naddress = \"http://127.0.0.1:9090/\"\nquery = 'sum(x{{version=\"{{canary_version}}\",arm=\"{{arm}}\"}})'\nfailure_condition = \"canary > stable * 1.2\"\n"
+    );
+    let c = parse(&ok).unwrap();
+    let a = &c.services[0].analysis[0];
+    assert_eq!(a.address, "http://127.0.0.1:9090");
+    assert_eq!(a.interval, crate::analysis::DEFAULT_INTERVAL);
+    assert_eq!(a.failure_limit, 0);
+    assert_eq!(a.max_inconclusive, 3);
+    assert!(a.failure_condition.needs_stable());
+    for (change, key, says) in [
+        (
+            "kind = \"prometheus\"",
+            "kind",
+            "'datadog' is not prometheus",
+        ),
+        (
+            "address = \"http://127.0.0.1:9090/\"",
+            "address",
+            "is not an http(s) address",
+        ),
+        (
+            "failure_condition = \"canary > stable * 1.2\"",
+            "failure_condition",
+            "expected a comparison",
+        ),
+        ("name = \"checkouts\"", "name", "must be 1 to 64"),
+    ] {
+        let replacement = match key {
+            "kind" => "kind = \"datadog\"",
+            "address" => "address = \"127.0.0.1:9090\"",
+            "failure_condition" => "failure_condition = \"result\"",
+            _ => "name = \"\"",
+        };
+        let err = parse(&ok.replace(change, replacement))
+            .unwrap_err()
+            .to_string();
+        let want = format!("test.toml: services[0].analysis[0].{key}: ");
+        assert!(err.contains(&want) && err.contains(says), "{err}");
+    }
+    let twice = format!("{ok}{}", &ok[MINIMAL.len()..]);
+    assert!(parse(&twice)
+        .unwrap_err()
+        .to_string()
+        .contains("already the name"));
+    let typo = ok.replace("{canary_version}", "{canary}");
+    assert!(parse(&typo)
+        .unwrap_err()
+        .to_string()
+        .contains("'{canary}' is not a placeholder"));
+}

@@ -106,6 +106,22 @@ pub struct Evidence {
     pub stable_probes_failing: Vec<String>,
     /// Resource use of the canary's containers (when Docker runs or hosts them).
     pub canary_usage: Vec<ContainerUsage>,
+    /// External analyses with more failed measurements than their limit.
+    pub analysis_failures: Vec<AnalysisFailure>,
+}
+
+/// An external analysis (`[[services.analysis]]`) past its failure limit.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AnalysisFailure {
+    /// The analysis' name.
+    pub analysis: String,
+    /// Failed measurements of this canary version, of how many.
+    pub failures: u32,
+    pub measurements: u32,
+    /// Failed measurements tolerated.
+    pub failure_limit: u32,
+    /// The latest failed measurement (its values, queries and condition).
+    pub latest: Option<crate::analysis::Measurement>,
 }
 
 /// One route on both arms, over the window.

@@ -6,6 +6,8 @@
 //! 0. **Probes.** A canary upstream whose active probes fail by their policy breaches at
 //!    once, traffic or not (a canary at 1 % at night gets almost none). Not when the same
 //!    probe fails on every stable upstream too (shared cause).
+//!    **External analysis** (`[[services.analysis]]`, Prometheus) with more failed
+//!    measurements than its `failure_limit` breaches at once too: its condition has judged.
 //! 1. **Consecutive failures.** `max_consecutive_failures` canary failures in a row (5xx or
 //!    no response) breach at once, before `min_requests`: a dead canary needs no statistics.
 //!    Not when stable is failing the same way (a shared outage is not the canary's fault).
@@ -49,7 +51,8 @@ pub mod sustained;
 mod verdict;
 
 pub use evidence::{
-    ContainerUsage, Evidence, ProbeFailure, RouteComparison, UsageSample, USAGE_SAMPLE_SLACK,
+    AnalysisFailure, ContainerUsage, Evidence, ProbeFailure, RouteComparison, UsageSample,
+    USAGE_SAMPLE_SLACK,
 };
 pub use hysteresis::{Action, Hysteresis};
 pub use policy::*;

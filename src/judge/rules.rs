@@ -88,8 +88,9 @@ impl Case<'_> {
 type RuleFn = fn(&mut Case<'_>) -> Option<Verdict>;
 
 /// The rules, in the order they are tried.
-const RULES: [RuleFn; 11] = [
+const RULES: [RuleFn; 12] = [
     probes,
+    analysis,
     resources,
     consecutive_failures,
     enough_traffic,
@@ -169,7 +170,33 @@ fn probes(c: &mut Case<'_>) -> Option<Verdict> {
     })
 }
 
-/// 0b. A canary container over its share of its memory or CPU limit for the rule's whole
+/// 0b. An external analysis (Prometheus) failed more measurements than its
+///     `failure_limit`: its own evidence, judged by its own condition, acts at once.
+fn analysis(c: &mut Case<'_>) -> Option<Verdict> {
+    let first = c.e.analysis_failures.first()?;
+    let detail = first
+        .latest
+        .as_ref()
+        .map(|m| format!(": {}", m.detail))
+        .unwrap_or_default();
+    let more = match c.e.analysis_failures.len() {
+        1 => String::new(),
+        n => format!(" (and {} more)", n - 1),
+    };
+    Some(c.breach(Breach {
+        rule: Rule::Analysis,
+        reason: format!(
+            "analysis '{}' failed {} of {} measurements (limit {}){detail}{more}",
+            first.analysis, first.failures, first.measurements, first.failure_limit
+        ),
+        threshold: f64::from(first.failure_limit),
+        observed: f64::from(first.failures),
+        p_value: None,
+        confidence: c.p.confidence,
+    }))
+}
+
+/// 0c. A canary container over its share of its memory or CPU limit for the rule's whole
 ///     duration.
 fn resources(c: &mut Case<'_>) -> Option<Verdict> {
     type Reading = fn(&UsageSample) -> f64;

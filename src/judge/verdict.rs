@@ -10,6 +10,8 @@ use crate::stats::WindowSnapshot;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Rule {
+    /// An external analysis failed more measurements than its limit.
+    Analysis,
     /// Active probes fail on a canary upstream.
     ProbeFailed,
     /// A run of failures.
@@ -47,6 +49,7 @@ impl Rule {
             Rule::LatencyIncrease => "latency_increase",
             Rule::SustainedErrorRate => "sustained_error_rate",
             Rule::SustainedLatency => "sustained_latency",
+            Rule::Analysis => "analysis",
             Rule::Memory => "memory",
             Rule::Cpu => "cpu",
         }
@@ -65,7 +68,11 @@ impl Rule {
     pub fn is_immediate(self) -> bool {
         matches!(
             self,
-            Rule::ConsecutiveFailures | Rule::ProbeFailed | Rule::Memory | Rule::Cpu
+            Rule::ConsecutiveFailures
+                | Rule::ProbeFailed
+                | Rule::Analysis
+                | Rule::Memory
+                | Rule::Cpu
         )
     }
 }

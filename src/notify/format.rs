@@ -74,6 +74,7 @@ fn headline(kind: EventKind) -> (&'static str, Severity) {
         K::DeploymentSucceeded => ("deployment succeeded", Severity::Good),
         K::DeploymentStarted => ("deployment started", Severity::Info),
         K::DeploymentStalled => ("deployment stalled: no progress", Severity::Warning),
+        K::AnalysisInconclusive => ("analysis inconclusive", Severity::Warning),
         K::RollbackRefused => (
             "rollback refused: the previous version is gone",
             Severity::Critical,

@@ -46,6 +46,7 @@ impl Controller {
             ) {
                 (ServiceState::Canary, Some(mut e)) => {
                     e.sustained = self.sustained_counts(service, at);
+                    e.analysis_failures = self.analyzing.failures(service);
                     let policy = &service.config.cutback;
                     let verdict = decide(&e, policy);
                     let h = self.hysteresis.entry(name.clone()).or_default();
@@ -73,6 +74,7 @@ impl Controller {
                     watching,
                     last_decision: self.last_decision.get(&name).cloned(),
                     probes: self.probing.views(service),
+                    analysis: self.analyzing.views(service),
                     canary_healthy_since_ms: self.probing.canary_healthy_since(service),
                 },
             );
@@ -187,6 +189,7 @@ impl Controller {
             "verdict": verdict,
             "policy": &service.config.cutback,
             "failed_requests": failed,
+            "analysis": self.analyzing.latest(service).into_iter().collect::<std::collections::BTreeMap<_, _>>(),
         });
         let result = self.change(service.name(), "judge", evidence, |old, _| {
             ops::rollback(old, &reason)

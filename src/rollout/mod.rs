@@ -7,6 +7,7 @@
 //! canary; a breach that holds (see [`crate::judge::Hysteresis`]) is cut back at once:
 //! weight 0, state `rolled_back`, one swap.
 
+pub mod analyzing;
 mod changes;
 mod command;
 pub mod containers;
@@ -82,6 +83,8 @@ pub struct Controller {
     restored: Option<RestoreReport>,
     probing: probing::Probing,
     probe_rx: mpsc::Receiver<crate::probes::Observation>,
+    analyzing: analyzing::Analyzing,
+    analysis_rx: mpsc::Receiver<crate::analysis::Observation>,
     deployments: deploy::Deployments,
     deployment_views: Arc<ArcSwap<HashMap<String, deploy::DeploymentView>>>,
     pending_wants: HashMap<String, Vec<plan::Want>>,
@@ -200,6 +203,7 @@ impl Controller {
         let (reporter, reports) = crate::docker::report::Reporter::channel();
         let (probing, probe_rx) =
             probing::Probing::new(Arc::new(crate::probes::check::RealChecker::new()));
+        let (analyzing, analysis_rx) = analyzing::Analyzing::new();
         let deployment_views = Arc::new(ArcSwap::from_pointee(HashMap::new()));
         let freezes = Arc::new(ArcSwap::from_pointee(deploy::Freezes::default()));
         let reader = table.reader();
@@ -222,6 +226,8 @@ impl Controller {
             restored,
             probing,
             probe_rx,
+            analyzing,
+            analysis_rx,
             deployments: deploy::Deployments::default(),
             deployment_views: deployment_views.clone(),
             pending_wants: HashMap::new(),
@@ -316,6 +322,7 @@ impl Controller {
         self.announce_start();
         self.started = tokio::time::Instant::now();
         self.probing.reconcile(&self.table.load());
+        self.reconcile_analyses(&self.table.load_full());
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
@@ -325,6 +332,7 @@ impl Controller {
                     None => break,
                 },
                 Some(obs) = self.probe_rx.recv() => self.on_probe(obs),
+                Some(obs) = self.analysis_rx.recv() => self.on_analysis(obs),
                 Some(envelope) = self.reports.recv() => self.on_report(envelope),
                 Some(()) = self.wake_rx.recv() => {
                     let now = tokio::time::Instant::now();
@@ -348,6 +356,7 @@ impl Controller {
         }
         self.keeper.sample(&self.table.load(), true);
         self.probing.stop();
+        self.analyzing.stop();
     }
 
     async fn handle(&mut self, cmd: Command) {
@@ -415,6 +424,7 @@ impl Controller {
         self.keeper.snapshot(&table, cause);
         if tokio::runtime::Handle::try_current().is_ok() {
             self.probing.reconcile(&table);
+            self.reconcile_analyses(&table);
         }
         TableChange { from, to }
     }

@@ -28,6 +28,8 @@ pub struct JudgeStatus {
     /// top level by the API).
     #[serde(skip)]
     pub probes: Vec<super::probing::ProbeView>,
+    /// The external analyses of the serving canary: settings, counts, latest measurements.
+    pub analysis: Vec<super::analyzing::AnalysisView>,
     /// Since when every canary upstream passes its probes (epoch ms), if they all do.
     pub canary_healthy_since_ms: Option<u64>,
 }
@@ -84,6 +86,7 @@ pub fn evidence(
         probe_failures,
         stable_probes_failing,
         sustained: None,
+        analysis_failures: Vec::new(),
         // Only the containers behind the canary's upstreams now (a replaced canary's
         // samples may linger until the sampler's next round).
         canary_usage: usage

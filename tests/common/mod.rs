@@ -21,6 +21,13 @@ pub fn spawn_upstream(name: &str) -> DemoUpstream {
     DemoUpstream::spawn(name).expect("upstream starts")
 }
 
+/// A loopback port free a moment ago (bound, then released), for a server started by
+/// another process.
+pub fn loopback_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
 /// A port nothing listens on (bound, then released).
 pub fn dead_addr() -> String {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -411,6 +418,7 @@ pub mod acme;
 pub mod browser;
 pub mod docker;
 pub mod pg;
+pub mod prometheus;
 pub mod receivers;
 pub mod recorder;
 pub mod tls;

@@ -11,7 +11,7 @@ const DECISION_KINDS = new Set([
   "deployment_paused", "deployment_resumed", "deployment_stalled", "deployment_succeeded", "deployment_failed",
   "deployment_aborted", "rollback_refused", "release_ready", "release_failed",
   "container_restored", "release_missing", "discovered", "config_reloaded", "reload_failed",
-  "notify_failed", "freeze_changed",
+  "notify_failed", "freeze_changed", "analysis_inconclusive",
 ]);
 const SEVERITY = {
   rolled_back: "critical", breach: "critical", deployment_failed: "critical",

@@ -1,6 +1,7 @@
 //! Validation: the file model checked key by key into a [`Config`](crate::config::Config),
 //! every problem collected with its key path before any is reported.
 
+pub mod analysis;
 pub mod cutback;
 pub mod docker;
 pub mod notify;

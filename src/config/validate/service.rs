@@ -203,6 +203,23 @@ pub(crate) fn validate_service(
             }
         }
     }
+    let mut analysis: Vec<crate::analysis::AnalysisSpec> = Vec::new();
+    for (j, a) in svc.analysis.iter().enumerate() {
+        let key = format!("{base}.analysis[{j}]");
+        if let Some(spec) = super::analysis::validate_analysis(c, &key, a) {
+            if analysis.iter().any(|q| q.name == spec.name) {
+                c.fail(
+                    format!("{key}.name"),
+                    format!(
+                        "'{}' is already the name of another analysis of this service",
+                        spec.name
+                    ),
+                );
+            } else {
+                analysis.push(spec);
+            }
+        }
+    }
     let latency = match svc.latency.as_deref() {
         None | Some("total") => LatencyMeasure::Total,
         Some("first_byte") => LatencyMeasure::FirstByte,
@@ -264,6 +281,7 @@ pub(crate) fn validate_service(
         shield,
         cutback,
         probes,
+        analysis,
         probe_combine,
         docker,
         redirect_https: svc.redirect_https.unwrap_or(false),

@@ -30,6 +30,7 @@ fn evidence(stable: WindowSnapshot, canary: WindowSnapshot) -> Evidence {
         stable_probes_failing: Vec::new(),
         sustained: None,
         canary_usage: Vec::new(),
+        analysis_failures: Vec::new(),
     }
 }
 

@@ -153,6 +153,7 @@ fn simulate(rng: &mut fastrand::Rng, policy: &Policy, seconds: u64) -> bool {
             stable_probes_failing: Vec::new(),
             sustained: None,
             canary_usage: Vec::new(),
+            analysis_failures: Vec::new(),
         };
         let verdict = decide(&e, policy);
         if hysteresis.observe(&verdict, tick * step as u32, policy.breach_for) == Action::CutBack {

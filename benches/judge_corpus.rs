@@ -262,6 +262,7 @@ fn run(rng: &mut fastrand::Rng, c: &Case, policy: &Policy, seconds: u64) -> Outc
                 stable_probes_failing: Vec::new(),
                 sustained: Some(sustained.observe(&stable, &canary, 0, at).clone()),
                 canary_usage: Vec::new(),
+                analysis_failures: Vec::new(),
             };
             let verdict = decide(&e, policy);
             if hysteresis.observe(&verdict, Duration::from_secs(t), policy.breach_for)

@@ -133,6 +133,52 @@ async fn a_bad_canary_is_rolled_back_at_its_first_step() {
         s["arms"]["stable"]["upstreams"],
         json!([old.addr.to_string()])
     );
+    // The report tells it back from the stored evidence.
+    let r = admin_get(&gate, &format!("/api/v1/deployments/{id}/report")).await;
+    assert_eq!(r["outcome"], "rolled_back", "{r}");
+    let kinds: Vec<&str> = r["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    for k in [
+        "deployment_started",
+        "canary_set",
+        "rolled_back",
+        "deployment_failed",
+    ] {
+        assert!(kinds.contains(&k), "{k} not in {kinds:?}");
+    }
+    assert!(r["breach"]["rule"].is_string(), "{r}");
+    assert!(!r["failed_requests"].as_array().unwrap().is_empty(), "{r}");
+    let detection = r["figures"]["detection_ms"].as_u64().unwrap();
+    let recovery = r["figures"]["time_to_recovery_ms"].as_u64().unwrap();
+    assert!(detection <= recovery, "{r}");
+    let md = admin_get(
+        &gate,
+        &format!("/api/v1/deployments/{id}/report?format=markdown"),
+    )
+    .await;
+    let md = md.as_str().unwrap();
+    assert!(
+        md.starts_with(&format!("# Deployment {id} of web: rolled_back")),
+        "{md}"
+    );
+    assert!(
+        md.contains("## What breached") && md.contains("GET / | 500 |"),
+        "{md}"
+    );
+    let (status, _) = admin(
+        &client(),
+        &gate,
+        Method::GET,
+        &format!("/api/v1/deployments/{id}/report?format=pdf"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, 400);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -58,10 +58,17 @@ pub(super) fn no_deployment(id: &str) -> ApiError {
     )
 }
 
-pub(super) async fn deployment(
-    State(state): State<AdminState>,
-    PathParams(id): PathParams<String>,
-) -> Result<Response, ApiError> {
+/// A deployment's live view, stored row, events (newest first), probe results and trend.
+struct Gathered {
+    live: Option<crate::rollout::deploy::DeploymentView>,
+    row: Option<crate::store::records::DeploymentRow>,
+    events: Vec<crate::store::records::EventRow>,
+    probes: Vec<crate::store::records::ProbeRow>,
+    trend: Option<crate::store::query::Trend>,
+}
+
+async fn gather(state: &AdminState, id: &str) -> Result<Gathered, ApiError> {
+    let id = id.to_string();
     // Read in this order so the answer holds everything already written: the live view
     // first (the controller records every event before its view shows the change), then
     // what the spool still holds, then the database (a record the writer commits in between
@@ -69,14 +76,14 @@ pub(super) async fn deployment(
     let live = state.control.deployment(&id);
     let pending = crate::store::query::Pending::of(
         &id,
-        pending_records(&state, |r| match r {
+        pending_records(state, |r| match r {
             crate::store::Record::Event(e) => e.deployment_id.as_deref() == Some(&id),
             crate::store::Record::Probe(p) => p.deployment_id.as_deref() == Some(&id),
             crate::store::Record::Deployment(d) => d.id == id,
             _ => false,
         }),
     );
-    let store = match store_of(&state) {
+    let store = match store_of(state) {
         Ok(s) => Some(s),
         // History unavailable: the live view and the spool still answer.
         Err(_) if live.is_some() || !pending.is_empty() => None,
@@ -85,10 +92,7 @@ pub(super) async fn deployment(
     let mut trend = None;
     let (mut events, mut probes) = (Vec::new(), Vec::new());
     if let Some(store) = store {
-        trend = store
-            .trend(&id)
-            .await
-            .map_err(|e| store_failed(&state, e))?;
+        trend = store.trend(&id).await.map_err(|e| store_failed(state, e))?;
         if trend.is_some() {
             let filter = crate::store::query::HistoryFilter {
                 deployment: Some(id.clone()),
@@ -98,12 +102,12 @@ pub(super) async fn deployment(
             events = store
                 .history(&filter)
                 .await
-                .map_err(|e| store_failed(&state, e))?
+                .map_err(|e| store_failed(state, e))?
                 .items;
             probes = store
                 .probe_results(&id, PROBE_RESULTS_SHOWN as u32)
                 .await
-                .map_err(|e| store_failed(&state, e))?;
+                .map_err(|e| store_failed(state, e))?;
         }
     }
     let events = pending.events_newest_first(events);
@@ -118,6 +122,26 @@ pub(super) async fn deployment(
     if live.is_none() && row.is_none() {
         return Err(no_deployment(&id));
     }
+    Ok(Gathered {
+        live,
+        row,
+        events,
+        probes,
+        trend,
+    })
+}
+
+pub(super) async fn deployment(
+    State(state): State<AdminState>,
+    PathParams(id): PathParams<String>,
+) -> Result<Response, ApiError> {
+    let Gathered {
+        live,
+        row,
+        events,
+        probes,
+        trend,
+    } = gather(&state, &id).await?;
     let state_name = live
         .as_ref()
         .map(|v| v.state.to_string())
@@ -491,4 +515,44 @@ pub(super) async fn unfreeze(
 
 pub(super) async fn freezes(State(state): State<AdminState>) -> Response {
     axum::Json(&*state.control.freezes()).into_response()
+}
+
+/// `GET /deployments/{id}/report`: what happened, from the stored evidence (JSON with a
+/// `markdown` draft; `?format=markdown` for the draft alone).
+pub(super) async fn deployment_report(
+    State(state): State<AdminState>,
+    PathParams(id): PathParams<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let markdown = match query.get("format").map(String::as_str) {
+        None | Some("json") => false,
+        Some("markdown") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "format: '{other}' is not json or markdown"
+            )))
+        }
+    };
+    if let Some(k) = query.keys().find(|k| k.as_str() != "format") {
+        return Err(ApiError::bad_request(format!(
+            "unknown parameter '{k}' (use format)"
+        )));
+    }
+    let g = gather(&state, &id).await?;
+    let row = g.row.as_ref().map(|r| r.to_json()).unwrap_or_default();
+    let live = g
+        .live
+        .as_ref()
+        .map(|l| serde_json::to_value(l).unwrap_or_default());
+    let events: Vec<serde_json::Value> = g.events.iter().map(|e| e.to_json()).collect();
+    let report = super::report::report(&id, &row, live.as_ref(), &events);
+    if markdown {
+        let text = report["markdown"].as_str().unwrap_or_default().to_string();
+        return Ok((
+            [(header::CONTENT_TYPE, "text/markdown; charset=utf-8")],
+            text,
+        )
+            .into_response());
+    }
+    Ok(axum::Json(report).into_response())
 }

@@ -27,6 +27,7 @@
 //! | GET | `/api/v1/deployments` | deployments, newest first: `?service=&limit=&cursor=` |
 //! | GET | `/api/v1/deployments/{id}` | one deployment with its events, probe results and health trend |
 //! | GET | `/api/v1/deployments/{id}/trend` | the trend alone; `?format=text` for a plain-text table |
+//! | GET | `/api/v1/deployments/{id}/report` | what happened (timeline, breach, failed requests, figures, who acted); `?format=markdown` for the post-mortem draft |
 //!
 //! Errors are `{"error": {"code": "...", "message": "..."}}` with 400 (bad body), 401,
 //! 404 (unknown service or route), 405, 409 (state conflict), 413 (body over 64 KiB),
@@ -57,6 +58,7 @@ mod deployments;
 mod error;
 mod history;
 mod openapi;
+mod report;
 mod services;
 mod stream;
 
@@ -98,8 +100,8 @@ use crate::api::{EmptyBody, MAX_BODY};
 use auth::{issue_ticket, require_token, Actor, Tickets};
 pub use auth::{AUTH_WINDOW, MAX_AUTH_FAILURES};
 use deployments::{
-    control_deployment, deployment, deployment_trend, deployments, freeze, freezes,
-    start_deployment, unfreeze,
+    control_deployment, deployment, deployment_report, deployment_trend, deployments, freeze,
+    freezes, start_deployment, unfreeze,
 };
 pub use error::ApiError;
 use error::JsonBody;
@@ -167,6 +169,7 @@ pub(crate) fn api_routes() -> Vec<(&'static str, MethodRouter<AdminState>)> {
         ("/deployments", get(deployments)),
         ("/deployments/{id}", get(deployment)),
         ("/deployments/{id}/trend", get(deployment_trend)),
+        ("/deployments/{id}/report", get(deployment_report)),
     ]
 }
 

@@ -170,6 +170,14 @@ pub enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// What happened in one deployment: a post-incident draft (Markdown) from its stored
+    /// evidence: timeline, the rule and its evidence, failed requests, figures, who acted.
+    Report {
+        /// Deployment id.
+        id: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// A container service's releases: live ones and those in history.
     Releases {
         /// Service name.

@@ -196,6 +196,12 @@ pub fn call_for(command: Command) -> anyhow::Result<Call> {
             reason: None,
             remote,
         } => (remote, Method::GET, path::root("freeze"), None),
+        Command::Report { id, remote } => (
+            remote,
+            Method::GET,
+            path::deployment(&id, Some("report")),
+            None,
+        ),
         Command::Releases { service, remote } => (
             remote,
             Method::GET,

@@ -366,6 +366,9 @@ pub fn render_freezes(v: &Value) -> String {
 }
 
 pub fn summarize(answer: &Value) -> String {
+    if let Some(md) = answer.get("markdown").and_then(Value::as_str) {
+        return md.to_string();
+    }
     if let Some(list) = answer.get("certificates").and_then(Value::as_array) {
         return render_certificates(list, &answer["acme"]);
     }

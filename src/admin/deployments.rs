@@ -161,6 +161,23 @@ pub(super) async fn deployment(
     Ok(axum::Json(answer).into_response())
 }
 
+/// Whether `?format=` asks for `other` rather than json (the default); any other
+/// parameter or value is a 400 naming it.
+fn format_param(query: &HashMap<String, String>, other: &str) -> Result<bool, ApiError> {
+    if let Some(k) = query.keys().find(|k| k.as_str() != "format") {
+        return Err(ApiError::bad_request(format!(
+            "unknown parameter '{k}' (use format)"
+        )));
+    }
+    match query.get("format").map(String::as_str) {
+        None | Some("json") => Ok(false),
+        Some(f) if f == other => Ok(true),
+        Some(f) => Err(ApiError::bad_request(format!(
+            "format: '{f}' is not json or {other}"
+        ))),
+    }
+}
+
 /// Probe results a deployment view shows, newest first.
 pub(super) const PROBE_RESULTS_SHOWN: usize = 200;
 
@@ -169,20 +186,7 @@ pub(super) async fn deployment_trend(
     PathParams(id): PathParams<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    let text = match query.get("format").map(String::as_str) {
-        None | Some("json") => false,
-        Some("text") => true,
-        Some(other) => {
-            return Err(ApiError::bad_request(format!(
-                "format: '{other}' is not json or text"
-            )))
-        }
-    };
-    if let Some(k) = query.keys().find(|k| k.as_str() != "format") {
-        return Err(ApiError::bad_request(format!(
-            "unknown parameter '{k}' (use format)"
-        )));
-    }
+    let text = format_param(&query, "text")?;
     let store = store_of(&state)?;
     let trend = store
         .trend(&id)
@@ -524,20 +528,7 @@ pub(super) async fn deployment_report(
     PathParams(id): PathParams<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    let markdown = match query.get("format").map(String::as_str) {
-        None | Some("json") => false,
-        Some("markdown") => true,
-        Some(other) => {
-            return Err(ApiError::bad_request(format!(
-                "format: '{other}' is not json or markdown"
-            )))
-        }
-    };
-    if let Some(k) = query.keys().find(|k| k.as_str() != "format") {
-        return Err(ApiError::bad_request(format!(
-            "unknown parameter '{k}' (use format)"
-        )));
-    }
+    let markdown = format_param(&query, "markdown")?;
     let g = gather(&state, &id).await?;
     let row = g.row.as_ref().map(|r| r.to_json()).unwrap_or_default();
     let live = g

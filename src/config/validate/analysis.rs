@@ -19,17 +19,7 @@ pub(crate) fn validate_analysis(
 ) -> Option<AnalysisSpec> {
     let before = c.problems.len();
     let k = |name: &str| format!("{key}.{name}");
-    let name = match a.name.as_deref().map(str::trim) {
-        Some(n) if !n.is_empty() && n.len() <= 64 => n.to_string(),
-        Some(_) => {
-            c.fail(k("name"), "must be 1 to 64 characters");
-            String::new()
-        }
-        None => {
-            c.fail(k("name"), "is required");
-            String::new()
-        }
-    };
+    let name = c.name(&k("name"), a.name.as_deref());
     match a.kind.as_deref() {
         Some("prometheus") => {}
         Some(other) => c.fail(k("kind"), format!("'{other}' is not prometheus")),

@@ -50,6 +50,21 @@ impl Checker<'_> {
         }
     }
 
+    /// A probe's or an analysis' name: required, 1 to 64 characters once trimmed.
+    pub(crate) fn name(&mut self, path: &str, value: Option<&str>) -> String {
+        match value.map(str::trim) {
+            Some(n) if !n.is_empty() && n.len() <= 64 => n.to_string(),
+            Some(_) => {
+                self.fail(path, "must be 1 to 64 characters");
+                String::new()
+            }
+            None => {
+                self.fail(path, "is required");
+                String::new()
+            }
+        }
+    }
+
     pub(crate) fn duration(
         &mut self,
         path: &str,

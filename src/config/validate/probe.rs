@@ -72,17 +72,7 @@ pub(crate) fn validate_probe(
 ) -> Option<ProbeSpec> {
     let before = c.problems.len();
     let k = |name: &str| format!("{key}.{name}");
-    let name = match &p.name {
-        Some(n) if !n.trim().is_empty() && n.len() <= 64 => n.trim().to_string(),
-        Some(_) => {
-            c.fail(k("name"), "must be 1 to 64 characters");
-            String::new()
-        }
-        None => {
-            c.fail(k("name"), "is required");
-            String::new()
-        }
-    };
+    let name = c.name(&k("name"), p.name.as_deref());
     let kind = p.kind.as_deref().unwrap_or("");
     if !["http", "tcp", "script", "docker"].contains(&kind) {
         c.fail(

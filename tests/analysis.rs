@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::prometheus::{MetricsApp, Prometheus};
 use common::*;
 use reqwest::Method;
-use serde_json::{json, Value};
+use serde_json::json;
 use sluice::demo::Load;
 
 fn analysis(name: &str, address: &str, query: &str, condition: &str, extra: &str) -> String {
@@ -19,13 +19,16 @@ fn analysis(name: &str, address: &str, query: &str, condition: &str, extra: &str
     )
 }
 
-fn kinds(v: &Value) -> Vec<String> {
-    v["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["kind"].as_str().unwrap().to_string())
-        .collect()
+/// A canary deployment of `new` labelled v2, one step held for an hour.
+async fn deploy_v2(gate: &sluice::gate::GateHandle, new: &sluice::demo::DemoUpstream) -> String {
+    let (status, v) = deploy(
+        gate,
+        json!({ "strategy": "canary", "upstreams": [new.addr.to_string()], "label": "v2",
+                "steps": [{ "weight": 20, "bake": "1h" }] }),
+    )
+    .await;
+    assert_eq!(status, 201, "{v}");
+    v["id"].as_str().unwrap().to_string()
 }
 
 async fn control(gate: &sluice::gate::GateHandle, id: &str, action: &str) -> u16 {
@@ -79,14 +82,7 @@ async fn a_business_metric_in_prometheus_cuts_the_canary_back() {
     // Both targets are scraped before the canary starts.
     prom.wait_for(r#"sum(up{job=~"app|sluice"})"#, LONG_WAIT, |v| v == 2.0)
         .await;
-    let (status, v) = deploy(
-        &gate,
-        json!({ "strategy": "canary", "upstreams": [new.addr.to_string()], "label": "v2",
-                "steps": [{ "weight": 20, "bake": "1h" }] }),
-    )
-    .await;
-    assert_eq!(status, 201, "{v}");
-    let id = v["id"].as_str().unwrap().to_string();
+    let id = deploy_v2(&gate, &new).await;
     // Healthy measurements first: the business metric at 0, and the canary's share of the
     // gate's own requests compared with stable's once Prometheus has both.
     let until = std::time::Instant::now() + LONG_WAIT;
@@ -122,23 +118,11 @@ async fn a_business_metric_in_prometheus_cuts_the_canary_back() {
     assert_eq!(deployment(&gate, &id).await["state"], "running");
     // Checkouts start failing on the new version: the next measurement cuts it back.
     app.set_failures(10);
-    let done = wait_state(
-        &gate,
-        &id,
-        &["rolled_back", "succeeded", "aborted"],
-        LONG_WAIT,
-    )
-    .await;
+    let done = wait_state(&gate, &id, ENDED, LONG_WAIT).await;
     assert_eq!(done["state"], "rolled_back", "{done}");
     let report = traffic.stop();
     assert_eq!(report.client_errors(), 0);
-    let rolled = done["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["kind"] == "rolled_back")
-        .unwrap()
-        .clone();
+    let rolled = event_of(&done, "rolled_back").unwrap();
     let ev = &rolled["evidence"];
     assert_eq!(ev["verdict"]["rule"], "analysis", "{ev}");
     let reason = ev["verdict"]["reason"].as_str().unwrap();
@@ -154,7 +138,7 @@ async fn a_business_metric_in_prometheus_cuts_the_canary_back() {
         r#"sum(checkout_failures_total{version="v2"})"#
     );
     // Every measurement is an event of the deployment, with its values.
-    assert!(kinds(&done).iter().any(|k| k == "analysis_measured"));
+    assert!(event_kinds(&done).iter().any(|k| k == "analysis_measured"));
     let text = metrics_text(&client(), &gate).await;
     assert!(
         text.contains(r#"sluice_rollbacks_total{service="web",trigger="analysis"} 1"#),
@@ -178,23 +162,11 @@ async fn no_answer_from_prometheus_pauses_the_deployment_and_rolls_nothing_back(
         ),
     ));
     let traffic = Load::start(load_config(&gate, 100)).unwrap();
-    let (status, v) = deploy(
-        &gate,
-        json!({ "strategy": "canary", "upstreams": [new.addr.to_string()], "label": "v2",
-                "steps": [{ "weight": 20, "bake": "1h" }] }),
-    )
-    .await;
-    assert_eq!(status, 201, "{v}");
-    let id = v["id"].as_str().unwrap().to_string();
+    let id = deploy_v2(&gate, &new).await;
     let paused = wait_state(&gate, &id, &["paused", "rolled_back"], LONG_WAIT).await;
     assert_eq!(paused["state"], "paused", "{paused}");
-    let event = paused["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["kind"] == "analysis_inconclusive")
-        .unwrap_or_else(|| panic!("no analysis_inconclusive in {paused}"))
-        .clone();
+    let event = event_of(&paused, "analysis_inconclusive")
+        .unwrap_or_else(|| panic!("no analysis_inconclusive in {paused}"));
     let msg = event["message"].as_str().unwrap();
     assert!(
         msg.contains("inconclusive 2 times in a row") && msg.contains("the deployment is paused"),

@@ -57,13 +57,7 @@ async fn a_good_canary_plan_runs_to_promotion() {
     assert_eq!(status, 201, "{v}");
     let id = v["id"].as_str().unwrap().to_string();
     assert_eq!(v["deployment"]["state"], "running");
-    let done = wait_state(
-        &gate,
-        &id,
-        &["succeeded", "rolled_back", "aborted"],
-        LONG_WAIT,
-    )
-    .await;
+    let done = wait_state(&gate, &id, ENDED, LONG_WAIT).await;
     assert_eq!(done["state"], "succeeded", "{done}");
     let report = traffic.stop();
     assert_eq!(report.client_errors(), 0);
@@ -75,12 +69,7 @@ async fn a_good_canary_plan_runs_to_promotion() {
         json!([new.addr.to_string()])
     );
     // Every step is an event of the deployment.
-    let kinds: Vec<String> = done["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["kind"].as_str().unwrap().to_string())
-        .collect();
+    let kinds = event_kinds(&done);
     for k in [
         "deployment_started",
         "canary_set",
@@ -625,13 +614,8 @@ async fn a_step_that_cannot_collect_its_samples_pauses_at_its_deadline_and_notif
     let paused = wait_state(&gate, &id, &["paused"], LONG_WAIT).await;
     let waiting = paused["live"]["progress"]["waiting"].as_str().unwrap();
     assert!(waiting.contains("no progress for 1.0s"), "{waiting}");
-    let stalled = paused["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["kind"] == "deployment_stalled")
-        .unwrap_or_else(|| panic!("no deployment_stalled in {paused}"))
-        .clone();
+    let stalled = event_of(&paused, "deployment_stalled")
+        .unwrap_or_else(|| panic!("no deployment_stalled in {paused}"));
     assert_eq!(stalled["actor"], "deadline");
     assert_eq!(stalled["evidence"]["stall"]["action"], "paused");
     let hook = tokio::task::spawn_blocking(move || {
@@ -667,19 +651,9 @@ async fn a_stalled_deployment_rolls_back_when_it_asks_to() {
     let (status, v) = deploy(&gate, body).await;
     assert_eq!(status, 201, "{v}");
     let id = v["id"].as_str().unwrap().to_string();
-    let done = wait_state(
-        &gate,
-        &id,
-        &["succeeded", "rolled_back", "aborted"],
-        LONG_WAIT,
-    )
-    .await;
+    let done = wait_state(&gate, &id, ENDED, LONG_WAIT).await;
     assert_eq!(done["state"], "rolled_back", "{done}");
-    assert!(done["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|e| e["kind"] == "deployment_stalled"));
+    assert!(event_of(&done, "deployment_stalled").is_some(), "{done}");
     let s = web_service(&gate).await;
     assert_eq!(
         (&s["canary_weight"], &s["state"]),

@@ -261,7 +261,7 @@ impl super::Controller {
         let service = obs.key.service.clone();
         let deployment = self.keeper.deployment_of(&service);
         let outcome = serde_json::to_value(m.outcome).unwrap_or_default();
-        let event = self.bus.publish(
+        self.bus.publish(
             crate::events::NewEvent::new(
                 crate::events::EventKind::AnalysisMeasured,
                 "analysis",
@@ -276,7 +276,6 @@ impl super::Controller {
             .deployment(deployment.clone())
             .evidence(serde_json::json!({ "analysis": &*spec, "measurement": m })),
         );
-        drop(event);
         if change.failed {
             self.judge_all();
         }

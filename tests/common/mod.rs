@@ -194,6 +194,27 @@ pub async fn deploy(gate: &GateHandle, body: Value) -> (u16, Value) {
     .await
 }
 
+/// The states a deployment ends in.
+pub const ENDED: &[&str] = &["succeeded", "rolled_back", "aborted"];
+
+/// The first event of `kind` in a `GET /api/v1/deployments/{id}` answer.
+pub fn event_of<'a>(deployment: &'a Value, kind: &str) -> Option<&'a Value> {
+    deployment["events"]
+        .as_array()?
+        .iter()
+        .find(|e| e["kind"] == kind)
+}
+
+/// The kinds of the events in a `GET /api/v1/deployments/{id}` answer.
+pub fn event_kinds(deployment: &Value) -> Vec<String> {
+    deployment["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["kind"].as_str().map(str::to_string))
+        .collect()
+}
+
 /// `GET /api/v1/deployments/{id}`.
 pub async fn deployment(gate: &GateHandle, id: &str) -> Value {
     admin(
